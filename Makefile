@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both bootstrap the venv first.
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test bench-quick clean-state
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/r2f run
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench-quick: $(STAMP)
+	$(VENV)/bin/python bench/fidelity.py --quick
+	$(VENV)/bin/python bench/unlearn_smoke.py --quick
+
+clean-state:
+	rm -rf .r2f

@@ -1,0 +1,172 @@
+"""The ``r2f`` command line. Heavy libraries load inside commands, so ``r2f --help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+app = typer.Typer(help="R2F: Recover-to-Forget LLM unlearning (TOFU default, offline, CPU).",
+                  no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="Train or inspect the embedded default models.", no_args_is_help=True)
+decoder_app = typer.Typer(help="Train the gradient decoder on the proxy.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(decoder_app, name="decoder")
+
+ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameter file (params.yaml).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a parameter: --set lora.rank=4 (YAML value).")
+
+
+def _setup() -> None:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _cfg(params: Path, sets: Optional[list[str]], **extra):
+    import yaml
+
+    from .config import ConfigError, load_config
+
+    overrides = {}
+    for s in sets or []:
+        if "=" not in s:
+            raise typer.BadParameter(f"--set expects key=value, got '{s}'")
+        k, v = s.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    try:
+        return load_config(params, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(msg: str):
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _ui():
+    """(log, progress_factory) printing through one rich Progress."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        def factory(label: str, total: int):
+            task = prog.add_task(label, total=total)
+            return lambda: prog.advance(task)
+        yield prog.console.log, factory
+
+
+def _errors():
+    from .data import DataError
+    from .decoder import DecoderError
+    from .models import ModelError
+    from .unlearn import UnlearnError
+    return (DataError, DecoderError, ModelError, UnlearnError)
+
+
+@models_app.command("train")
+def models_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Train (or load from the cache) the tokenizer and the target, proxy and retain models."""
+    _setup()
+    from .stages import train_models
+
+    cfg = _cfg(params, set_)
+    with _ui() as (log, prog):
+        rep = train_models(cfg, log, prog)
+    typer.echo(json.dumps({r: {k: v for k, v in m.items() if k != "loss_curve"} for r, m in rep["roles"].items()}, indent=2))
+    typer.echo(f"models: {rep['models_dir']}")
+
+
+@decoder_app.command("train")
+def decoder_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+                  force: bool = typer.Option(False, help="Retrain even if a cached decoder exists.")) -> None:
+    """Train the learned gradient decoder on (LoRA-grad, full-grad) pairs from the proxy."""
+    _setup()
+    from .stages import train_decoder
+
+    cfg = _cfg(params, set_)
+    with _ui() as (log, prog):
+        rep = train_decoder(cfg, log, prog, force=force)
+    typer.echo(f"decoder: {rep['decoder_dir']}")
+
+
+@app.command()
+def unlearn(
+    method: str = typer.Option(None, "--method", "-m", help="r2f, fullgrad, lora_sin, lora_mul, gradascent, graddiff, npo, retrain."),
+    forget: str = typer.Option(None, "--forget", "-f", help="Forget split: forget01, forget05, forget10."),
+    model: Optional[Path] = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
+    out: Optional[Path] = typer.Option(None, help="Write the unlearned model here (HF folder)."),
+    report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
+    params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Unlearn a forget split from the target and report NLL before/after and the chosen eta."""
+    _setup()
+    from .stages import unlearn as run_unlearn, write_json
+
+    cfg = _cfg(params, set_, **{"data.forget_split": forget})
+    try:
+        with _ui() as (log, prog):
+            rep = run_unlearn(cfg, method, forget, model, out, log, prog)
+    except _errors() as exc:
+        _fail(str(exc))
+    if report:
+        write_json(report, rep)
+    _print_report(rep)
+
+
+def _print_report(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{rep['method']} on {rep['forget_split']}  (eta={rep['eta']}, {rep['wall_s']} s)")
+    t.add_column("answer NLL")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    for k in rep["nll_before"]:
+        t.add_row(k, f"{rep['nll_before'][k]:.3f}", f"{rep['nll_after'][k]:.3f}")
+    Console().print(t)
+
+
+@app.command()
+def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """The main job on the embedded default: train models (cached) -> train decoder (cached) ->
+    R2F unlearning of the forget split -> report (written under the state folder)."""
+    _setup()
+    from .stages import train_decoder, train_models, unlearn as run_unlearn, write_json
+
+    cfg = _cfg(params, set_)
+    try:
+        with _ui() as (log, prog):
+            train_models(cfg, log, prog)
+            train_decoder(cfg, log, prog)
+            out = Path(cfg.state_dir) / "runs" / "latest"
+            rep = run_unlearn(cfg, None, None, None, out / "model", log, prog)
+            write_json(out / "report.json", rep)
+    except _errors() as exc:
+        _fail(str(exc))
+    _print_report(rep)
+    typer.echo(f"report: {out / 'report.json'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""(LoRA-grad, full-grad) pairs and decoder fidelity: how close a decoded gradient is to the truth.
+
+Used to train the learned decoder on the proxy and, for evaluation only, to measure every decoder on
+held-out forget prompts of proxy and target. A pair is one module of one prompt (its N views).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from .decoder import Sketch, cosine, decode, make_sketch
+from .grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis, view_batches
+from .paraphrase import make_views
+
+
+@dataclass
+class PromptPairs:
+    item_id: str
+    pairs: list  # [(Sketch, true full gradient)]
+
+
+def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None) -> list[PromptPairs]:
+    """For each item: N views -> exact full gradients and the LoRA sketch of every target module."""
+    a_init = a_init or cfg.lora.init
+    infos = target_modules(model, cfg.lora.target_modules)
+    out = []
+    for item in items:
+        views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
+                            cfg.paraphrase.max_similarity)]
+        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective)
+        full = full_gradients(model, infos, batches, cfg.unlearn.objective)
+        if a_init == "activation":
+            grams = activation_grams(model, infos, batches)
+            A = {n: top_basis(k, cfg.lora.rank) for n, k in grams.items()}
+            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A)
+        else:
+            grams = {}
+            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
+                                grams_out=grams)
+        out.append(PromptPairs(item.id, [(make_sketch(i, lg[i.name], grams[i.name]), full[i.name]) for i in infos]))
+        if progress:
+            progress()
+    return out
+
+
+def flatten(prompts: list[PromptPairs]) -> list[tuple[Sketch, object]]:
+    return [p for pp in prompts for p in pp.pairs]
+
+
+def fidelity(decoder, prompts: list[PromptPairs]) -> dict:
+    """Cosine between decoded and true gradients: per prompt over all modules concatenated (the
+    model-level direction), plus the mean per-module cosine."""
+    import numpy
+    import torch
+
+    per_prompt, per_module = [], []
+    for pp in prompts:
+        dec = [decode(decoder, sk) for sk, _ in pp.pairs]
+        true = [g for _, g in pp.pairs]
+        per_prompt.append(cosine(torch.cat([d.flatten() for d in dec]), torch.cat([t.flatten() for t in true])))
+        per_module += [cosine(d, t) for d, t in zip(dec, true)]
+    p10 = float(numpy.percentile(per_prompt, 10))
+    return {"cosine_mean": statistics.fmean(per_prompt), "cosine_p10": p10,
+            "module_cosine_mean": statistics.fmean(per_module), "n_prompts": len(per_prompt)}

@@ -1,0 +1,218 @@
+"""Gradients of the unlearning loss: LoRA gradients through ``peft`` (base weights frozen, no
+full-weight gradient materialised) and exact per-module full gradients (proxy training pairs and
+evaluation only), plus the activation statistics the decoders use.
+
+Sign convention: every gradient here is of the *unlearning loss* ``L_u`` (to be descended):
+``ascent`` uses ``L_u = -NLL(answer | forget question)``, ``refusal`` uses
+``L_u = NLL(refusal string | forget question)``; a retain term ``+ w * NLL(retain)`` is optional.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from .models import collate, encode_qa, token_nll
+
+if TYPE_CHECKING:
+    import torch
+
+    from .paraphrase import Views
+
+LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    name: str
+    kind: str  # q_proj, k_proj, ...
+    layer: int
+    depth: float  # layer / (n_layers - 1), in [0, 1]
+
+
+def target_modules(model, kinds: Sequence[str]) -> list[ModuleInfo]:
+    """The linear modules whose last name component is in ``kinds`` (lm_head never included)."""
+    import torch
+
+    found = []
+    for name, mod in model.named_modules():
+        kind = name.rsplit(".", 1)[-1]
+        if isinstance(mod, torch.nn.Linear) and kind in kinds:
+            m = LAYER_RE.search(name)
+            found.append((name, kind, int(m.group(1)) if m else 0))
+    if not found:
+        raise ValueError(f"no linear modules named {list(kinds)} in {type(model).__name__}")
+    n_layers = max(f[2] for f in found) + 1
+    return [ModuleInfo(n, k, layer, layer / max(1, n_layers - 1)) for n, k, layer in found]
+
+
+def view_batches(tokenizer, views: Sequence["Views"], max_len: int, objective: str = "ascent",
+                 refusals: Sequence[str] = (), chunk: int = 40) -> list[dict]:
+    """Collated batches of (view question, answer) pairs; ``refusal`` swaps in a refusal string."""
+    if objective == "refusal" and not refusals:
+        raise ValueError("objective 'refusal' needs refusal strings")
+    enc = []
+    for i, v in enumerate(views):
+        answer = refusals[i % len(refusals)] if objective == "refusal" else v.answer
+        enc += [encode_qa(tokenizer, q, answer, max_len) for q in v.questions]
+    return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
+
+
+def qa_batches(tokenizer, items, max_len: int, chunk: int = 40) -> list[dict]:
+    enc = [encode_qa(tokenizer, q.question, q.answer, max_len) for q in items]
+    return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
+
+
+def _sign(objective: str) -> float:
+    """``ascent`` maximises the answer NLL; ``refusal`` and ``descent`` minimise it."""
+    if objective not in ("ascent", "refusal", "descent"):
+        raise ValueError(f"unknown objective '{objective}'")
+    return -1.0 if objective == "ascent" else 1.0
+
+
+def _backward_over(model, batches, objective, retain_batches=None, retain_weight=0.0) -> float:
+    """Backward of the mean unlearning loss over all sequences in ``batches``; returns the loss."""
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    total = 0.0
+    for b in batches:
+        loss = _sign(objective) * token_nll(model, b).sum() / n
+        loss.backward()
+        total += loss.item()
+    if retain_weight and retain_batches:
+        m = sum(b["input_ids"].shape[0] for b in retain_batches)
+        for b in retain_batches:
+            loss = retain_weight * token_nll(model, b).sum() / m
+            loss.backward()
+            total += loss.item()
+    return total
+
+
+class GramHooks:
+    """Forward hooks accumulating K = sum_t x_t x_t^T over non-pad input tokens, per module."""
+
+    def __init__(self, modules: dict):
+        self.grams: dict = {}
+        self.mask = None
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in modules.items()]
+
+    def _hook(self, name):
+        def fn(_mod, inputs, _out):
+            x = inputs[0].detach()[self.mask].float()
+            self.grams[name] = self.grams.get(name, 0) + x.T @ x
+        return fn
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def activation_grams(model, infos: Sequence[ModuleInfo], batches) -> dict[str, "torch.Tensor"]:
+    """Per module, K = sum_t x_t x_t^T over the non-pad input tokens (one forward pass, no grad)."""
+    import torch
+
+    mods = dict(model.named_modules())
+    hooks = GramHooks({i.name: mods[i.name] for i in infos})
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                hooks.mask = b["attention_mask"].bool()
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    finally:
+        hooks.remove()
+    return {k: v.clone() for k, v in hooks.grams.items()}
+
+
+def top_basis(gram: "torch.Tensor", r: int) -> "torch.Tensor":
+    """Top-r eigenvectors of a Gram matrix as rows (r x in), orthonormal, deterministic sign."""
+    import torch
+
+    evals, evecs = torch.linalg.eigh(gram.double())
+    top = evecs[:, torch.argsort(evals, descending=True)[:r]].T
+    signs = torch.sign(top[torch.arange(top.shape[0]), top.abs().argmax(1)])
+    return (top * signs[:, None]).float()
+
+
+def _backward_with_grams(model, modules: dict, batches, objective, grams_out: dict) -> None:
+    hooks = GramHooks(modules)
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    try:
+        for b in batches:
+            hooks.mask = b["attention_mask"].bool()
+            (_sign(objective) * token_nll(model, b).sum() / n).backward()
+    finally:
+        hooks.remove()
+    grams_out.update(hooks.grams)
+
+
+@dataclass
+class LoraGrad:
+    A: "torch.Tensor"       # r x in
+    grad_B: "torch.Tensor"  # out x r
+    scaling: float
+    grad_A: "torch.Tensor | None" = None  # r x in; zero with peft's B = 0 init
+
+
+def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha: float,
+                   objective: str = "ascent", A_init: dict | None = None,
+                   retain_batches=None, retain_weight: float = 0.0, seed: int = 0,
+                   grams_out: dict | None = None) -> dict[str, LoraGrad]:
+    """Mean LoRA gradients over all view sequences via peft (B = 0, so grad_A = 0).
+
+    ``A_init`` maps module names to an ``r x in`` A; otherwise peft's default init (seeded).
+    ``grams_out``, if given, receives each module's activation Gram from this same forward pass.
+    The model is returned to its exact prior state (adapters unloaded, requires_grad restored).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                     target_modules=[i.name for i in infos], init_lora_weights=True)
+    peft_model = get_peft_model(model, cfg)
+    try:
+        mods = dict(peft_model.base_model.model.named_modules())
+        for info in infos:
+            layer = mods[info.name]
+            if A_init is not None:
+                layer.lora_A["default"].weight.data.copy_(A_init[info.name])
+        peft_model.zero_grad(set_to_none=True)
+        if grams_out is not None:
+            _backward_with_grams(peft_model, {i.name: mods[i.name].base_layer for i in infos},
+                                 batches, objective, grams_out)
+            if retain_weight and retain_batches:
+                _backward_over(peft_model, [], objective, retain_batches, retain_weight)
+        else:
+            _backward_over(peft_model, batches, objective, retain_batches, retain_weight)
+        out = {}
+        for info in infos:
+            layer = mods[info.name]
+            a = layer.lora_A["default"].weight
+            out[info.name] = LoraGrad(a.detach().clone(), layer.lora_B["default"].weight.grad.detach().clone(),
+                                      float(layer.scaling["default"]),
+                                      a.grad.detach().clone() if a.grad is not None else None)
+    finally:
+        peft_model.unload()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+            p.grad = None
+    return out
+
+
+def full_gradients(model, infos: Sequence[ModuleInfo], batches, objective: str = "ascent",
+                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, "torch.Tensor"]:
+    """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    mods = dict(model.named_modules())
+    wanted = {id(mods[i.name].weight) for i in infos}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+            p.grad = None
+        _backward_over(model, batches, objective, retain_batches, retain_weight)
+        return {i.name: mods[i.name].weight.grad.detach().clone() for i in infos}
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+            p.grad = None

@@ -1,0 +1,222 @@
+"""Models: the project's BPE tokenizer, Llama-architecture causal LMs built and trained from a seed,
+saved as standard Hugging Face folders, and loading of any local HF folder or ``.gguf`` file.
+
+Prompt format (shared by training, gradients and evaluation)::
+
+    "Question: {question}\nAnswer:" + " {answer}" + eos
+
+The loss is the answer-token NLL: prompt tokens are masked with -100.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:  # heavy imports stay lazy
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .config import ArchConfig, TrainConfig
+
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+
+
+class ModelError(ValueError):
+    """A model path is missing, incomplete or unreadable; the message names the path."""
+
+
+def prompt_text(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> "PreTrainedTokenizerBase":
+    """Byte-level BPE trained with the `tokenizers` library (deterministic for the same texts)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+# -- encoding ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # -100 on prompt tokens
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_len: int) -> Encoded:
+    """Token ids of prompt+answer with the answer-only label mask (answer truncated to fit)."""
+    p = tokenizer(prompt_text(question), add_special_tokens=False)["input_ids"]
+    a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    p = p[-(max_len // 2):]  # very long prompts keep their end, next to the answer
+    a = a[: max_len - len(p)]
+    return Encoded(p + a, [-100] * len(p) + a)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict:
+    """Right-padded batch tensors: input_ids, attention_mask, labels."""
+    import torch
+
+    n = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, e in enumerate(batch):
+        k = len(e.input_ids)
+        ids[i, :k] = torch.tensor(e.input_ids)
+        labels[i, :k] = torch.tensor(e.labels)
+        mask[i, :k] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def token_nll(model, batch: dict) -> "torch.Tensor":
+    """Per-sequence mean answer-token NLL (shape [batch]); differentiable."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    n_tok = (labels != -100).sum(1).clamp(min=1)
+    return nll.sum(1) / n_tok
+
+
+# -- build / train -----------------------------------------------------------------------------
+def build_model(arch: "ArchConfig", vocab_size: int, max_len: int, tokenizer, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=arch.hidden, intermediate_size=arch.intermediate,
+        num_hidden_layers=arch.layers, num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads, max_position_embeddings=max_len,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def train_model(model, data: Sequence[Encoded], train: "TrainConfig", pad_id: int, seed: int,
+                progress=None) -> list[float]:
+    """AdamW with linear warmup and cosine decay on answer-token NLL. Returns per-epoch mean loss."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(data) / train.batch_size)
+    total = steps_per_epoch * train.epochs
+    warm = max(1, int(train.warmup_frac * total))
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    model.train()
+    losses = []
+    for _ in range(train.epochs):
+        order = torch.randperm(len(data), generator=gen).tolist()
+        tot = 0.0
+        for b in range(steps_per_epoch):
+            batch = collate([data[i] for i in order[b * train.batch_size:(b + 1) * train.batch_size]], pad_id)
+            loss = token_nll(model, batch).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot += loss.item()
+            if progress:
+                progress()
+        losses.append(tot / steps_per_epoch)
+    model.eval()
+    return losses
+
+
+# -- save / load -------------------------------------------------------------------------------
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temp folder next to ``path``; on success it replaces ``path`` in one rename.
+
+    On any error the temp folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model, tokenizer, path: str | Path, meta: dict | None = None) -> Path:
+    """Write a standard HF folder (safetensors + config + tokenizer + r2f_model.json) atomically."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "r2f_model.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True))
+    return Path(path)
+
+
+def load_model(path: str | Path, dtype: str = "float32"):
+    """Load (model, tokenizer) from a local HF folder or a local ``.gguf`` file, offline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: model path does not exist")
+    kw = {"local_files_only": True}
+    if path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **kw)
+    else:
+        if not any(path.glob("*.safetensors")):
+            raise ModelError(f"{path}: no *.safetensors weights in the model folder")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json in the model folder")
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = model.to(getattr(torch, dtype)).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def mean_nll(model, tokenizer, items, max_len: int, batch_size: int = 32) -> float:
+    """Mean answer-token NLL of QA items (inference only)."""
+    import torch
+
+    enc = [encode_qa(tokenizer, q.question, q.answer, max_len) for q in items]
+    vals = []
+    with torch.inference_mode():
+        for i in range(0, len(enc), batch_size):
+            vals.append(token_nll(model, collate(enc[i:i + batch_size], tokenizer.pad_token_id)))
+    return float(torch.cat(vals).mean())
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
