@@ -69,7 +69,7 @@ def _ui():
         def factory(label: str, total: int):
             task = prog.add_task(label, total=total)
             return lambda: prog.advance(task)
-        yield prog.console.log, factory
+        yield prog.console.print, factory
 
 
 def _errors():

@@ -72,6 +72,9 @@ class LoraConfig(_Strict):
     # "activation": A = top-r right singular vectors of the module's inputs on the request's views
     # (one extra forward pass); "peft": peft's default random A. See docs/method.md.
     init: Literal["activation", "peft"] = "activation"
+    # Token weights of the activation Gram: "uniform" or "loss" (logit-gradient norms, with
+    # (alpha, gamma) fitted on the proxy by `r2f decoder train`; see r2f.grads.token_weights).
+    weighting: Literal["uniform", "loss"] = "loss"
     basis: Literal["item", "request"] = "item"
 
 
@@ -89,6 +92,10 @@ class DecoderConfig(_Strict):
     steps: int = Field(300, ge=1)
     lr: float = Field(3e-3, gt=0)
     cosine_weight: float = Field(1.0, ge=0)
+    # grid searched on proxy prompts for the token weighting (alpha, gamma) of the activation Gram
+    weight_alphas: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3, 1.0)
+    weight_gammas: tuple[float, ...] = (0.5, 1.0, 2.0)
+    weight_fit_prompts: int = Field(12, ge=1)
     seed: int = 0
 
 

@@ -20,8 +20,11 @@ class PromptPairs:
     pairs: list  # [(Sketch, true full gradient)]
 
 
-def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None) -> list[PromptPairs]:
-    """For each item: N views -> exact full gradients and the LoRA sketch of every target module."""
+def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None,
+                  weighting: tuple[float, float] | None = None) -> list[PromptPairs]:
+    """For each item: N views -> exact full gradients and the LoRA sketch of every target module.
+
+    ``weighting`` is the token weighting of the activation Gram (``None`` = uniform)."""
     a_init = a_init or cfg.lora.init
     infos = target_modules(model, cfg.lora.target_modules)
     out = []
@@ -31,7 +34,7 @@ def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progr
         batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective)
         full = full_gradients(model, infos, batches, cfg.unlearn.objective)
         if a_init == "activation":
-            grams = activation_grams(model, infos, batches)
+            grams = activation_grams(model, infos, batches, weighting)
             A = {n: top_basis(k, cfg.lora.rank) for n, k in grams.items()}
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A)
         else:
@@ -63,3 +66,40 @@ def fidelity(decoder, prompts: list[PromptPairs]) -> dict:
     p10 = float(numpy.percentile(per_prompt, 10))
     return {"cosine_mean": statistics.fmean(per_prompt), "cosine_p10": p10,
             "module_cosine_mean": statistics.fmean(per_module), "n_prompts": len(per_prompt)}
+
+
+def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tuple[float, float] | None, dict]:
+    """Grid-search the token weighting (alpha, gamma) of the activation Gram on proxy prompts:
+    the pair whose top-r basis best captures the exact gradients (cosine of the projection).
+    Returns (best weighting or None if uniform wins, {label: mean cosine})."""
+    import torch
+
+    infos = target_modules(model, cfg.lora.target_modules)
+    prompts = []
+    for item in items:
+        views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
+                            cfg.paraphrase.max_similarity)]
+        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective)
+        prompts.append((batches, full_gradients(model, infos, batches, cfg.unlearn.objective)))
+
+    def score(weighting) -> float:
+        cos = []
+        for batches, full in prompts:
+            grams = activation_grams(model, infos, batches, weighting)
+            dec, true = [], []
+            for i in infos:
+                A = top_basis(grams[i.name], cfg.lora.rank)
+                dec.append((full[i.name] @ A.T @ A).flatten())
+                true.append(full[i.name].flatten())
+            cos.append(cosine(torch.cat(dec), torch.cat(true)))
+        return statistics.fmean(cos)
+
+    scores = {"uniform": score(None)}
+    best, best_s = None, scores["uniform"]
+    for a in cfg.decoder.weight_alphas:
+        for g in cfg.decoder.weight_gammas:
+            s = scores[f"alpha={a},gamma={g}"] = score((a, g))
+            if s > best_s:
+                best, best_s = (a, g), s
+    log(f"token weighting: uniform {scores['uniform']:.3f} -> best {best} {best_s:.3f} on {len(items)} proxy prompts")
+    return best, scores

@@ -107,20 +107,56 @@ class GramHooks:
             h.remove()
 
 
-def activation_grams(model, infos: Sequence[ModuleInfo], batches) -> dict[str, "torch.Tensor"]:
-    """Per module, K = sum_t x_t x_t^T over the non-pad input tokens (one forward pass, no grad)."""
+def token_weights(logits: "torch.Tensor", batch: dict, weighting: tuple[float, float] | None) -> "torch.Tensor":
+    """Per-token weights [B, T] for the activation Gram.
+
+    ``None``: 1 on every non-pad token. ``(alpha, gamma)``: positions that predict an answer token get
+    ``g_t ** gamma`` with ``g_t = ||softmax(logits_t) - onehot(y_t)||^2`` (the squared norm of the
+    loss gradient w.r.t. that position's logits, available from the forward pass); prompt positions
+    get ``alpha`` times the mean answer weight (they receive gradient only through attention).
+    """
+    import torch
+
+    mask = batch["attention_mask"].bool()
+    if weighting is None:
+        return mask.float()
+    alpha, gamma = weighting
+    labels = batch["labels"]
+    predicts = torch.zeros_like(mask)
+    predicts[:, :-1] = labels[:, 1:] != -100
+    probs = logits.float().softmax(-1)
+    target = labels[:, 1:].clamp(min=0)
+    p_y = torch.zeros(mask.shape)
+    p_y[:, :-1] = probs[:, :-1].gather(-1, target[..., None]).squeeze(-1)
+    g = probs.pow(2).sum(-1) - 2 * p_y + 1.0  # ||p - e_y||^2
+    g = g.clamp(min=0).pow(gamma) * predicts
+    mean_g = g.sum() / predicts.sum().clamp(min=1)
+    return g + alpha * mean_g * (mask & ~predicts)
+
+
+def activation_grams(model, infos: Sequence[ModuleInfo], batches,
+                     weighting: tuple[float, float] | None = None) -> dict[str, "torch.Tensor"]:
+    """Per module, K = sum_t w_t x_t x_t^T over input tokens (one forward pass, no grad); the
+    weights come from :func:`token_weights` (uniform over non-pad tokens by default)."""
     import torch
 
     mods = dict(model.named_modules())
-    hooks = GramHooks({i.name: mods[i.name] for i in infos})
+    xs: dict = {}
+    handles = [mods[i.name].register_forward_hook(
+        lambda _m, inputs, _o, n=i.name: xs.__setitem__(n, inputs[0].detach())) for i in infos]
+    grams: dict = {}
     try:
         with torch.inference_mode():
             for b in batches:
-                hooks.mask = b["attention_mask"].bool()
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                w = token_weights(logits, b, weighting)
+                for n, x in xs.items():
+                    x = x.float().reshape(-1, x.shape[-1])
+                    grams[n] = grams.get(n, 0) + (x * w.reshape(-1, 1)).T @ x
     finally:
-        hooks.remove()
-    return {k: v.clone() for k, v in hooks.grams.items()}
+        for h in handles:
+            h.remove()
+    return {k: v.clone() for k, v in grams.items()}
 
 
 def top_basis(gram: "torch.Tensor", r: int) -> "torch.Tensor":

@@ -43,44 +43,63 @@ def decoder_train_items(cfg: Config, tofu):
 
 
 def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = False) -> dict:
-    """Train the learned decoder on (LoRA-grad, full-grad) pairs from the proxy; cached."""
+    """Fit the learned decoder on the proxy; cached by configuration hash.
+
+    * ``lora.init: activation``: fit the token weighting of the activation Gram (grid search on
+      proxy prompts). The spectral prior is not trained: with A aligned to the Gram's eigenvectors it
+      cannot change the decode (it reduces to the projection).
+    * ``lora.init: peft``: train the spectral-prior MLP on (LoRA-grad, full-grad) pairs (MSE + cosine).
+    """
     from .decoder import LearnedDecoder, train_decoder as fit
-    from .fidelity import collect_pairs, fidelity, flatten
+    from .fidelity import collect_pairs, fidelity, fit_weighting, flatten
     from .grads import target_modules
-    from .zoo import ensure_models
     from .models import load_model
+    from .zoo import ensure_models
 
     out = decoder_dir(cfg)
     if (out / "decoder.json").is_file() and not force:
         return {"decoder_dir": str(out), **LearnedDecoder.load(out).meta}
     models = ensure_models(cfg, log)
     model, tok = load_model(models.path("proxy"))
-    per_prompt = len(target_modules(model, cfg.lora.target_modules))
-    n_prompts = -(-cfg.decoder.pairs // per_prompt)
-    items = decoder_train_items(cfg, load_tofu(cfg.data.tofu_dir))[:n_prompts]
-    log(f"decoder: collecting {n_prompts} proxy prompts x {per_prompt} modules "
-        f"({n_prompts * per_prompt} pairs, A init '{cfg.lora.init}')")
+    items = decoder_train_items(cfg, load_tofu(cfg.data.tofu_dir))
     t0 = time.perf_counter()
-    tick = progress("proxy pairs", n_prompts) if progress else None
-    prompts = collect_pairs(model, tok, cfg, items, progress=tick)
-    t_pairs = time.perf_counter() - t0
-    n_val = max(1, len(prompts) // 10)
-    train, val = prompts[n_val:], prompts[:n_val]
-    tick = progress("decoder steps", cfg.decoder.steps) if progress else None
-    dec, curve = fit(flatten(train), cfg.decoder.hidden, cfg.decoder.steps, cfg.decoder.lr,
-                     cfg.decoder.cosine_weight, cfg.decoder.seed, progress=tick)
-    dec.meta = {
-        "kind": "learned", "a_init": cfg.lora.init, "objective": cfg.unlearn.objective,
-        "proxy": str(models.path("proxy")), "pairs": len(flatten(train)), "steps": cfg.decoder.steps,
-        "loss_first": curve[0], "loss_last": curve[-1], "loss_curve": curve[:: max(1, len(curve) // 50)],
-        "val_learned": fidelity(dec, val), "val_prior": fidelity("prior", val),
-        "val_analytic": fidelity("analytic", val),
-        "pairs_s": round(t_pairs, 1), "train_s": round(time.perf_counter() - t0 - t_pairs, 1),
-    }
+    meta: dict = {"kind": "learned", "a_init": cfg.lora.init, "objective": cfg.unlearn.objective,
+                  "proxy": str(models.path("proxy")), "weighting": None, "pairs": 0, "steps": 0}
+    dc = cfg.decoder
+    if cfg.lora.init == "activation":
+        if cfg.lora.weighting == "loss":
+            best, scores = fit_weighting(model, tok, cfg, items[:dc.weight_fit_prompts], log)
+            meta.update(weighting=list(best) if best else None, weighting_scores=scores)
+        dec, curve = LearnedDecoder(dc.hidden, dc.seed), []
+        val_items = items[dc.weight_fit_prompts:dc.weight_fit_prompts + 8]
+    else:
+        per_prompt = len(target_modules(model, cfg.lora.target_modules))
+        n_prompts = -(-dc.pairs // per_prompt)
+        log(f"decoder: collecting {n_prompts} proxy prompts x {per_prompt} modules ({n_prompts * per_prompt} pairs)")
+        tick = progress("proxy pairs", n_prompts) if progress else None
+        train = collect_pairs(model, tok, cfg, items[:n_prompts], progress=tick)
+        tick = progress("decoder steps", dc.steps) if progress else None
+        dec, curve = fit(flatten(train), dc.hidden, dc.steps, dc.lr, dc.cosine_weight, dc.seed, progress=tick)
+        meta.update(pairs=len(flatten(train)), steps=dc.steps, loss_first=curve[0], loss_last=curve[-1],
+                    loss_curve=curve[:: max(1, len(curve) // 50)])
+        val_items = items[n_prompts:n_prompts + 8]
+    weighting = tuple(meta["weighting"]) if meta["weighting"] else None
+    val = collect_pairs(model, tok, cfg, val_items, weighting=weighting)
+    meta.update(val_learned=fidelity(dec, val), val_analytic=fidelity("analytic", val),
+                train_s=round(time.perf_counter() - t0, 1))
+    dec.meta = meta
     dec.save(out)
-    log(f"decoder: loss {curve[0]:.3f} -> {curve[-1]:.3f}; held-out proxy cosine "
-        f"learned {dec.meta['val_learned']['cosine_mean']:.3f} vs analytic {dec.meta['val_analytic']['cosine_mean']:.3f}")
-    return {"decoder_dir": str(out), **dec.meta}
+    log(f"decoder: held-out proxy cosine learned {meta['val_learned']['cosine_mean']:.3f} "
+        f"vs analytic {meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
+    return {"decoder_dir": str(out), **meta}
+
+
+def gram_weighting(cfg: Config, decoder) -> tuple[float, float] | None:
+    """The activation-Gram token weighting R2F uses: the decoder's fitted one, else uniform."""
+    if cfg.lora.weighting == "uniform":
+        return None
+    fitted = getattr(decoder, "meta", {}).get("weighting")
+    return tuple(fitted) if fitted else None
 
 
 def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,

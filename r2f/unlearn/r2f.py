@@ -24,11 +24,14 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
     groups = [[v] for v in grad_views] if cfg.lora.basis == "item" else [grad_views]
     total = sum(len(v.questions) for v in grad_views)
     direction = {i.name: torch.zeros_like(dict(model.named_modules())[i.name].weight) for i in infos}
+    from ..stages import gram_weighting
+
+    weighting = gram_weighting(cfg, decoder)
     tick = ctx.tick("r2f views", len(groups))
     for g in groups:
         batches = view_batches(tok, g, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals)
         if cfg.lora.init == "activation":
-            grams = activation_grams(model, infos, batches)
+            grams = activation_grams(model, infos, batches, weighting)
             A = {n: top_basis(k, cfg.lora.rank) for n, k in grams.items()}
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
                                 cfg.unlearn.objective, A_init=A)

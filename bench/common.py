@@ -1,0 +1,83 @@
+"""Shared by the bench scripts: argument parsing, environment, and JSON + markdown output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small run (<3 min on 2 cores), same JSON shape")
+    p.add_argument("--params", default=str(ROOT / "params.yaml"))
+    p.add_argument("--set", dest="sets", action="append", default=[], help="override key=value")
+    p.add_argument("--out", default=str(RESULTS), help="results folder")
+    return p
+
+
+def setup() -> None:
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                 "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+        os.environ.setdefault(k, v)
+    sys.path.insert(0, str(ROOT))
+
+
+def load_cfg(args, extra: dict | None = None):
+    import yaml
+
+    from r2f.config import load_config
+
+    overrides = dict(extra or {})
+    for s in args.sets:
+        k, v = s.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    return load_config(args.params, overrides)
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def env_info() -> dict:
+    import torch
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=False).stdout.strip()
+    except OSError:
+        sha = ""
+    return {"git_sha": sha, "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def write(name: str, args, rows: list[dict], columns: list[str], notes: list[str], meta: dict) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_quick" if args.quick else name
+    payload = {"benchmark": name, "quick": args.quick, "env": env_info(), **meta, "rows": rows}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+    lines = [f"# {name}{' (quick)' if args.quick else ''}", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    lines += [""] + [f"- {n}" for n in notes] + [""]
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return out / f"{stem}.json"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

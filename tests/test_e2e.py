@@ -1,0 +1,23 @@
+"""train -> decode -> unlearn on the tiny configuration, through the same stage functions the CLI uses."""
+
+import json
+
+from r2f.stages import decoder_dir, train_decoder, unlearn
+
+
+def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
+    rep_models = tiny_models.report()
+    assert set(rep_models["roles"]) == {"target", "proxy", "retain"}
+    # the retain model never saw the forget authors: it must be worse on them than the target
+    assert rep_models["roles"]["retain"]["forget_nll"] > rep_models["roles"]["target"]["forget_nll"]
+    dec = train_decoder(tiny_cfg)
+    assert (decoder_dir(tiny_cfg) / "decoder.safetensors").is_file()
+    assert dec["loss_last"] == dec["loss_last"]  # finite, recorded
+    rep = unlearn(tiny_cfg, "r2f", out=tmp_path / "unlearned")
+    assert rep["nll_after"]["forget"] > rep["nll_before"]["forget"]
+    assert rep["eta"] in tiny_cfg.unlearn.eta.grid
+    meta = json.loads((tmp_path / "unlearned" / "r2f_model.json").read_text())
+    assert meta["unlearn"]["method"] == "r2f"
+    # no forget text in the report: only ids' digest
+    text = json.dumps(rep)
+    assert "Question" not in text and rep["forget_ids_sha256"]

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from r2f.models import load_model, mean_nll
+from r2f.unlearn import METHODS, UnlearnContext, UnlearnError, get_method
+from r2f.unlearn.apply import calibrate_and_apply
+from r2f.grads import target_modules
+
+
+def _ctx(cfg, models, tofu, decoder="analytic"):
+    model, tok = load_model(models.path("target"))
+    return UnlearnContext(model, tok, cfg, tofu.split(cfg.data.forget_split), tofu.authors(range(20, 22)),
+                          tofu.idontknow(), decoder, models.path("retain"))
+
+
+def test_unknown_method():
+    with pytest.raises(UnlearnError, match="unknown method 'sgd'"):
+        get_method("sgd")
+
+
+def test_nan_update_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
+    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+    infos = target_modules(ctx.model, tiny_cfg.lora.target_modules)
+    direction = {i.name: torch.zeros_like(dict(ctx.model.named_modules())[i.name].weight) for i in infos}
+    direction[infos[0].name] += 1.0
+    direction[infos[-1].name][0, 0] = float("nan")
+    with pytest.raises(UnlearnError, match="NaN/Inf"):
+        calibrate_and_apply(ctx, direction)
+    zero = {k: torch.zeros_like(v) for k, v in direction.items()}
+    with pytest.raises(UnlearnError, match="zero"):
+        calibrate_and_apply(ctx, zero)
+    for n, p in ctx.model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_calibration_respects_budget(tiny_cfg, tiny_models, tofu):
+    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    method = get_method("fullgrad")
+    res = method.run(ctx)
+    trials = res.info["trials"]
+    assert trials and res.eta in tiny_cfg.unlearn.eta.grid
+    chosen = [t for t in trials if t["eta"] == res.eta]
+    if res.info["within_budget"]:
+        assert chosen[0]["within_budget"]
+        assert all(not t["within_budget"] for t in trials if t["eta"] > res.eta)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_raises_forget_nll(name, tiny_cfg, tiny_models, tofu):
+    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    forget = ctx.forget
+    before = mean_nll(ctx.model, ctx.tokenizer, forget, tiny_cfg.models.max_len)
+    res = get_method(name).run(ctx)
+    after = mean_nll(res.model, ctx.tokenizer, forget, tiny_cfg.models.max_len)
+    assert after > before
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())
