@@ -102,7 +102,7 @@ class DecoderConfig(_Strict):
 class EtaConfig(_Strict):
     value: float | None = Field(None, gt=0)  # fixed eta; None = calibrate
     # eta is the update's size relative to the adapted weights: ||dW|| = eta * ||W|| (Frobenius)
-    grid: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+    grid: tuple[float, ...] = (0.001, 0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
     retain_budget: float = Field(0.10, gt=0)  # allowed relative rise of retain NLL
     calibration_items: int = Field(64, ge=4)
 

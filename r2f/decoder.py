@@ -37,20 +37,36 @@ class DecoderError(ValueError):
 
 @dataclass
 class Sketch:
-    """What a decoder sees for one module of one request."""
+    """What a decoder sees for one module of one request: its LoRA gradient and activation Gram.
+    The Gram's eigendecomposition is computed on first use only (``prior``/``learned`` need it)."""
 
     info: ModuleInfo
     lora: LoraGrad
-    evals: "torch.Tensor"  # eigenvalues of the activation Gram, descending (in,)
-    evecs: "torch.Tensor"  # matching eigenvectors as columns (in x in)
+    gram: "torch.Tensor"  # in x in
+    _eig: tuple | None = None
+
+    def _decompose(self) -> tuple:
+        if self._eig is None:
+            import torch
+
+            evals, evecs = torch.linalg.eigh(self.gram.double())
+            order = torch.argsort(evals, descending=True)
+            self._eig = (evals[order].clamp(min=0).float(), evecs[:, order].float())
+        return self._eig
+
+    @property
+    def evals(self) -> "torch.Tensor":
+        """Eigenvalues of the activation Gram, descending (in,)."""
+        return self._decompose()[0]
+
+    @property
+    def evecs(self) -> "torch.Tensor":
+        """Matching eigenvectors as columns (in x in)."""
+        return self._decompose()[1]
 
 
 def make_sketch(info: ModuleInfo, lora: LoraGrad, gram: "torch.Tensor") -> Sketch:
-    import torch
-
-    evals, evecs = torch.linalg.eigh(gram.double())
-    order = torch.argsort(evals, descending=True)
-    return Sketch(info, lora, evals[order].clamp(min=0).float(), evecs[:, order].float())
+    return Sketch(info, lora, gram)
 
 
 def _prior_decode(sk: Sketch, f: "torch.Tensor") -> "torch.Tensor":
@@ -160,6 +176,14 @@ def decode(decoder: "str | LearnedDecoder", sk: Sketch) -> "torch.Tensor":
         if isinstance(decoder, LearnedDecoder):
             return decoder.decode(sk)
         return decode_fixed(decoder, sk)
+
+
+def gram_weighting(cfg, decoder) -> tuple[float, float] | None:
+    """The activation-Gram token weighting R2F uses: the decoder's fitted one, else uniform."""
+    if cfg.lora.weighting == "uniform":
+        return None
+    fitted = getattr(decoder, "meta", {}).get("weighting")
+    return tuple(fitted) if fitted else None
 
 
 def pair_loss(pred: "torch.Tensor", true: "torch.Tensor", cosine_weight: float) -> "torch.Tensor":

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from .decoder import Sketch, cosine, decode, make_sketch
-from .grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis, view_batches
+from .grads import activation_grams, full_gradients, lora_gradients, target_modules, top_bases, view_batches
 from .paraphrase import make_views
 
 
@@ -35,7 +35,7 @@ def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progr
         full = full_gradients(model, infos, batches, cfg.unlearn.objective)
         if a_init == "activation":
             grams = activation_grams(model, infos, batches, weighting)
-            A = {n: top_basis(k, cfg.lora.rank) for n, k in grams.items()}
+            A = top_bases(grams, cfg.lora.rank)
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A)
         else:
             grams = {}
@@ -87,8 +87,9 @@ def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tu
         for batches, full in prompts:
             grams = activation_grams(model, infos, batches, weighting)
             dec, true = [], []
+            bases = top_bases(grams, cfg.lora.rank)
             for i in infos:
-                A = top_basis(grams[i.name], cfg.lora.rank)
+                A = bases[i.name]
                 dec.append((full[i.name] @ A.T @ A).flatten())
                 true.append(full[i.name].flatten())
             cos.append(cosine(torch.cat(dec), torch.cat(true)))

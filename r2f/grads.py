@@ -144,26 +144,46 @@ def activation_grams(model, infos: Sequence[ModuleInfo], batches,
     xs: dict = {}
     handles = [mods[i.name].register_forward_hook(
         lambda _m, inputs, _o, n=i.name: xs.__setitem__(n, inputs[0].detach())) for i in infos]
-    grams: dict = {}
+    acc: dict = {}
+    group_of: dict = {}
     try:
         with torch.inference_mode():
             for b in batches:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                w = token_weights(logits, b, weighting)
+                w = token_weights(logits, b, weighting).reshape(-1, 1)
+                # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
+                groups: dict = {}
                 for n, x in xs.items():
-                    x = x.float().reshape(-1, x.shape[-1])
-                    grams[n] = grams.get(n, 0) + (x * w.reshape(-1, 1)).T @ x
+                    groups.setdefault((x.data_ptr(), tuple(x.shape)), []).append(n)
+                for names in groups.values():
+                    key = tuple(names)
+                    group_of.update({n: key for n in names})
+                    xf = xs[names[0]].float().reshape(-1, xs[names[0]].shape[-1])
+                    acc[key] = acc.get(key, 0) + (xf * w).T @ xf
     finally:
         for h in handles:
             h.remove()
-    return {k: v.clone() for k, v in grams.items()}
+    grams = {key: g.clone() for key, g in acc.items()}
+    return {i.name: grams[group_of[i.name]] for i in infos}
+
+
+def top_bases(grams: dict, r: int) -> dict:
+    """:func:`top_basis` of every Gram, computed once per distinct Gram (q/k/v share one)."""
+    cache: dict = {}
+    out = {}
+    for n, k in grams.items():
+        key = id(k)
+        if key not in cache:
+            cache[key] = top_basis(k, r)
+        out[n] = cache[key]
+    return out
 
 
 def top_basis(gram: "torch.Tensor", r: int) -> "torch.Tensor":
     """Top-r eigenvectors of a Gram matrix as rows (r x in), orthonormal, deterministic sign."""
     import torch
 
-    evals, evecs = torch.linalg.eigh(gram.double())
+    evals, evecs = torch.linalg.eigh(gram.float())  # float32: 2x faster, ample for the top-r
     top = evecs[:, torch.argsort(evals, descending=True)[:r]].T
     signs = torch.sign(top[torch.arange(top.shape[0]), top.abs().argmax(1)])
     return (top * signs[:, None]).float()

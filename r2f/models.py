@@ -172,6 +172,9 @@ def atomic_dir(path: str | Path):
 
 def save_model(model, tokenizer, path: str | Path, meta: dict | None = None) -> Path:
     """Write a standard HF folder (safetensors + config + tokenizer + r2f_model.json) atomically."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -183,7 +186,9 @@ def load_model(path: str | Path, dtype: str = "float32"):
     """Load (model, tokenizer) from a local HF folder or a local ``.gguf`` file, offline."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model path does not exist")

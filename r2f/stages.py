@@ -94,14 +94,6 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
     return {"decoder_dir": str(out), **meta}
 
 
-def gram_weighting(cfg: Config, decoder) -> tuple[float, float] | None:
-    """The activation-Gram token weighting R2F uses: the decoder's fitted one, else uniform."""
-    if cfg.lora.weighting == "uniform":
-        return None
-    fitted = getattr(decoder, "meta", {}).get("weighting")
-    return tuple(fitted) if fitted else None
-
-
 def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,
             model_path: str | Path | None = None, out: str | Path | None = None,
             log: Log = _noop, progress=None) -> dict:

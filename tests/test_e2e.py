@@ -12,7 +12,10 @@ def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
     assert rep_models["roles"]["retain"]["forget_nll"] > rep_models["roles"]["target"]["forget_nll"]
     dec = train_decoder(tiny_cfg)
     assert (decoder_dir(tiny_cfg) / "decoder.safetensors").is_file()
-    assert dec["loss_last"] == dec["loss_last"]  # finite, recorded
+    scores = dec["weighting_scores"]
+    chosen = "uniform" if dec["weighting"] is None else "alpha={},gamma={}".format(*dec["weighting"])
+    assert scores[chosen] == max(scores.values())
+    assert 0 < dec["val_learned"]["cosine_mean"] <= 1
     rep = unlearn(tiny_cfg, "r2f", out=tmp_path / "unlearned")
     assert rep["nll_after"]["forget"] > rep["nll_before"]["forget"]
     assert rep["eta"] in tiny_cfg.unlearn.eta.grid

@@ -55,7 +55,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict) -> tuple[float, di
     missing = set(direction) - set(names)
     if missing:
         raise UnlearnError(f"update names modules the model does not have: {sorted(missing)[:3]}")
-    w_norm = math.sqrt(sum(float(mods[n].weight.double().pow(2).sum()) for n in direction))
+    w_norm = math.sqrt(sum(float(mods[n].weight.detach().double().pow(2).sum()) for n in direction))
     d_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in direction.values()))
     if not d_norm > 0:
         raise UnlearnError("update direction is zero: nothing to apply, model left unchanged")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from ..decoder import decode, make_sketch
-from ..grads import activation_grams, lora_gradients, target_modules, top_basis, view_batches
+from ..decoder import decode, gram_weighting, make_sketch
+from ..grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
 from .apply import calibrate_and_apply, views_split
 from .base import UnlearnContext, UnlearnResult
 
@@ -24,15 +24,17 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
     groups = [[v] for v in grad_views] if cfg.lora.basis == "item" else [grad_views]
     total = sum(len(v.questions) for v in grad_views)
     direction = {i.name: torch.zeros_like(dict(model.named_modules())[i.name].weight) for i in infos}
-    from ..stages import gram_weighting
-
     weighting = gram_weighting(cfg, decoder)
+    if cfg.lora.init == "activation" and (decoder == "prior" or not isinstance(decoder, str)):
+        # With A = the Gram's top eigenvectors, prior/learned decode exactly to the projection
+        # (docs/method.md): use it directly and skip an eigendecomposition per module and item.
+        decoder = "analytic"
     tick = ctx.tick("r2f views", len(groups))
     for g in groups:
         batches = view_batches(tok, g, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals)
         if cfg.lora.init == "activation":
             grams = activation_grams(model, infos, batches, weighting)
-            A = {n: top_basis(k, cfg.lora.rank) for n, k in grams.items()}
+            A = top_bases(grams, cfg.lora.rank)
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
                                 cfg.unlearn.objective, A_init=A)
         else:
