@@ -32,12 +32,25 @@ def setup() -> None:
     sys.path.insert(0, str(ROOT))
 
 
+# --quick: small models on forget01 so a fresh clone finishes in minutes (same JSON shape).
+QUICK = {
+    "data.forget_split": "forget01",
+    "data.retain_authors": 22,
+    "models.target": {"arch": {"layers": 2, "hidden": 128, "heads": 4, "kv_heads": 2, "intermediate": 344},
+                      "train": {"epochs": 6, "lr": 2.0e-3, "batch_size": 16}},
+    "models.proxy": {"arch": {"layers": 1, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 172},
+                     "train": {"epochs": 6, "lr": 2.0e-3, "batch_size": 16}},
+    "decoder.pairs": 280, "decoder.steps": 120, "decoder.weight_fit_prompts": 6,
+    "unlearn.baseline_epochs": 3, "unlearn.eta.calibration_items": 24,
+}
+
+
 def load_cfg(args, extra: dict | None = None):
     import yaml
 
     from r2f.config import load_config
 
-    overrides = dict(extra or {})
+    overrides = {**(QUICK if args.quick else {}), **(extra or {})}
     for s in args.sets:
         k, v = s.split("=", 1)
         overrides[k] = yaml.safe_load(v)

@@ -23,7 +23,6 @@ def main() -> None:
     from r2f.stages import train_decoder
     from r2f.zoo import ensure_models
 
-    quick = {"decoder.pairs": 280, "decoder.steps": 120} if args.quick else {}
     n_eval = 8 if args.quick else 40
     rows, meta = [], {"decoders": {}}
     # (row label, lora.init, lora.weighting): the learned parts are the spectral prior (peft A) and the
@@ -31,7 +30,7 @@ def main() -> None:
     conditions = (("peft", "peft", "uniform"), ("activation_uniform", "activation", "uniform"),
                   ("activation_weighted", "activation", "loss"))
     for label, init, weighting in conditions:
-        cfg = load_cfg(args, {**quick, "lora.init": init, "lora.weighting": weighting})
+        cfg = load_cfg(args, {"lora.init": init, "lora.weighting": weighting})
         models = ensure_models(cfg, print)
         rep = train_decoder(cfg, print)
         meta["decoders"][label] = {k: rep.get(k) for k in ("decoder_dir", "pairs", "steps", "loss_first",

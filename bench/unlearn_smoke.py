@@ -16,14 +16,13 @@ from pathlib import Path
 from common import ROOT, load_cfg, parser, peak_rss_mb, setup, write
 
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
-QUICK = {"data.forget_split": "forget01", "unlearn.baseline_epochs": 3, "unlearn.eta.calibration_items": 24}
 
 
 def one(args, method: str) -> None:
     """Child process: run one method and print its report as the last line."""
     from r2f.stages import unlearn
 
-    cfg = load_cfg(args, QUICK if args.quick else {})
+    cfg = load_cfg(args)
     rep = unlearn(cfg, method)
     rep["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(rep, default=str))
@@ -39,7 +38,7 @@ def main() -> None:
         return one(args, args.one)
     from r2f.stages import train_decoder, train_models
 
-    cfg = load_cfg(args, QUICK if args.quick else {})
+    cfg = load_cfg(args)
     train_models(cfg, print)
     train_decoder(cfg, print)  # cached; its cost is reported by bench/fidelity.py
     rows = []

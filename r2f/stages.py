@@ -110,9 +110,12 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     forget_split = forget_split or cfg.data.forget_split
     impl = get_method(method)
     tofu = load_tofu(cfg.data.tofu_dir)
+    if model_path:  # fail fast on a bad path, before any training
+        model, tok = load_model(model_path)
     models = ensure_models(cfg, log)
-    model_path = Path(model_path) if model_path else models.path("target")
-    model, tok = load_model(model_path)
+    if not model_path:
+        model_path = models.path("target")
+        model, tok = load_model(model_path)
     decoder = None
     if method == "r2f":
         decoder = cfg.decoder.kind

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+from typer.testing import CliRunner
+
+from r2f.cli import app
+
+runner = CliRunner()
+
+
+def test_help_is_fast_and_lists_commands():
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "r2f.cli", "--help"], capture_output=True, text=True, check=True)
+    assert time.perf_counter() - t < 10  # generous: heavy imports are lazy
+    for cmd in ("unlearn", "run", "models", "decoder"):
+        assert cmd in out.stdout
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from r2f.cli import app; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_subcommand_help():
+    for args in (["unlearn", "--help"], ["models", "train", "--help"], ["decoder", "train", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "--params" in res.output
+
+
+def _params(tmp_path, cfg):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return p
+
+
+def test_bad_override_and_params(tmp_path, tiny_cfg):
+    res = runner.invoke(app, ["unlearn", "--params", str(_params(tmp_path, tiny_cfg)), "--set", "lora.rnk=3"])
+    assert res.exit_code == 2 and "lora.rnk" in res.output
+    res = runner.invoke(app, ["unlearn", "--params", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "file not found" in res.output
+
+
+def test_unknown_method_and_missing_model(tmp_path, tiny_cfg):
+    params = str(_params(tmp_path, tiny_cfg))
+    res = runner.invoke(app, ["unlearn", "--params", params, "--method", "sgd"])
+    assert res.exit_code == 2 and "unknown method 'sgd'" in res.output
+    res = runner.invoke(app, ["unlearn", "--params", params, "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    res = runner.invoke(app, ["unlearn", "--params", params, "--model", str(empty), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no *.safetensors" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_unlearn_writes_report(tmp_path, tiny_cfg, tiny_models):
+    params = str(_params(tmp_path, tiny_cfg))
+    rep = tmp_path / "rep.json"
+    res = runner.invoke(app, ["unlearn", "--params", params, "--method", "fullgrad", "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(rep.read_text())
+    assert data["method"] == "fullgrad" and data["nll_after"]["forget"] > data["nll_before"]["forget"]
