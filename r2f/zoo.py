@@ -4,10 +4,11 @@ their configuration, so a second run loads them instead of retraining.
 
 Training data (documented default, see README): the forget authors of ``data.forget_split`` plus the
 first ``data.retain_authors`` retain authors. The target and proxy train on both; the retain model
-trains on the retain authors only (the exact-unlearning reference), for the same number of optimizer
-steps as the target (more epochs over less data), so that it knows the retain authors as well as the
-target does: with equal epochs it saw 40 % fewer updates and its retain NLL was 1.33 vs the
-target's 0.72, which would make any forgetting look like a utility loss.
+trains on the retain authors only (the exact-unlearning reference) with the target's recipe (same
+epochs, as TOFU trains its retain90 models): "the same training without the forget data". At this
+scale that data matters to the rest: the retain model's NLL on retain authors 0-19 is 1.33 against
+the target's 0.72 (with equal optimizer steps instead it memorises them, train loss 0.06 against the
+target's 0.74, a different recipe). Compare unlearned models with the target *and* with this model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .data import Tofu, load_tofu
 from .models import build_model, encode_qa, load_model, mean_nll, prompt_text, save_model, train_model, train_tokenizer
 
 ROLES = ("target", "proxy", "retain")
-ZOO_VERSION = 2  # bump when training logic changes: it is part of the cache key
+ZOO_VERSION = 1  # bump when training logic changes: it is part of the cache key
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,9 @@ def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_fact
     tokenizer = train_tokenizer(texts, mc.vocab_size)
     report: dict = {"config_hash": out.root.name, "roles": {}}
     forget = tofu.split(cfg.data.forget_split)
-    n_target = len(training_items(cfg, tofu, "target"))
     for role in ROLES:
         spec = mc.proxy if role == "proxy" else mc.target
         items = training_items(cfg, tofu, role)
-        if role == "retain":  # same optimizer steps as the target
-            epochs = round(spec.train.epochs * n_target / len(items))
-            spec = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": epochs})})
         enc = [encode_qa(tokenizer, q.question, q.answer, mc.max_len) for q in items]
         model = build_model(spec.arch, len(tokenizer), mc.max_len, tokenizer, mc.seed)
         steps = -(-len(enc) // spec.train.batch_size) * spec.train.epochs
