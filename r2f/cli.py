@@ -68,7 +68,7 @@ def _ui():
                   console=console, transient=True) as prog:
         def factory(label: str, total: int):
             task = prog.add_task(label, total=total)
-            return lambda: prog.advance(task)
+            return lambda n=1: prog.advance(task, n)
         yield prog.console.print, factory
 
 
@@ -128,6 +128,51 @@ def unlearn(
     if report:
         write_json(report, rep)
     _print_report(rep)
+
+
+@app.command("eval")
+def eval_(
+    model: Optional[Path] = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
+    split: str = typer.Option(None, "--split", help="Forget split: forget01, forget05, forget10."),
+    out: Optional[Path] = typer.Option(None, help="Folder for TOFU_EVAL.json and TOFU_SUMMARY.json "
+                                       "(default: <state_dir>/eval/<model name>-<split>)."),
+    params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """TOFU metrics (open-unlearning's keys) plus the paper's USR, GUR, RAP and identity drift.
+
+    The retain model's evaluation (the forget-quality reference) and the target's (GUR, drift) are
+    computed on first use and cached."""
+    _setup()
+    from .evaluation import EvalError
+    from .stages import evaluate_model
+
+    cfg = _cfg(params, set_, **{"data.forget_split": split})
+    split = cfg.data.forget_split
+    out = out or Path(cfg.state_dir) / "eval" / f"{(model.stem if model else 'target')}-{split}"
+    try:
+        with _ui() as (log, prog):
+            rep = evaluate_model(cfg, model, split, out, log, prog)
+    except (*_errors(), EvalError) as exc:
+        _fail(str(exc))
+    _print_summary(rep)
+    typer.echo(f"results: {out / 'TOFU_SUMMARY.json'}")
+
+
+SUMMARY_ROWS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+                "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl")
+
+
+def _print_summary(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{rep['model']} on {rep['split']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in SUMMARY_ROWS:
+        v = rep["summary"].get(k)
+        t.add_row(k, "-" if v is None else f"{v:.4g}")
+    Console().print(t)
 
 
 def _print_report(rep: dict) -> None:

@@ -22,9 +22,20 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     tofu_dir: str = "data/tofu"
     forget_split: Literal["forget01", "forget05", "forget10"] = "forget10"
+    # The target and proxy learn the authors of this split (TOFU's forget splits are nested:
+    # forget01 < forget05 < forget10), so one target serves every deletion that is a subset of it.
+    world_split: Literal["forget01", "forget05", "forget10"] = "forget10"
     # The default models train on the forget authors plus this many retain authors (from the start of
     # `full`, which includes the 20 authors of `retain_perturbed`); 180 trains on all of TOFU.
     retain_authors: int = Field(20, ge=1, le=180)
+
+    @model_validator(mode="after")
+    def _forget_within_world(self) -> "DataConfig":
+        order = ["forget01", "forget05", "forget10"]
+        if order.index(self.forget_split) > order.index(self.world_split):
+            raise ValueError(f"forget_split {self.forget_split} is not contained in world_split "
+                             f"{self.world_split}: the target never learned those authors")
+        return self
 
 
 class ArchConfig(_Strict):
@@ -120,6 +131,18 @@ class UnlearnConfig(_Strict):
     lora_mul_steps: int = Field(10, ge=1)
     lora_mul_lr: float = Field(1e-3, gt=0)
     graddiff_alpha: float = Field(1.0, ge=0)
+    seed: int = 0  # batch order, LoRA init and the relearning attack (the models' seed is models.seed)
+
+
+class EvalConfig(_Strict):
+    """Evaluation (docs/evaluation.md): TOFU metrics plus the paper's USR, GUR, RAP and drift."""
+
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(200, ge=1)  # open-unlearning's TOFU generation budget
+    key_recall: float = Field(0.5, gt=0, le=1)  # USR: share of key tokens that still counts as "contains"
+    rap_steps: int = Field(10, ge=1)  # relearning attack: fine-tuning steps on paraphrased forget data
+    rap_lr: float = Field(1e-3, gt=0)
+    rap_batch_size: int = Field(16, ge=1)
 
 
 class Config(_Strict):
@@ -130,6 +153,7 @@ class Config(_Strict):
     paraphrase: ParaphraseConfig = ParaphraseConfig()
     decoder: DecoderConfig = DecoderConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
+    eval: EvalConfig = EvalConfig()
 
     @field_validator("state_dir")
     @classmethod

@@ -114,23 +114,27 @@ def build_model(arch: "ArchConfig", vocab_size: int, max_len: int, tokenizer, se
 
 
 def train_model(model, data: Sequence[Encoded], train: "TrainConfig", pad_id: int, seed: int,
-                progress=None) -> list[float]:
-    """AdamW with linear warmup and cosine decay on answer-token NLL. Returns per-epoch mean loss."""
+                progress=None, max_steps: int | None = None) -> list[float]:
+    """AdamW with linear warmup and cosine decay on answer-token NLL. Returns per-epoch mean loss.
+
+    ``max_steps`` stops early (the schedule then spans ``max_steps``)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(data) / train.batch_size)
-    total = steps_per_epoch * train.epochs
+    total = steps_per_epoch * train.epochs if max_steps is None else min(max_steps, steps_per_epoch * train.epochs)
     warm = max(1, int(train.warmup_frac * total))
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     model.train()
-    losses = []
+    losses, done = [], 0
     for _ in range(train.epochs):
         order = torch.randperm(len(data), generator=gen).tolist()
-        tot = 0.0
+        tot, n = 0.0, 0
         for b in range(steps_per_epoch):
+            if done >= total:
+                break
             batch = collate([data[i] for i in order[b * train.batch_size:(b + 1) * train.batch_size]], pad_id)
             loss = token_nll(model, batch).mean()
             opt.zero_grad(set_to_none=True)
@@ -138,10 +142,11 @@ def train_model(model, data: Sequence[Encoded], train: "TrainConfig", pad_id: in
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            tot += loss.item()
+            tot, n, done = tot + loss.item(), n + 1, done + 1
             if progress:
                 progress()
-        losses.append(tot / steps_per_epoch)
+        if n:
+            losses.append(tot / n)
     model.eval()
     return losses
 

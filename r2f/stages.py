@@ -112,7 +112,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     tofu = load_tofu(cfg.data.tofu_dir)
     if model_path:  # fail fast on a bad path, before any training
         model, tok = load_model(model_path)
-    models = ensure_models(cfg, log)
+    models = ensure_models(cfg, log, splits=(forget_split,))
     if not model_path:
         model_path = models.path("target")
         model, tok = load_model(model_path)
@@ -127,7 +127,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     ml = cfg.models.max_len
     before = {k: mean_nll(model, tok, v, ml) for k, v in evalsets.items()}
     ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
-                         models.path("retain"), log, progress)
+                         models.path("retain", forget_split), log, progress)
     t0 = time.perf_counter()
     result = impl.run(ctx)
     wall = time.perf_counter() - t0
@@ -161,3 +161,62 @@ def write_json(path: str | Path, obj) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
     return path
+
+
+def eval_dir(cfg: Config, role: str, split: str) -> Path:
+    """Cache folder of a reference evaluation (embedded ``target`` or ``retain`` model)."""
+    from .zoo import models_dir
+
+    key = cfg.section_hash("eval", "paraphrase")
+    return Path(cfg.state_dir) / "evals" / models_dir(cfg).name / f"{role}-{split}-{key}-s{cfg.unlearn.seed}"
+
+
+def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progress=None) -> dict:
+    """The ``TOFU_EVAL`` of the embedded retain (forget-quality/privleak reference) or target (GUR
+    and drift reference) model, computed when missing and cached; never skipped."""
+    from .evaluation import EvalError, add_gur, evaluate, to_json, write
+    from .models import load_model
+    from .zoo import ensure_models
+
+    path = eval_dir(cfg, role, split) / "TOFU_EVAL.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        models = ensure_models(cfg, log, splits=(split,))
+        retain = None if role == "retain" else reference_eval(cfg, "retain", split, log, progress)
+        log(f"evaluating the reference {role} model on {split} (cached afterwards)")
+        model, tok = load_model(models.path(role, split))
+        original = load_model(models.path("target"))[0] if role == "retain" else None
+        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress)
+        target = None if role == "target" else reference_eval(cfg, "target", split, log, progress)
+        add_gur(res, target)
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"cannot produce the {role} model's reference evaluation for {split}: {exc}") from exc
+    write(res, path.parent)
+    return to_json(res)[0]
+
+
+def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str | None = None,
+                   out: str | Path | None = None, log: Log = _noop, progress=None) -> dict:
+    """TOFU + paper metrics of a model (default: the embedded target) on a forget split; writes
+    ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary."""
+    from .evaluation import add_gur, evaluate, summarize, to_json
+    from .models import load_model
+    from .zoo import ensure_models
+
+    split = split or cfg.data.forget_split
+    if model_path is None:
+        model_path = ensure_models(cfg, log, splits=(split,)).path("target")
+        full = reference_eval(cfg, "target", split, log, progress)
+    else:
+        model, tok = load_model(model_path)  # fail fast on a bad path
+        retain = reference_eval(cfg, "retain", split, log, progress)
+        target = reference_eval(cfg, "target", split, log, progress)
+        original = load_model(ensure_models(cfg, log).path("target"))[0]
+        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress)
+        full = to_json(add_gur(res, target))[0]
+    summary = summarize(full)
+    if out:
+        write_json(Path(out) / "TOFU_EVAL.json", full)
+        write_json(Path(out) / "TOFU_SUMMARY.json", summary)
+    return {"model": str(model_path), "split": split, "summary": summary, "out": str(out) if out else None}

@@ -1,14 +1,18 @@
-"""The embedded default: a TOFU-trained tokenizer and three Llama-architecture models (target,
-smaller proxy, retain reference), trained deterministically from a seed and cached by the hash of
-their configuration, so a second run loads them instead of retraining.
+"""The embedded default models: trained once from a seed and cached under ``state_dir/models`` by a
+hash of their configuration, so a second run loads them instead of retraining.
 
-Training data (documented default, see README): the forget authors of ``data.forget_split`` plus the
-first ``data.retain_authors`` retain authors. The target and proxy train on both; the retain model
-trains on the retain authors only (the exact-unlearning reference) with the target's recipe (same
-epochs, as TOFU trains its retain90 models): "the same training without the forget data". At this
-scale that data matters to the rest: the retain model's NLL on retain authors 0-19 is 1.33 against
-the target's 0.72 (with equal optimizer steps instead it memorises them, train loss 0.06 against the
-target's 0.74, a different recipe). Compare unlearned models with the target *and* with this model.
+Training data (documented default, see README), following TOFU's design of one fine-tuned target and
+one retain model per forget split:
+
+* **target** and **proxy**: the first ``data.retain_authors`` retain authors plus the authors of
+  ``data.world_split`` (default forget10). TOFU's forget splits are nested, so this one target serves
+  forget01, forget05 and forget10 deletions.
+* **retain-<split>**: the target's data *without* that split's authors, with the target's recipe
+  (same epochs, as TOFU trains retain90/95/99): the exact-unlearning reference for that deletion.
+  Trained lazily the first time a split needs it. At this scale the forget data matters to the rest:
+  retain-forget10's NLL on retain authors 0-19 is 1.33 against the target's 0.72 (equal optimizer
+  steps instead memorises them: train loss 0.06 against 0.74, a different recipe). Compare unlearned
+  models with the target *and* with this model.
 """
 
 from __future__ import annotations
@@ -24,68 +28,105 @@ from .data import Tofu, load_tofu
 from .models import build_model, encode_qa, load_model, mean_nll, prompt_text, save_model, train_model, train_tokenizer
 
 ROLES = ("target", "proxy", "retain")
-ZOO_VERSION = 1  # bump when training logic changes: it is part of the cache key
+SPLITS = ("forget01", "forget05", "forget10")
+ZOO_VERSION = 2  # bump when training logic changes: it is part of the cache key
 
 
 @dataclass(frozen=True)
 class DefaultModels:
     root: Path
+    split: str  # the forget split whose retain model `path("retain")` returns
 
-    def path(self, role: str) -> Path:
+    def path(self, role: str, split: str | None = None) -> Path:
         if role not in ROLES:
             raise ValueError(f"unknown model role '{role}'; expected one of {ROLES}")
-        return self.root / role
+        return self.root / (f"retain-{split or self.split}" if role == "retain" else role)
 
     def report(self) -> dict:
-        return json.loads((self.root / "report.json").read_text())
+        roles = {}
+        for p in sorted(self.root.glob("*/r2f_model.json")):
+            roles[p.parent.name] = json.loads(p.read_text())
+        return {"config_hash": self.root.name, "roles": roles}
 
 
 def models_dir(cfg: Config) -> Path:
-    return Path(cfg.state_dir) / "models" / f"{cfg.section_hash('models', 'data')}-v{ZOO_VERSION}"
+    key = {"models": cfg.models.model_dump(mode="json"), "retain_authors": cfg.data.retain_authors,
+           "world_split": cfg.data.world_split}
+    return Path(cfg.state_dir) / "models" / f"{_digest(key)}-v{ZOO_VERSION}"
 
 
-def training_items(cfg: Config, tofu: Tofu, role: str):
+def _digest(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def training_items(cfg: Config, tofu: Tofu, role: str, split: str | None = None):
+    """QA items a role trains on (``split``: the forget split a retain model excludes)."""
     retain = tofu.authors(range(cfg.data.retain_authors))
-    if role == "retain":
-        return retain
-    return retain + tofu.authors(tofu.forget_authors(cfg.data.forget_split))
+    world = tofu.authors(tofu.forget_authors(cfg.data.world_split))
+    if role != "retain":
+        return retain + world
+    drop = set(tofu.forget_authors(split or cfg.data.forget_split))
+    return retain + [q for q in world if q.author not in drop]
 
 
-def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_factory=None) -> DefaultModels:
-    """Train (or load from cache) tokenizer, target, proxy and retain models."""
+def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_factory=None,
+                  splits: tuple[str, ...] = ()) -> DefaultModels:
+    """Train (or load from cache) the tokenizer, target, proxy and the retain model of
+    ``cfg.data.forget_split`` (plus those of ``splits``)."""
+    out = DefaultModels(models_dir(cfg), cfg.data.forget_split)
+    wanted = [("target", None), ("proxy", None)]
+    wanted += [("retain", s) for s in dict.fromkeys((cfg.data.forget_split, *splits))]
+    missing = [(r, s) for r, s in wanted if not (out.path(r, s) / "r2f_model.json").is_file()]
+    if not missing:
+        return out
+    for _r, s in missing:
+        if s is not None and SPLITS.index(s) > SPLITS.index(cfg.data.world_split):
+            raise ValueError(f"forget split {s} is not contained in data.world_split {cfg.data.world_split}")
+    tofu = load_tofu(cfg.data.tofu_dir)
+    tok_dir = out.root / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    else:
+        texts = [f"{prompt_text(q.question)} {q.answer}"
+                 for s in ("full", "holdout10", "real_authors", "world_facts") for q in tofu.split(s)]
+        tokenizer = train_tokenizer(texts, cfg.models.vocab_size)
+        tok_dir.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(tok_dir)
+    for role, split in missing:
+        _train_role(cfg, tofu, tokenizer, role, split, out.path(role, split), log, progress_factory)
+    return out
+
+
+def _train_role(cfg: Config, tofu: Tofu, tokenizer, role: str, split: str | None, path: Path,
+                log: Callable[[str], None], progress_factory) -> None:
     import torch
 
-    out = DefaultModels(models_dir(cfg))
-    if (out.root / "report.json").is_file():
-        return out
-    tofu = load_tofu(cfg.data.tofu_dir)
     mc = cfg.models
-    texts = [f"{prompt_text(q.question)} {q.answer}" for s in ("full", "holdout10") for q in tofu.split(s)]
-    texts += [f"{prompt_text(q.question)} {q.answer}" for s in ("real_authors", "world_facts") for q in tofu.split(s)]
-    tokenizer = train_tokenizer(texts, mc.vocab_size)
-    report: dict = {"config_hash": out.root.name, "roles": {}}
-    forget = tofu.split(cfg.data.forget_split)
-    for role in ROLES:
-        spec = mc.proxy if role == "proxy" else mc.target
-        items = training_items(cfg, tofu, role)
-        enc = [encode_qa(tokenizer, q.question, q.answer, mc.max_len) for q in items]
-        model = build_model(spec.arch, len(tokenizer), mc.max_len, tokenizer, mc.seed)
-        steps = -(-len(enc) // spec.train.batch_size) * spec.train.epochs
-        log(f"training {role}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
-            f"{len(enc)} QA, {spec.train.epochs} epochs ({steps} steps)")
-        tick = progress_factory(role, steps) if progress_factory else None
-        t0 = time.perf_counter()
-        torch.manual_seed(mc.seed)
-        losses = train_model(model, enc, spec.train, tokenizer.pad_token_id, mc.seed, tick)
-        wall = time.perf_counter() - t0
-        meta = {"role": role, "train_qa": len(enc), "epochs": spec.train.epochs, "loss_curve": losses,
-                "wall_s": round(wall, 1), "forget_nll": mean_nll(model, tokenizer, forget, mc.max_len),
-                "params": sum(p.numel() for p in model.parameters())}
-        save_model(model, tokenizer, out.path(role), meta)
-        report["roles"][role] = meta
-        log(f"  {role}: {wall:.0f} s, final loss {losses[-1]:.3f}, forget NLL {meta['forget_nll']:.3f}")
-    (out.root / "report.json").write_text(json.dumps(report, indent=2))
-    return out
+    spec = mc.proxy if role == "proxy" else mc.target
+    items = training_items(cfg, tofu, role, split)
+    enc = [encode_qa(tokenizer, q.question, q.answer, mc.max_len) for q in items]
+    model = build_model(spec.arch, len(tokenizer), mc.max_len, tokenizer, mc.seed)
+    steps = -(-len(enc) // spec.train.batch_size) * spec.train.epochs
+    name = path.name
+    log(f"training {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
+        f"{len(enc)} QA, {spec.train.epochs} epochs ({steps} steps)")
+    tick = progress_factory(name, steps) if progress_factory else None
+    t0 = time.perf_counter()
+    torch.manual_seed(mc.seed)
+    losses = train_model(model, enc, spec.train, tokenizer.pad_token_id, mc.seed, tick)
+    wall = time.perf_counter() - t0
+    world = SPLITS[: SPLITS.index(cfg.data.world_split) + 1]
+    nll = {s: mean_nll(model, tokenizer, tofu.split(s), mc.max_len) for s in ((split,) if split else world)}
+    meta = {"role": role, "forget_split": split, "train_qa": len(enc), "epochs": spec.train.epochs,
+            "loss_curve": losses, "wall_s": round(wall, 1), "params": sum(p.numel() for p in model.parameters()),
+            "forget_nll": nll}
+    save_model(model, tokenizer, path, meta)
+    log(f"  {name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
+        + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))
 
 
 def load_role(cfg: Config, role: str):

@@ -15,6 +15,7 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE
 
 TINY = {
     "data.forget_split": "forget01",
+    "data.world_split": "forget01",
     "data.retain_authors": 22,
     "models.vocab_size": 400,
     "models.max_len": 64,

@@ -7,9 +7,10 @@ from r2f.stages import decoder_dir, train_decoder, unlearn
 
 def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
     rep_models = tiny_models.report()
-    assert set(rep_models["roles"]) == {"target", "proxy", "retain"}
+    assert set(rep_models["roles"]) == {"target", "proxy", "retain-forget01"}
     # the retain model never saw the forget authors: it must be worse on them than the target
-    assert rep_models["roles"]["retain"]["forget_nll"] > rep_models["roles"]["target"]["forget_nll"]
+    roles = rep_models["roles"]
+    assert roles["retain-forget01"]["forget_nll"]["forget01"] > roles["target"]["forget_nll"]["forget01"]
     dec = train_decoder(tiny_cfg)
     assert (decoder_dir(tiny_cfg) / "decoder.safetensors").is_file()
     scores = dec["weighting_scores"]

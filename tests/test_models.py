@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from r2f.models import ModelError, atomic_dir, encode_qa, load_model, save_model, token_nll, collate
 from r2f.zoo import ensure_models
 
+from conftest import tiny_config
 from helpers import tiny_random
 
 
@@ -61,3 +63,21 @@ def test_default_models_cached_and_learned(tiny_cfg, tiny_models):
     m, _ = load_model(tiny_models.path("proxy"))
     t, _ = load_model(tiny_models.path("target"))
     assert m.config.hidden_size < t.config.hidden_size and m.config.num_hidden_layers < t.config.num_hidden_layers
+
+
+def test_retain_model_per_split_excludes_only_that_split(tofu):
+    from r2f.zoo import training_items
+
+    cfg = tiny_config(Path("unused"), **{"data.world_split": "forget10", "data.retain_authors": 2})
+    target = {q.author for q in training_items(cfg, tofu, "target")}
+    assert target == {0, 1} | set(range(180, 200))
+    for split, n in (("forget01", 2), ("forget05", 10), ("forget10", 20)):
+        retain = {q.author for q in training_items(cfg, tofu, "retain", split)}
+        assert retain == target - set(tofu.forget_authors(split)) and len(target - retain) == n
+
+
+def test_forget_split_must_lie_within_world():
+    from r2f.config import ConfigError
+
+    with pytest.raises(ConfigError, match="world_split"):
+        tiny_config(Path("unused"), **{"data.forget_split": "forget10", "data.world_split": "forget05"})

@@ -31,7 +31,7 @@ def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bo
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=uc.baseline_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    gen = torch.Generator().manual_seed(cfg.models.seed)
+    gen = torch.Generator().manual_seed(cfg.unlearn.seed)
     tick = ctx.tick(label, total)
     losses = []
     try:

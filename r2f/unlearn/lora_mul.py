@@ -19,7 +19,7 @@ def lora_train_delta(ctx: UnlearnContext, batches, steps: int, lr: float) -> dic
     cfg, model = ctx.cfg, ctx.model
     infos = target_modules(model, cfg.lora.target_modules)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    torch.manual_seed(cfg.models.seed)
+    torch.manual_seed(cfg.unlearn.seed)
     pm = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                                           target_modules=[i.name for i in infos]))
     try:

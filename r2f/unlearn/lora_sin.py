@@ -21,7 +21,7 @@ class LoraSingle:
         rb = qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len) if cfg.unlearn.retain_weight else None
         lg = lora_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules), batches,
                             cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
-                            retain_batches=rb, retain_weight=cfg.unlearn.retain_weight)
+                            retain_batches=rb, retain_weight=cfg.unlearn.retain_weight, seed=cfg.unlearn.seed)
         direction = {n: g.scaling * g.grad_B @ g.A for n, g in lg.items()}
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)

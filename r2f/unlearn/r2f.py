@@ -40,7 +40,7 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
         else:
             grams = {}
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
-                                cfg.unlearn.objective, grams_out=grams)
+                                cfg.unlearn.objective, grams_out=grams, seed=cfg.unlearn.seed)
         weight = sum(len(v.questions) for v in g) / total
         for info in infos:
             direction[info.name] += weight * decode(decoder, make_sketch(info, lg[info.name], grams[info.name]))

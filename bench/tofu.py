@@ -1,0 +1,151 @@
+"""TOFU benchmark: every unlearning method (and the untouched target) on one forget split, evaluated
+with the full TOFU suite plus the paper's metrics; mean and std over seeds (``unlearn.seed``).
+Each (method, seed) runs in its own process, so wall time and peak RSS are the method's own.
+
+    python bench/tofu.py --split forget10 [--seeds 3] [--quick] [--methods r2f,npo,...]
+
+Writes bench/results/tofu_<split>[_quick].json / .md and a forget-quality vs model-utility plot (.png).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT, load_cfg, parser, peak_rss_mb, setup, write
+
+METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
+METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob",
+           "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl")
+
+
+def one(args, method: str, seed: int) -> None:
+    """Child process: unlearn (or not, for ``target``), evaluate, print one RESULT line."""
+    from r2f.stages import evaluate_model, unlearn
+
+    cfg = load_cfg(args, {"data.forget_split": args.split, "unlearn.seed": seed})
+    row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0}
+    with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
+        path = None
+        if method != "target":
+            rep = unlearn(cfg, method, out=Path(tmp) / "model")
+            row.update(eta=rep["eta"], wall_s=rep["wall_s"], nll_after=rep["nll_after"])
+            path = Path(tmp) / "model"
+        row["peak_rss_mb"] = peak_rss_mb()  # unlearning (and model loading) only: measured before eval
+        ev = evaluate_model(cfg, path, args.split)
+    row.update({k: ev["summary"].get(k) for k in METRICS})
+    print("RESULT " + json.dumps(row, default=str))
+
+
+def run_child(args, method: str, seed: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__)), "--one", method, "--seed", str(seed), "--split", args.split,
+           "--params", args.params, "--out", args.out] + (["--quick"] if args.quick else [])
+    for s in args.sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(proc.stderr[-3000:])
+        return {"method": method, "seed": seed, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(line[-1][7:])
+
+
+def aggregate(runs: list[dict], method: str) -> dict:
+    ok = [r for r in runs if r["method"] == method and "error" not in r]
+    row: dict = {"method": method, "seeds": len(ok)}
+    if not ok:
+        row["error"] = next(r["error"] for r in runs if r["method"] == method)
+        return row
+    for k in (*METRICS, "wall_s", "peak_rss_mb", "eta"):
+        vals = [r[k] for r in ok if isinstance(r.get(k), (int, float))]
+        if vals:
+            row[k] = statistics.fmean(vals)
+            row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return row
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in rows:
+        if "error" in r or r.get("forget_quality_log10") is None and not r.get("forget_quality"):
+            continue
+        fq = r.get("forget_quality") or 10 ** r["forget_quality_log10"]
+        ax.scatter(r["model_utility"], max(fq, 1e-300), s=40)
+        ax.annotate(r["method"], (r["model_utility"], max(fq, 1e-300)), textcoords="offset points", xytext=(4, 4))
+    ax.set_yscale("log")
+    ax.axhline(0.05, ls=":", c="grey")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value vs retain model, log)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--split", default="forget10", choices=["forget01", "forget05", "forget10"])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--one", help=argparse_hidden())
+    p.add_argument("--seed", type=int, default=0, help=argparse_hidden())
+    args = p.parse_args()
+    setup()
+    if args.one:
+        return one(args, args.one, args.seed)
+    from r2f.stages import reference_eval, train_decoder, train_models
+
+    cfg = load_cfg(args, {"data.forget_split": args.split})
+    train_models(cfg, print)
+    train_decoder(cfg, print)
+    for role in ("retain", "target"):
+        reference_eval(cfg, role, args.split, print)  # cached references, shared by the children
+    methods = ["target", *args.methods.split(",")]
+    runs = []
+    for m in methods:
+        for seed in range(1 if m in ("target", "retrain") else args.seeds):
+            runs.append(run_child(args, m, seed))
+            print({k: runs[-1].get(k) for k in ("method", "seed", "forget_quality", "model_utility", "wall_s")})
+    rows = [aggregate(runs, m) for m in methods]
+    npo = next((r for r in rows if r["method"] == "npo" and "error" not in r), None)
+    for r in rows:
+        if npo and r.get("wall_s") and npo.get("wall_s"):
+            r["wall_vs_npo"] = r["wall_s"] / npo["wall_s"]
+    target = next(r for r in rows if r["method"] == "target")
+    for r in rows:
+        if "model_utility" in r and target.get("model_utility"):
+            r["mu_vs_target"] = r["model_utility"] / target["model_utility"]
+    stem = f"tofu_{args.split}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(rows, out / f"{stem}{'_quick' if args.quick else ''}.png", f"TOFU {args.split}: forget quality vs utility")
+    notes = [
+        f"split {args.split}; seeds {args.seeds} (unlearn.seed: batch order, LoRA init, relearning attack; "
+        "the models themselves are fixed); target and retrain rows are deterministic (1 run).",
+        "forget_quality: KS p-value of forget truth ratios vs the retain model (>= 0.05: indistinguishable); "
+        "model_utility: harmonic mean of 9 retain/real-authors/world-facts components.",
+        "usr/gur/rap/drift_kl: the paper's metrics (docs/evaluation.md). wall_s and peak_rss_mb: the unlearning "
+        "step alone in its own process (evaluation excluded); wall_vs_npo = wall_s / NPO's.",
+    ]
+    cols = ["method", "forget_quality", "model_utility", "mu_vs_target", "forget_truth_ratio", "forget_Q_A_Prob",
+            "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
+            "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]
+    write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs})
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The TOFU evaluation suite plus the paper's metrics, run on one model for one forget split.
+
+``evaluate`` scores the model (batched, inference mode), then calls the pure formulas of
+:mod:`r2f.metrics`. Reference evaluations (the retain model for forget quality and privleak, the
+untouched target for GUR and drift) are pipeline artifacts: ``reference_eval`` computes them when
+missing and caches them under ``state_dir/evals``; they are never silently skipped.
+
+Data per split (TOFU / open-unlearning): forget = ``<split>_perturbed``, retain = ``retain_perturbed``,
+ra = ``real_authors_perturbed``, wf = ``world_facts_perturbed``, MIA holdout = ``holdout<NN>``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+from .metrics.base import MetricResult
+
+Progress = Callable[[str, int], Callable] | None
+SETS = {"forget": None, "retain": "retain_perturbed", "ra": "real_authors", "wf": "world_facts"}
+GUR_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
+            "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
+
+
+class EvalError(RuntimeError):
+    """An evaluation (or a reference evaluation it needs) cannot be produced; the message says why."""
+
+
+def holdout_of(split: str) -> str:
+    return "holdout" + split.removeprefix("forget")
+
+
+def _tick(progress: Progress, label: str, total: int):
+    return progress(label, total) if progress else None
+
+
+def _nll_per_set(model, tok, cfg: Config, items, progress: Progress, label: str):
+    """(gt scores with token detail, paraphrased NLLs or None, perturbed NLLs per item)."""
+    from .scoring import score
+
+    ml, bs = cfg.models.max_len, cfg.eval.batch_size
+    gt = score(model, tok, [(q.question, q.answer) for q in items], ml, bs, True, _tick(progress, f"{label}: answers", len(items)))
+    para = None
+    if all(q.paraphrased_answer for q in items):
+        para = [s.nll for s in score(model, tok, [(q.question, q.paraphrased_answer) for q in items], ml, bs, False)]
+    flat = [(q.question, a) for q in items for a in q.perturbed_answers]
+    pert_flat = score(model, tok, flat, ml, bs, False, _tick(progress, f"{label}: perturbed", len(flat)))
+    pert, k = [], 0
+    for q in items:
+        pert.append([s.nll for s in pert_flat[k:k + len(q.perturbed_answers)]])
+        k += len(q.perturbed_answers)
+    return gt, para, pert
+
+
+def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, original=None,
+             progress: Progress = None, paper: bool = True) -> dict[str, MetricResult]:
+    """All metrics of ``model`` on forget split ``split`` except GUR (see :func:`add_gur`).
+
+    ``retain_eval``: the retain model's ``TOFU_EVAL`` dict (forget quality, privleak); ``None`` only
+    when evaluating the retain model itself (it is then its own reference). ``original``: the
+    untouched target model, for identity drift (``None`` when evaluating the target itself)."""
+    from .data import load_tofu
+    from .metrics.summary import split_metrics
+    from .metrics.tofu import forget_quality, model_utility, rouge_l_recall
+    from .metrics.tokenwise import exact_memorization, extraction_strength, mia_scores, privleak
+    from .scoring import generate, score
+
+    t0 = time.perf_counter()
+    tofu = load_tofu(cfg.data.tofu_dir)
+    res: dict[str, MetricResult] = {}
+    gt_by = {}
+    for name, sname in SETS.items():
+        items = tofu.split(sname or split)
+        ids = [q.id for q in items]
+        gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, name)
+        gens = generate(model, tok, [q.question for q in items], cfg.models.max_len, cfg.eval.max_new_tokens,
+                        cfg.eval.batch_size, _tick(progress, f"{name}: generation", len(items)))
+        rouge = rouge_l_recall(gens, [q.answer for q in items], ids=ids)
+        res.update(split_metrics(name, gt_nll=[s.nll for s in gt], pert_nll=pert, para_nll=para,
+                                 rouge_recall=list(rouge.per_item.values()), ids=ids))
+        gt_by[name] = (items, gt)
+    f_items, f_gt = gt_by["forget"]
+    f_ids = [q.id for q in f_items]
+    res["exact_memorization"] = exact_memorization([s.argmax_hit for s in f_gt], ids=f_ids)
+    res["extraction_strength"] = extraction_strength([s.argmax_hit for s in f_gt], ids=f_ids)
+    hold = tofu.split(holdout_of(split))
+    h_gt = score(model, tok, [(q.question, q.answer) for q in hold], cfg.models.max_len, cfg.eval.batch_size)
+    res.update(mia_scores(f_gt, h_gt, [q.answer for q in f_items], [q.answer for q in hold]))
+    ref = retain_eval or {k: v.to_dict() for k, v in res.items()}
+    res["privleak"] = privleak(res["mia_min_k"].value, ref["mia_min_k"]["value"])
+    res["forget_quality"] = forget_quality(res["forget_truth_ratio"], _truth_ratios(ref))
+    res["model_utility"] = model_utility(res)
+    if paper:
+        res.update(paper_metrics(model, tok, cfg, f_items, original, progress))
+    res["_meta"] = MetricResult("_meta", None, None, {"split": split, "eval_s": round(time.perf_counter() - t0, 1),
+                                                      "n_forget": len(f_items)})
+    return res
+
+
+def _truth_ratios(eval_dict: dict) -> list[float]:
+    v = eval_dict["forget_truth_ratio"]["per_item"]
+    return list(v.values()) if isinstance(v, dict) else list(v)
+
+
+def utility_for_gur(results: dict) -> float:
+    """Harmonic mean of retain + world-facts components (the paper's held-out non-target task)."""
+    from scipy import stats
+
+    vals = [(results[k].value if isinstance(results[k], MetricResult) else results[k]["value"]) for k in GUR_KEYS]
+    return 0.0 if min(vals) <= 0 else float(stats.hmean(vals))
+
+
+def add_gur(res: dict[str, MetricResult], target_eval: dict | None) -> dict[str, MetricResult]:
+    """Add GUR = utility(model) / utility(target) (``target_eval`` None: the target itself, 1.0)."""
+    from .metrics.paper import gur
+
+    mine = utility_for_gur(res)
+    ref = utility_for_gur(target_eval) if target_eval else mine
+    res["gur"] = MetricResult("gur", gur(mine, ref), None, {"utility": mine, "target_utility": ref, "keys": GUR_KEYS})
+    return res
+
+
+def paper_metrics(model, tok, cfg: Config, forget_items, original, progress: Progress) -> dict[str, MetricResult]:
+    """USR, RAP and identity drift (GUR needs the target's evaluation: :func:`add_gur`)."""
+    from .data import load_tofu
+    from .paper_eval import drift_eval, rap_eval, usr_eval
+
+    out = {"usr": usr_eval(model, tok, cfg, forget_items, _tick(progress, "usr: generation", len(forget_items) * 4)),
+           "rap": rap_eval(model, tok, cfg, forget_items)}
+    tofu = load_tofu(cfg.data.tofu_dir)
+    general = [(q.question, q.answer) for s in ("real_authors", "world_facts") for q in tofu.split(s)]
+    if original is not None:
+        out["drift_kl"] = drift_eval(original, model, tok, cfg, general)
+    else:
+        out["drift_kl"] = MetricResult("drift_kl", 0.0, None, {"note": "the original model itself"})
+    return out
+
+
+def summarize(full: dict) -> dict:
+    """TOFU_SUMMARY from a TOFU_EVAL dict: key -> aggregate, plus ``<key>_log10`` below 1e-3."""
+    summary = {}
+    for k, r in full.items():
+        if k.startswith("_"):
+            continue
+        summary[k] = r["value"]
+        if r["value"] is not None and r.get("value_log10") is not None and r["value"] < 1e-3:
+            summary[f"{k}_log10"] = r["value_log10"]
+    return dict(sorted(summary.items()))
+
+
+def to_json(results: dict[str, MetricResult]) -> tuple[dict, dict]:
+    """(TOFU_EVAL: every metric with per-item values, TOFU_SUMMARY)."""
+    full = {k: r.to_dict() for k, r in results.items()}
+    return full, summarize(full)
+
+
+def write(results: dict[str, MetricResult], out: str | Path) -> tuple[Path, Path]:
+    from .stages import write_json
+
+    full, summary = to_json(results)
+    out = Path(out)
+    return write_json(out / "TOFU_EVAL.json", full), write_json(out / "TOFU_SUMMARY.json", summary)
