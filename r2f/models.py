@@ -187,8 +187,51 @@ def save_model(model, tokenizer, path: str | Path, meta: dict | None = None) -> 
     return Path(path)
 
 
+@contextmanager
+def _quiet_gguf():
+    """Silence the tqdm bar transformers' GGUF tensor loop draws (it ignores ``disable_progress_bar``)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+
+
+def _gguf_vocab_only(tok):
+    """The GGUF tokenizer without added tokens beyond the file's vocabulary.
+
+    transformers rebuilds a byte-level ("gpt2") GGUF vocabulary through ``GPT2Tokenizer``, whose
+    default ``<|endoftext|>`` then sits past the last id the file (and the model's embedding) has.
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tok.backend_tokenizer
+    n = backend.get_vocab_size(with_added_tokens=False)
+    spec = json.loads(backend.to_str())
+    kept = [t for t in spec.get("added_tokens", []) if t["id"] < n]
+    if len(kept) == len(spec.get("added_tokens", [])):
+        return tok
+    spec["added_tokens"] = kept
+    named = {k: getattr(tok, k, None) for k in ("bos_token", "eos_token", "unk_token", "pad_token",
+                                                 "add_bos_token", "add_eos_token", "chat_template")}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   **{k: v for k, v in named.items() if v is not None})
+
+
 def load_model(path: str | Path, dtype: str = "float32"):
-    """Load (model, tokenizer) from a local HF folder or a local ``.gguf`` file, offline."""
+    """Load (model, tokenizer) from a local HF folder or a local ``.gguf`` file, offline.
+
+    A ``.gguf`` file must hold an architecture and tokenizer transformers can rebuild (e.g. llama
+    with a "gpt2" byte-level BPE vocabulary); any failure to read it raises ``ModelError`` naming it.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -199,8 +242,12 @@ def load_model(path: str | Path, dtype: str = "float32"):
         raise ModelError(f"{path}: model path does not exist")
     kw = {"local_files_only": True}
     if path.suffix == ".gguf":
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **kw)
+        try:
+            with _quiet_gguf():
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
+            tok = _gguf_vocab_only(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **kw))
+        except Exception as e:  # truncated/corrupt files fail deep inside transformers or gguf
+            raise ModelError(f"{path}: cannot load GGUF model ({type(e).__name__}: {e})") from e
     else:
         if not any(path.glob("*.safetensors")):
             raise ModelError(f"{path}: no *.safetensors weights in the model folder")
