@@ -64,7 +64,7 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     from .data import load_tofu
     from .metrics.summary import split_metrics
     from .metrics.tofu import forget_quality, model_utility, rouge_l_recall
-    from .metrics.tokenwise import exact_memorization, extraction_strength, mia_scores, privleak
+    from .metrics import exact_memorization, extraction_strength, privleak
     from .scoring import generate, score
 
     t0 = time.perf_counter()
@@ -83,11 +83,13 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
         gt_by[name] = (items, gt)
     f_items, f_gt = gt_by["forget"]
     f_ids = [q.id for q in f_items]
-    res["exact_memorization"] = exact_memorization([s.argmax_hit for s in f_gt], ids=f_ids)
-    res["extraction_strength"] = extraction_strength([s.argmax_hit for s in f_gt], ids=f_ids)
+    # token-wise metrics leave out the final (EOS) position, as open-unlearning does
+    pred, labels = [s.argmax[:-1] for s in f_gt], [s.labels[:-1] for s in f_gt]
+    res["exact_memorization"] = exact_memorization(pred, labels, ids=f_ids)
+    res["extraction_strength"] = extraction_strength(pred, labels, ids=f_ids)
     hold = tofu.split(holdout_of(split))
     h_gt = score(model, tok, [(q.question, q.answer) for q in hold], cfg.models.max_len, cfg.eval.batch_size)
-    res.update(mia_scores(f_gt, h_gt, [q.answer for q in f_items], [q.answer for q in hold]))
+    res.update(mia_results(f_gt, h_gt, [q.answer for q in f_items], [q.answer for q in hold]))
     ref = retain_eval or {k: v.to_dict() for k, v in res.items()}
     res["privleak"] = privleak(res["mia_min_k"].value, ref["mia_min_k"]["value"])
     res["forget_quality"] = forget_quality(res["forget_truth_ratio"], _truth_ratios(ref))
@@ -99,26 +101,43 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     return res
 
 
+def mia_results(forget, holdout, forget_texts, holdout_texts) -> dict[str, MetricResult]:
+    """LOSS, ZLib, Min-k% and Min-k%++ (k=0.4) forget-vs-holdout AUCs from ``ItemScore``s. LOSS and
+    ZLib use the mean NLL over all answer tokens, the Min-k variants leave out the EOS position."""
+    from .metrics import loss_scores, mia, min_k_plus_plus_scores, min_k_scores, zlib_scores
+
+    def scores(items, texts):
+        nll = [s.nll for s in items]
+        lp, mu, sd = ([getattr(s, a)[:-1] for s in items] for a in ("logprobs", "mu", "sigma"))
+        return {"mia_loss": loss_scores(nll), "mia_zlib": zlib_scores(nll, texts),
+                "mia_min_k": min_k_scores(lp), "mia_min_k_plus_plus": min_k_plus_plus_scores(lp, mu, sd)}
+
+    f, h = scores(forget, forget_texts), scores(holdout, holdout_texts)
+    return {k: mia(k, f[k], h[k]) for k in f}
+
+
 def _truth_ratios(eval_dict: dict) -> list[float]:
     v = eval_dict["forget_truth_ratio"]["per_item"]
     return list(v.values()) if isinstance(v, dict) else list(v)
 
 
 def utility_for_gur(results: dict) -> float:
-    """Harmonic mean of retain + world-facts components (the paper's held-out non-target task)."""
-    from scipy import stats
-
+    """Arithmetic mean of the retain + world-facts utility components (the paper's held-out
+    non-target task). Arithmetic, not harmonic: one zero component (a small model's world-facts
+    ROUGE) must not zero the whole ratio."""
     vals = [(results[k].value if isinstance(results[k], MetricResult) else results[k]["value"]) for k in GUR_KEYS]
-    return 0.0 if min(vals) <= 0 else float(stats.hmean(vals))
+    return sum(vals) / len(vals)
 
 
 def add_gur(res: dict[str, MetricResult], target_eval: dict | None) -> dict[str, MetricResult]:
-    """Add GUR = utility(model) / utility(target) (``target_eval`` None: the target itself, 1.0)."""
+    """Add GUR = utility(model) / utility(target) (``target_eval`` None: the target itself, 1.0;
+    None with a note when the target's utility is 0)."""
     from .metrics.paper import gur
 
     mine = utility_for_gur(res)
     ref = utility_for_gur(target_eval) if target_eval else mine
-    res["gur"] = MetricResult("gur", gur(mine, ref), None, {"utility": mine, "target_utility": ref, "keys": GUR_KEYS})
+    value = 1.0 if target_eval is None else (gur(mine, ref) if ref > 0 else None)
+    res["gur"] = MetricResult("gur", value, None, {"utility": mine, "target_utility": ref, "keys": GUR_KEYS})
     return res
 
 

