@@ -53,7 +53,7 @@ def _cfg(params: Path, sets: Optional[list[str]], **extra):
 def _fail(msg: str):
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {msg}")
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
 
 
