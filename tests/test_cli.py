@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from r2f.cli import app
 
-runner = CliRunner()
+# fixed width: rich wraps and truncates help and errors to the terminal width
+runner = CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
 
 
 def test_help_is_fast_and_lists_commands():

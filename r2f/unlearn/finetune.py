@@ -53,7 +53,7 @@ def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bo
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 tick()
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise UnlearnError(f"{label}: weights became NaN/Inf; model restored")
