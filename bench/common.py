@@ -34,7 +34,7 @@ def setup() -> None:
 
 # --quick: small models on forget01 so a fresh clone finishes in minutes (same JSON shape).
 QUICK = {
-    "data.forget_split": "forget01",
+    "data.forget_split": "forget01", "data.world_split": "forget01",
     "data.retain_authors": 22,
     "models.target": {"arch": {"layers": 2, "hidden": 128, "heads": 4, "kv_heads": 2, "intermediate": 344},
                       "train": {"epochs": 6, "lr": 2.0e-3, "batch_size": 16}},

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common import ROOT, load_cfg, parser, peak_rss_mb, setup, write
 
+QUICK_EVAL_ITEMS = 40
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
 METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob",
            "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl")
@@ -27,7 +28,7 @@ def one(args, method: str, seed: int) -> None:
     """Child process: unlearn (or not, for ``target``), evaluate, print one RESULT line."""
     from r2f.stages import evaluate_model, unlearn
 
-    cfg = load_cfg(args, {"data.forget_split": args.split, "unlearn.seed": seed})
+    cfg = load_cfg(args, {**_split_cfg(args), "unlearn.seed": seed})
     row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0}
     with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         path = None
@@ -39,6 +40,14 @@ def one(args, method: str, seed: int) -> None:
         ev = evaluate_model(cfg, path, args.split)
     row.update({k: ev["summary"].get(k) for k in METRICS})
     print("RESULT " + json.dumps(row, default=str))
+
+
+def _split_cfg(args) -> dict:
+    # --quick models learn only the benchmarked split's authors (fewer items to train on) and score
+    # at most QUICK_EVAL_ITEMS retain / real-author / world-fact items
+    if args.quick:
+        return {"data.forget_split": args.split, "data.world_split": args.split, "eval.max_items": QUICK_EVAL_ITEMS}
+    return {"data.forget_split": args.split}
 
 
 def run_child(args, method: str, seed: int) -> dict:
@@ -103,7 +112,7 @@ def main() -> None:
         return one(args, args.one, args.seed)
     from r2f.stages import reference_eval, train_decoder, train_models
 
-    cfg = load_cfg(args, {"data.forget_split": args.split})
+    cfg = load_cfg(args, _split_cfg(args))
     train_models(cfg, print)
     train_decoder(cfg, print)
     for role in ("retain", "target"):
@@ -135,6 +144,9 @@ def main() -> None:
         "usr/gur/rap/drift_kl: the paper's metrics (docs/evaluation.md). wall_s and peak_rss_mb: the unlearning "
         "step alone in its own process (evaluation excluded); wall_vs_npo = wall_s / NPO's.",
     ]
+    if args.quick:
+        notes.append(f"--quick: small models trained on this split's authors only; retain / real-authors / "
+                     f"world-facts capped at {QUICK_EVAL_ITEMS} items each: not comparable to full runs.")
     cols = ["method", "forget_quality", "model_utility", "mu_vs_target", "forget_truth_ratio", "forget_Q_A_Prob",
             "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
             "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]

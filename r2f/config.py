@@ -143,6 +143,49 @@ class EvalConfig(_Strict):
     rap_steps: int = Field(10, ge=1)  # relearning attack: fine-tuning steps on paraphrased forget data
     rap_lr: float = Field(1e-3, gt=0)
     rap_batch_size: int = Field(16, ge=1)
+    # cap on the retain / real-authors / world-facts items scored (first N); None = all (the TOFU
+    # definition). Only for quick runs: capped results are not comparable to full ones.
+    max_items: int | None = Field(None, ge=1)
+
+
+class ValidationConfig(_Strict):
+    """Great Expectations checks on forget / retain / holdout data and deletion requests."""
+
+    min_question_chars: int = Field(8, ge=1)
+    max_question_chars: int = Field(1000, ge=1)
+    min_answer_chars: int = Field(1, ge=1)
+    max_answer_chars: int = Field(4000, ge=1)
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking and registry. ``tracking_uri`` None: ``$MLFLOW_TRACKING_URI`` if set, else
+    ``sqlite:///<state_dir>/mlflow/mlflow.db`` with artifacts under ``<state_dir>/mlflow/artifacts``."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    artifact_root: str | None = None
+    decoder_experiment: str = "r2f-proxy-decoder"
+    unlearning_experiment: str = "r2f-unlearning"
+    target_model_name: str = "r2f-target"
+    decoder_model_name: str = "r2f-decoder"
+
+
+class VersioningConfig(_Strict):
+    """DVC: artifacts are tracked in the project's DVC repo and pushed to ``remote_url`` (None: the
+    local remote ``<state_dir>/dvc-remote``)."""
+
+    enabled: bool = True
+    remote_url: str | None = None
+    push: bool = True
+
+
+class GateConfig(_Strict):
+    """Promotion rules (docs/pipeline.md); every rule is an independent, named check."""
+
+    min_forget_quality: float = Field(0.05, ge=0, le=1)
+    min_utility_ratio: float = Field(0.95, ge=0)  # model_utility >= this x the champion's
+    max_abs_privleak: float = Field(50.0, ge=0)
+    min_usr: float = Field(0.5, ge=0, le=1)
 
 
 class Config(_Strict):
@@ -154,6 +197,10 @@ class Config(_Strict):
     decoder: DecoderConfig = DecoderConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
     eval: EvalConfig = EvalConfig()
+    validation: ValidationConfig = ValidationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    versioning: VersioningConfig = VersioningConfig()
+    gate: GateConfig = GateConfig()
 
     @field_validator("state_dir")
     @classmethod

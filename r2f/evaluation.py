@@ -68,19 +68,29 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     from .scoring import generate, score
 
     t0 = time.perf_counter()
+    phase: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        phase[name] = round(now - t0 - sum(phase.values()), 1)
+
     tofu = load_tofu(cfg.data.tofu_dir)
     res: dict[str, MetricResult] = {}
     gt_by = {}
     for name, sname in SETS.items():
         items = tofu.split(sname or split)
+        if sname and cfg.eval.max_items:
+            items = items[:cfg.eval.max_items]
         ids = [q.id for q in items]
         gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, name)
+        lap(f"{name}_scoring")
         gens = generate(model, tok, [q.question for q in items], cfg.models.max_len, cfg.eval.max_new_tokens,
                         cfg.eval.batch_size, _tick(progress, f"{name}: generation", len(items)))
         rouge = rouge_l_recall(gens, [q.answer for q in items], ids=ids)
         res.update(split_metrics(name, gt_nll=[s.nll for s in gt], pert_nll=pert, para_nll=para,
                                  rouge_recall=list(rouge.per_item.values()), ids=ids))
         gt_by[name] = (items, gt)
+        lap(f"{name}_generation")
     f_items, f_gt = gt_by["forget"]
     f_ids = [q.id for q in f_items]
     # token-wise metrics leave out the final (EOS) position, as open-unlearning does
@@ -94,10 +104,12 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     res["privleak"] = privleak(res["mia_min_k"].value, ref["mia_min_k"]["value"])
     res["forget_quality"] = forget_quality(res["forget_truth_ratio"], _truth_ratios(ref))
     res["model_utility"] = model_utility(res)
+    lap("mia_and_tofu")
     if paper:
-        res.update(paper_metrics(model, tok, cfg, f_items, original, progress))
+        res.update(paper_metrics(model, tok, cfg, f_items, original, progress, lap))
     res["_meta"] = MetricResult("_meta", None, None, {"split": split, "eval_s": round(time.perf_counter() - t0, 1),
-                                                      "n_forget": len(f_items)})
+                                                      "n_forget": len(f_items), "max_items": cfg.eval.max_items,
+                                                      "phase_s": phase})
     return res
 
 
@@ -141,19 +153,23 @@ def add_gur(res: dict[str, MetricResult], target_eval: dict | None) -> dict[str,
     return res
 
 
-def paper_metrics(model, tok, cfg: Config, forget_items, original, progress: Progress) -> dict[str, MetricResult]:
+def paper_metrics(model, tok, cfg: Config, forget_items, original, progress: Progress,
+                  lap: Callable[[str], None] = lambda _: None) -> dict[str, MetricResult]:
     """USR, RAP and identity drift (GUR needs the target's evaluation: :func:`add_gur`)."""
     from .data import load_tofu
     from .paper_eval import drift_eval, rap_eval, usr_eval
 
-    out = {"usr": usr_eval(model, tok, cfg, forget_items, _tick(progress, "usr: generation", len(forget_items) * 4)),
-           "rap": rap_eval(model, tok, cfg, forget_items)}
+    out = {"usr": usr_eval(model, tok, cfg, forget_items, _tick(progress, "usr: generation", len(forget_items) * 4))}
+    lap("usr")
+    out["rap"] = rap_eval(model, tok, cfg, forget_items)
+    lap("rap")
     tofu = load_tofu(cfg.data.tofu_dir)
     general = [(q.question, q.answer) for s in ("real_authors", "world_facts") for q in tofu.split(s)]
     if original is not None:
         out["drift_kl"] = drift_eval(original, model, tok, cfg, general)
     else:
         out["drift_kl"] = MetricResult("drift_kl", 0.0, None, {"note": "the original model itself"})
+    lap("drift")
     return out
 
 

@@ -184,6 +184,8 @@ def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progres
     try:
         models = ensure_models(cfg, log, splits=(split,))
         retain = None if role == "retain" else reference_eval(cfg, "retain", split, log, progress)
+        if path.is_file():  # the retain evaluation produced this one on its way (GUR needs it)
+            return json.loads(path.read_text())
         log(f"evaluating the reference {role} model on {split} (cached afterwards)")
         model, tok = load_model(models.path(role, split))
         original = load_model(models.path("target"))[0] if role == "retain" else None
