@@ -188,25 +188,112 @@ def _print_report(rep: dict) -> None:
     Console().print(t)
 
 
-@app.command()
-def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """The main job on the embedded default: train models (cached) -> train decoder (cached) ->
-    R2F unlearning of the forget split -> report (written under the state folder)."""
-    _setup()
-    from .stages import train_decoder, train_models, unlearn as run_unlearn, write_json
+def _state_env(cfg) -> None:
+    """Point Prefect and DVC state into the project's state folder (before they are imported)."""
+    state = Path(cfg.state_dir).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+
+def _pipeline_errors():
+    from .pipeline import PipelineError
+    from .requests import RequestError
+    from .validation import ValidationError
+    from .versioning import VersioningError
+    return (*_errors(), PipelineError, RequestError, ValidationError, VersioningError, OSError)
+
+
+@app.command()
+def stage(name: Optional[str] = typer.Argument(None, help="Stage: prepare, validate, train_models, "
+                                               "train_decoder, unlearn, evaluate, gate, promote."),
+          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+          dvc_yaml: bool = typer.Option(False, "--dvc-yaml", help="Print dvc.yaml generated from the stage list.")) -> None:
+    """Run one pipeline stage (what dvc.yaml calls; the Prefect flow runs the same functions)."""
+    _setup()
+    from .pipeline import run_stage
+
+    if dvc_yaml:
+        from .pipeline import dvc_yaml as gen
+
+        typer.echo(gen(), nl=False)
+        return
+    if not name:
+        _fail("a stage name is required (see r2f stage --help)")
     cfg = _cfg(params, set_)
+    _state_env(cfg)
     try:
         with _ui() as (log, prog):
-            train_models(cfg, log, prog)
-            train_decoder(cfg, log, prog)
-            out = Path(cfg.state_dir) / "runs" / "latest"
-            rep = run_unlearn(cfg, None, None, None, out / "model", log, prog)
-            write_json(out / "report.json", rep)
-    except _errors() as exc:
+            res = run_stage(cfg, name, log, prog)
+    except _pipeline_errors() as exc:
         _fail(str(exc))
-    _print_report(rep)
-    typer.echo(f"report: {out / 'report.json'}")
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
+@app.command()
+def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """The main job: the deletion request of pipeline.request through the whole pipeline (Prefect
+    flow: prepare, validate, train models and decoder (cached), unlearn, evaluate, gate, promote),
+    versioned with DVC and tracked in MLflow. Exit 0: promoted; 3: the gate rejected the candidate;
+    2: bad input or a failed stage (nothing promoted)."""
+    _setup()
+    cfg = _cfg(params, set_)
+    _state_env(cfg)
+    overrides = {}
+    for s in set_ or []:
+        import yaml
+
+        k, v = s.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    try:
+        from flows.unlearning import unlearning_flow
+
+        results = unlearning_flow(str(params), overrides)
+    except _pipeline_errors() as exc:
+        _fail(str(exc))
+    _print_run_summary(cfg, results)
+    if not results["gate"]["passed"]:
+        raise typer.Exit(3)
+
+
+def _print_run_summary(cfg, results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .tracking import resolve_uris
+
+    req, gate, promo = results["prepare"], results["gate"], results["promote"]
+    con = Console()
+    con.print(f"[bold]request {req['request_id']}[/]: forgot {req['n_rows']} rows "
+              f"(sha256 {req['rows_sha256'][:12]}…), evaluated on {req['eval_split']}, "
+              f"method {results['unlearn']['method']} (eta {results['unlearn']['eta']})")
+    t = Table(title="gate")
+    for c in ("rule", "value", "threshold", "passed"):
+        t.add_column(c)
+    for r in gate["rules"]:
+        v = r["value"]
+        t.add_row(r["name"], "-" if v is None else f"{v:.4g}", f"{r['threshold']:g}", "yes" if r["passed"] else "[red]no[/]")
+    con.print(t)
+    if gate["passed"]:
+        con.print(f"[green]PROMOTED[/]: {promo['registered_model']} version {promo['version']} is the new champion")
+    else:
+        con.print(f"[red]NOT PROMOTED[/]: {'; '.join(gate['reasons'])}. Champion stays version "
+                  f"{promo.get('champion_version')}; candidate is version {promo['version']}")
+    uri, _ = resolve_uris(cfg)
+    con.print(f"MLflow: {uri}  (open the UI with `r2f ui`)")
+
+
+@app.command()
+def ui(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+       port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
+    """Start the MLflow UI (mlflow server on 127.0.0.1) over the project's tracking store."""
+    _setup()
+    from .tracking import ui_command
+
+    cfg = _cfg(params, set_)
+    argv = ui_command(cfg, port=port)
+    typer.echo(" ".join(argv))
+    os.execvp(argv[0], argv)
 
 
 def main() -> None:

@@ -179,6 +179,12 @@ class VersioningConfig(_Strict):
     push: bool = True
 
 
+class PipelineConfig(_Strict):
+    """The main job: which deletion request the pipeline runs (docs/pipeline.md)."""
+
+    request: str = "requests/forget01-authors.yaml"
+
+
 class GateConfig(_Strict):
     """Promotion rules (docs/pipeline.md); every rule is an independent, named check."""
 
@@ -201,6 +207,7 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     versioning: VersioningConfig = VersioningConfig()
     gate: GateConfig = GateConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @field_validator("state_dir")
     @classmethod

@@ -96,9 +96,10 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
 
 def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,
             model_path: str | Path | None = None, out: str | Path | None = None,
-            log: Log = _noop, progress=None) -> dict:
+            log: Log = _noop, progress=None, forget_items: list | None = None) -> dict:
     """Apply one unlearning method to the target (default: the embedded target) and report the
-    mean answer-token NLL on forget, retain and holdout before and after."""
+    mean answer-token NLL on forget, retain and holdout before and after. ``forget_items``: the
+    rows of a deletion request (default: the whole ``forget_split``, which must contain them)."""
     import resource
 
     from .decoder import LearnedDecoder
@@ -121,7 +122,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
         decoder = cfg.decoder.kind
         if decoder == "learned":
             decoder = LearnedDecoder.load(train_decoder(cfg, log, progress)["decoder_dir"])
-    forget = tofu.split(forget_split)
+    forget = list(forget_items) if forget_items else tofu.split(forget_split)
     calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
     evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed"), "holdout": tofu.split("holdout10")}
     ml = cfg.models.max_len

@@ -1,0 +1,90 @@
+"""The deletion-request flow: every stage of ``r2f.pipeline.STAGES`` as a Prefect task, in order.
+
+The tasks call the same :func:`r2f.pipeline.run_stage` that ``dvc.yaml`` runs through
+``r2f stage <name>``; after each stage its outs are recorded in ``dvc.lock`` and pushed
+(:mod:`r2f.versioning`), so ``dvc repro`` afterwards finds the pipeline up to date.
+Retries: the I/O stages (DVC push, MLflow registry) retry twice; model training and decoder fitting
+are cached by the library by input hash (config sections), so a rerun is cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+RETRIES = {"prepare": 2, "promote": 2}  # I/O-bound: files, MLflow registry
+
+
+def _cache_key(context, parameters) -> str | None:
+    """Model training and decoder fitting: cached by the hash of the config sections they read,
+    as long as their outs are still on disk (otherwise run, the library's own cache makes it cheap)."""
+    from r2f.config import load_config
+    from r2f.pipeline import STAGES, stage_dir
+
+    name = parameters["name"]
+    if name not in CACHED:
+        return None
+    cfg = load_config(parameters["params"], parameters["overrides"])
+    spec = next(s for s in STAGES if s.name == name)
+    if not stage_dir(cfg, name).is_dir():
+        return None
+    sections = ("data", "models") if name == "train_models" else ("data", "models", "lora", "paraphrase", "decoder")
+    from r2f.pipeline import request_info
+
+    split = request_info(cfg)["eval_split"]
+    return f"r2f-{name}-{cfg.section_hash(*sections, *spec.params)}-{split}-{cfg.state_dir}"
+
+
+CACHED = ("train_models", "train_decoder")
+
+
+@task(name="stage", cache_key_fn=_cache_key)
+def stage_task(params: str, overrides: dict, name: str) -> dict:
+    from r2f.config import load_config
+    from r2f.pipeline import run_stage
+
+    cfg = load_config(params, overrides)
+    return run_stage(cfg, name, log=_logger().info)
+
+
+@task(name="version", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def version_task(params: str, overrides: dict, name: str) -> None:
+    from r2f.config import load_config
+    from r2f.versioning import commit, find_root, push
+
+    cfg = load_config(params, overrides)
+    root = find_root(Path(params).resolve().parent)
+    commit(cfg, root, name)
+    push(cfg, root, name)
+
+
+def _logger():
+    from prefect import get_run_logger
+
+    return get_run_logger()
+
+
+@flow(name="r2f-deletion-request")
+def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
+                    stages: list[str] | None = None) -> dict:
+    """Run the pipeline stages (default: all) for the request named in ``params.yaml``; returns
+    ``{stage: result}``. A failing stage (bad data, gate error) stops the flow and raises."""
+    from r2f.config import load_config
+    from r2f.pipeline import NAMES
+    from r2f.versioning import ensure_repo, find_root
+
+    overrides = dict(overrides or {})
+    cfg = load_config(params, overrides)
+    root = find_root(Path(params).resolve().parent)
+    version = bool(cfg.versioning.enabled and root)
+    if version:
+        ensure_repo(cfg, root)
+    results = {}
+    for name in stages or NAMES:
+        opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
+        results[name] = stage_task.with_options(**opts)(params, overrides, name)
+        if version:
+            version_task.with_options(name=f"version-{name}")(params, overrides, name)
+    return results

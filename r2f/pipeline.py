@@ -1,0 +1,298 @@
+"""The pipeline: one definition (``STAGES``), two runners.
+
+``dvc.yaml`` is generated from ``STAGES`` (``r2f stage --dvc-yaml``; a test checks the committed
+file matches) and runs each stage as ``r2f stage <name>``; the Prefect flow in ``flows/`` runs the
+same :func:`run_stage` as tasks. A stage reads its inputs from the outs of earlier stages under
+``<state_dir>/pipeline/`` and writes its own outs atomically, so either runner can resume the other.
+
+prepare → validate → train_models → train_decoder → unlearn → evaluate → gate → promote
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    help: str
+    deps: tuple[str, ...]  # paths (``${...}`` = params.yaml values, DVC templating)
+    params: tuple[str, ...]  # params.yaml sections the stage reads
+    outs: tuple[str, ...]
+
+
+P = "${state_dir}/pipeline"
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("prepare", "resolve the deletion request to concrete TOFU rows (the forget set)",
+              ("data/tofu", "${pipeline.request}"), ("pipeline",), (f"{P}/request",)),
+    StageSpec("validate", "Great Expectations suites on the request, forget, retain and holdout data",
+              ("data/tofu", f"{P}/request"), ("validation",), (f"{P}/validation",)),
+    StageSpec("train_models", "tokenizer, target, proxy and the split's retain model (cached by config hash)",
+              ("data/tofu", f"{P}/request"), ("data", "models"), (f"{P}/models",)),
+    StageSpec("train_decoder", "fit the gradient decoder on the proxy (cached by config hash)",
+              (f"{P}/models",), ("lora", "paraphrase", "decoder"), (f"{P}/decoder",)),
+    StageSpec("unlearn", "apply the configured method to the target on the forget set",
+              (f"{P}/request", f"{P}/validation", f"{P}/models", f"{P}/decoder"), ("unlearn",),
+              (f"{P}/unlearned",)),
+    StageSpec("evaluate", "TOFU + paper metrics of the unlearned model (references cached)",
+              (f"{P}/unlearned", f"{P}/models"), ("eval",), (f"{P}/eval",)),
+    StageSpec("gate", "promotion rules on the evaluation", (f"{P}/eval",), ("gate",), (f"{P}/gate",)),
+    StageSpec("promote", "register the candidate; move the champion alias only if the gate passed",
+              (f"{P}/gate",), ("tracking",), (f"{P}/promotion",)),
+)
+NAMES = tuple(s.name for s in STAGES)
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run (missing input from an earlier stage, ...); the message says which."""
+
+
+def stage_dir(cfg: Config, name: str) -> Path:
+    outs = {"prepare": "request", "validate": "validation", "train_models": "models", "train_decoder": "decoder",
+            "unlearn": "unlearned", "evaluate": "eval", "gate": "gate", "promote": "promotion"}
+    return Path(cfg.state_dir) / "pipeline" / outs[name]
+
+
+def dvc_yaml() -> str:
+    """``dvc.yaml`` text for ``STAGES`` (values interpolated by DVC from params.yaml)."""
+    import yaml
+
+    stages = {}
+    for s in STAGES:
+        stages[s.name] = {"cmd": f"r2f stage {s.name}", "deps": list(s.deps),
+                          "params": list(s.params), "outs": list(s.outs)}
+    head = ("# Generated from r2f/pipeline.py STAGES by `r2f stage --dvc-yaml > dvc.yaml`; "
+            "tests/test_pipeline.py checks it matches.\n")
+    return head + yaml.safe_dump({"stages": stages}, sort_keys=False)
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run the earlier stages first (`r2f run` or `dvc repro`)")
+    return json.loads(path.read_text())
+
+
+def _write(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder, hard-linking files when the filesystem allows (artifacts are immutable)."""
+    def copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, copy_function=copy)
+
+
+def request_info(cfg: Config) -> dict:
+    return _json(stage_dir(cfg, "prepare") / "request.json")
+
+
+def forget_items(cfg: Config) -> list:
+    from .data import load_tofu
+
+    info = request_info(cfg)
+    full = {q.id: q for q in load_tofu(cfg.data.tofu_dir).split("full")}
+    return [full[i] for i in info["item_ids"]]
+
+
+# -- stages -----------------------------------------------------------------------------------------
+def prepare(cfg: Config, log: Log) -> dict:
+    import hashlib
+
+    from .data import load_tofu
+    from .models import atomic_dir
+    from .requests import RequestError, eval_split, read_request, resolve, rows_digest, write_forget_set
+
+    src = Path(cfg.pipeline.request)
+    req = read_request(src)
+    tofu = load_tofu(cfg.data.tofu_dir)
+    known = {q.id for q in tofu.split("full")}
+    unknown = sorted(set(req.item_ids) - known)
+    items = resolve(req.model_copy(update={"item_ids": tuple(i for i in req.item_ids if i in known)}), tofu) \
+        if set(req.authors) <= set(range(200)) else []
+    try:
+        split = eval_split(items) if items else None
+    except RequestError:
+        split = None
+    info = {"request_id": req.request_id, "requested_at": str(req.requested_at),
+            "basis_sha256": hashlib.sha256(req.basis.encode()).hexdigest(), "authors": list(req.authors),
+            "requested_item_ids": list(req.item_ids), "unknown_item_ids": unknown,
+            "item_ids": [q.id for q in items], "n_rows": len(items), "rows_sha256": rows_digest(items),
+            "eval_split": split, "source": str(src),
+            "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    with atomic_dir(stage_dir(cfg, "prepare")) as tmp:
+        write_forget_set(items, tmp / "forget.jsonl")
+        _write(tmp / "request.json", info)
+    log(f"request {req.request_id}: {len(items)} rows (sha256 {info['rows_sha256'][:12]}), "
+        f"evaluated on {split}")
+    return {k: info[k] for k in ("request_id", "n_rows", "rows_sha256", "eval_split")}
+
+
+def validate(cfg: Config, log: Log) -> dict:
+    """GX suites; on failure the reports are kept (``validation/``, ``passed: false``), a rejected
+    MLflow run records them, and ``ValidationError`` stops the pipeline before any model is touched."""
+    from .data import load_tofu
+    from .requests import read_request
+    from .validation import ValidationError, check, validate_pipeline_data, validate_request
+
+    info = request_info(cfg)
+    tofu = load_tofu(cfg.data.tofu_dir)
+    out = stage_dir(cfg, "validate")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    req = read_request(cfg.pipeline.request).to_dict()
+    full = tofu.split("full")
+    reports = [validate_request(req, {q.id for q in full}, set(range(200)))]
+    items = forget_items(cfg)
+    try:
+        if items and info["eval_split"]:
+            reports += validate_pipeline_data(tofu, items, cfg.validation, out_dir=None, split=info["eval_split"])
+        elif not items:
+            pass  # the request suite above already fails and names why
+        check(reports, out)
+    except ValidationError as exc:
+        _write(out / "result.json", {"passed": False, "request_id": info["request_id"],
+                                     "suites": {r.suite: r.success for r in reports}})
+        _track_rejected(cfg, info, out)
+        raise ValidationError(f"request {info['request_id']}: data validation failed, nothing was changed "
+                              f"(reports in {out}):\n{exc}") from None
+    result = {"passed": True, "request_id": info["request_id"], "suites": {r.suite: r.success for r in reports}}
+    _write(out / "result.json", result)
+    log(f"validation passed: {len(reports)} suites")
+    return result
+
+
+def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
+    from .lineage import make_tracker
+
+    tr = make_tracker(cfg)
+    with tr.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-rejected",
+                      {"request_id": info["request_id"], "status": "rejected_data"}):
+        for f in sorted(out.glob("*.json")):
+            tr.log_artifact(str(f), "validation")
+
+
+def train_models(cfg: Config, log: Log, progress=None) -> dict:
+    from .models import atomic_dir
+    from .zoo import ensure_models
+
+    split = request_info(cfg)["eval_split"]
+    models = ensure_models(cfg, log, progress, splits=(split,))
+    with atomic_dir(stage_dir(cfg, "train_models")) as tmp:
+        for name in ("tokenizer", "target", "proxy", f"retain-{split}"):
+            _link_tree(models.root / name, tmp / name)
+        _write(tmp / "models.json", {"config_hash": models.root.name, "eval_split": split})
+    return {"config_hash": models.root.name, "eval_split": split}
+
+
+def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
+    from .models import atomic_dir
+    from .stages import train_decoder as fit
+
+    rep = fit(cfg, log, progress)
+    with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
+        for f in Path(rep["decoder_dir"]).iterdir():
+            shutil.copy2(f, tmp / f.name)
+    _track_decoder(cfg, rep, log)
+    return {k: v for k, v in rep.items() if not isinstance(v, (list, dict))}
+
+
+def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
+    """One run per decoder (config hash) in the decoder experiment, the decoder registered."""
+    from .lineage import make_tracker, log_decoder_run
+
+    log_decoder_run(make_tracker(cfg), cfg, rep, stage_dir(cfg, "train_decoder"), log)
+
+
+def unlearn(cfg: Config, log: Log, progress=None) -> dict:
+    from .stages import unlearn as run
+    from .lineage import make_tracker, start_unlearning_run
+
+    info = request_info(cfg)
+    if not _json(stage_dir(cfg, "validate") / "result.json").get("passed"):
+        raise PipelineError(f"request {info['request_id']}: validation did not pass; nothing unlearned")
+    out = stage_dir(cfg, "unlearn")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    rep = run(cfg, forget_split=info["eval_split"], model_path=stage_dir(cfg, "train_models") / "target",
+              out=out / "model", log=log, progress=progress, forget_items=forget_items(cfg))
+    rep["request_id"] = info["request_id"]
+    rep["mlflow_run_id"] = start_unlearning_run(make_tracker(cfg), cfg, info, rep)
+    _write(out / "report.json", rep)
+    return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
+
+
+def evaluate(cfg: Config, log: Log, progress=None) -> dict:
+    from .stages import evaluate_model
+    from .lineage import log_evaluation, make_tracker
+    from .models import atomic_dir
+
+    info = request_info(cfg)
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    with atomic_dir(stage_dir(cfg, "evaluate")) as tmp:
+        res = evaluate_model(cfg, stage_dir(cfg, "unlearn") / "model", info["eval_split"], out=tmp,
+                             log=log, progress=progress)
+    log_evaluation(make_tracker(cfg), cfg, rep.get("mlflow_run_id"), stage_dir(cfg, "evaluate"))
+    return res["summary"]
+
+
+def gate(cfg: Config, log: Log) -> dict:
+    from .gate import decide
+    from .models import atomic_dir
+    from .lineage import champion_utility, log_gate, make_tracker
+
+    info = request_info(cfg)
+    summary = _json(stage_dir(cfg, "evaluate") / "TOFU_SUMMARY.json")
+    champ = champion_utility(cfg, info["eval_split"])
+    decision = decide(summary, champ, cfg.gate).to_dict()
+    decision["champion_model_utility"] = champ
+    with atomic_dir(stage_dir(cfg, "gate")) as tmp:
+        _write(tmp / "decision.json", decision)
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    log_gate(make_tracker(cfg), rep.get("mlflow_run_id"), decision)
+    log(f"gate {'PASSED' if decision['passed'] else 'FAILED'}" +
+        ("" if decision["passed"] else ": " + "; ".join(decision["reasons"])))
+    return decision
+
+
+def promote(cfg: Config, log: Log) -> dict:
+    from .models import atomic_dir
+    from .lineage import make_tracker, register_and_promote
+
+    info = request_info(cfg)
+    decision = _json(stage_dir(cfg, "gate") / "decision.json")
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    res = register_and_promote(make_tracker(cfg), cfg, stage_dir(cfg, "train_models") / "target",
+                               stage_dir(cfg, "unlearn") / "model", rep.get("mlflow_run_id"), decision, info)
+    with atomic_dir(stage_dir(cfg, "promote")) as tmp:
+        _write(tmp / "promotion.json", res)
+    return res
+
+
+FUNCS: dict[str, Callable] = {"prepare": prepare, "validate": validate, "train_models": train_models,
+                              "train_decoder": train_decoder, "unlearn": unlearn, "evaluate": evaluate,
+                              "gate": gate, "promote": promote}
+
+
+def run_stage(cfg: Config, name: str, log: Log = print, progress=None) -> dict:
+    if name not in FUNCS:
+        raise PipelineError(f"unknown stage '{name}'; expected one of {', '.join(NAMES)}")
+    fn = FUNCS[name]
+    if "progress" in fn.__code__.co_varnames:
+        return fn(cfg, log, progress)
+    return fn(cfg, log)
