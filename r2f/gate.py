@@ -18,7 +18,7 @@ class RuleResult:
     name: str
     passed: bool
     value: float | None
-    threshold: float
+    threshold: float  # NaN when it could not be determined (e.g. no champion utility)
     reason: str
 
 
@@ -43,8 +43,8 @@ def _num(x) -> float | None:
 
 def _rule(name: str, value, threshold: float, ok, text: str) -> RuleResult:
     v = _num(value)
-    if v is None:
-        return RuleResult(name, False, None, threshold, f"{name}: no value (missing or not finite)")
+    if v is None or not math.isfinite(threshold):
+        return RuleResult(name, False, v, threshold, f"{name}: no value or no threshold (missing or not finite)")
     passed = bool(ok(v))
     return RuleResult(name, passed, v, threshold, f"{name}: {v:.4g} {'meets' if passed else 'fails'} {text}")
 
@@ -52,14 +52,13 @@ def _rule(name: str, value, threshold: float, ok, text: str) -> RuleResult:
 def decide(summary: dict, champion_utility: float | None, cfg: GateConfig) -> Decision:
     """Apply every rule to a ``TOFU_SUMMARY`` dict. ``champion_utility``: the model utility of the
     current champion (the rule fails when it is unknown)."""
-    mu = _num(summary.get("model_utility"))
     champ = _num(champion_utility)
-    ratio = mu / champ if mu is not None and champ else None
+    floor = cfg.min_utility_ratio * champ if champ is not None else float("nan")
     rules = [
         _rule("forget_quality", summary.get("forget_quality"), cfg.min_forget_quality,
               lambda v: v >= cfg.min_forget_quality, f">= {cfg.min_forget_quality}"),
-        _rule("utility_ratio", ratio, cfg.min_utility_ratio, lambda v: v >= cfg.min_utility_ratio,
-              f">= {cfg.min_utility_ratio} x the champion's model_utility"),
+        _rule("model_utility", summary.get("model_utility") if champ is not None else None, floor,
+              lambda v: v >= floor, f">= {cfg.min_utility_ratio} x the champion's model_utility ({champ})"),
         _rule("privleak", summary.get("privleak"), cfg.max_abs_privleak,
               lambda v: abs(v) <= cfg.max_abs_privleak, f"|privleak| <= {cfg.max_abs_privleak}"),
         _rule("usr", summary.get("usr"), cfg.min_usr, lambda v: v >= cfg.min_usr, f">= {cfg.min_usr}"),

@@ -143,5 +143,6 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
         tracker.log_dict(md5s, "dvc/md5s.json")
         tracker.log_params({f"dvc.{k}": v for k, v in md5s.items()})
     res = tracker.register_candidate(name, str(target_dir), str(model_dir), run_id, decision,
-                                     {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"]})
+                                     {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"]},
+                                     cfg.tracking.unlearning_experiment)
     return {"registered_model": name, **res, "passed": decision["passed"], "request_id": info["request_id"]}

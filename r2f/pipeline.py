@@ -160,7 +160,7 @@ def validate(cfg: Config, log: Log) -> dict:
     items = forget_items(cfg)
     try:
         if items and info["eval_split"]:
-            reports += validate_pipeline_data(tofu, items, cfg.validation, out_dir=None, split=info["eval_split"])
+            reports += validate_pipeline_data(tofu, items, cfg.validation, split=info["eval_split"])
         elif not items:
             pass  # the request suite above already fails and names why
         check(reports, out)

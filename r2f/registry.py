@@ -1,0 +1,122 @@
+"""MLflow Model Registry: pyfunc wrappers for R2F's artifacts, versions, aliases and the gate.
+
+Aliases only (never the deprecated stages): ``champion`` is the model serving users, ``candidate``
+the newest unlearned version. ``champion`` moves only through :func:`promote` with a passing gate
+decision; every version carries the decision as tags.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
+
+
+class RegistryError(RuntimeError):
+    """A registry operation failed; the message names the model and version."""
+
+
+class CausalLMModel(PythonModel):
+    """An HF causal-LM folder as a pyfunc: ``predict`` takes questions (list, Series or a DataFrame
+    with a ``question`` column) and returns greedy answers."""
+
+    def load_context(self, context):
+        from r2f.models import load_model
+
+        self.model, self.tok = load_model(context.artifacts["model_dir"])
+        self.max_len = int(self.model.config.max_position_embeddings)
+
+    def predict(self, context, model_input, params=None):
+        from r2f.scoring import generate
+
+        if hasattr(model_input, "columns"):
+            qs = list(model_input["question"] if "question" in model_input.columns else model_input.iloc[:, 0])
+        else:
+            qs = [model_input] if isinstance(model_input, str) else list(model_input)
+        n = int((params or {}).get("max_new_tokens", 64))
+        return generate(self.model, self.tok, [str(q) for q in qs], self.max_len, n, 16)
+
+
+class DecoderModel(PythonModel):
+    """An R2F gradient decoder folder; ``predict`` returns its description (the decoder itself is
+    applied inside the unlearning step, on gradients, not on text)."""
+
+    def load_context(self, context):
+        self.meta = json.loads((Path(context.artifacts["decoder_dir"]) / "decoder.json").read_text())
+
+    def predict(self, context, model_input, params=None):
+        return [json.dumps(self.meta, sort_keys=True)]
+
+
+def log_pyfunc(folder: str, name: str, kind: str = "hf") -> str:
+    """Log ``folder`` as a pyfunc model in the active run; returns ``model_info.model_uri``."""
+    if kind == "hf":
+        model, key = CausalLMModel(), "model_dir"
+    elif kind == "decoder":
+        model, key = DecoderModel(), "decoder_dir"
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    # explicit requirements: no environment inference (slow, and it may try the network)
+    info = mlflow.pyfunc.log_model(name=name, python_model=model, artifacts={key: str(folder)},
+                                   pip_requirements=["r2f", "torch", "transformers"])
+    return info.model_uri
+
+
+def register(client, model_uri: str, name: str, timeout_s: float = 60.0) -> int:
+    """Create ``name`` if needed and a new version from ``model_uri``; waits until READY."""
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
+        mv = client.create_model_version(name, model_uri, run_id=run_id)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot register {model_uri} as {name}: {exc}") from exc
+    t0 = time.monotonic()
+    while mv.status != "READY":
+        if time.monotonic() - t0 > timeout_s:
+            raise RegistryError(f"{name} version {mv.version} not READY after {timeout_s} s ({mv.status})")
+        time.sleep(0.2)
+        mv = client.get_model_version(name, mv.version)
+    return int(mv.version)
+
+
+def get_alias_version(client, name: str, alias: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(client, name: str, alias: str, version: int) -> None:
+    client.set_registered_model_alias(name, alias, str(version))
+
+
+def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlearning") -> int:
+    """Register the untouched target as the first ``champion`` when ``name`` has none (idempotent)."""
+    c = tracker.client
+    current = get_alias_version(c, name, "champion")
+    if current is not None:
+        return current
+    with tracker.start_run(experiment, "base-target", {"role": "base_target"}):
+        _, version = tracker.log_model_dir(base_dir, "model", registered_name=name)
+    c.set_model_version_tag(name, str(version), "role", "base_target")
+    set_alias(c, name, "champion", version)
+    return version
+
+
+def promote(client, name: str, version: int, decision: dict) -> bool:
+    """Tag ``version`` with the gate decision; move ``champion`` to it only if it passed."""
+    reasons = "; ".join(decision.get("reasons") or [])[:5000]
+    for k, v in {"gate.passed": str(bool(decision["passed"])).lower(), "gate.reasons": reasons or "-",
+                 "gate.decided_at": decision.get("decided_at", "")}.items():
+        client.set_model_version_tag(name, str(version), k, v)
+    if decision["passed"] is True:
+        set_alias(client, name, "champion", version)
+        return True
+    return False

@@ -1,0 +1,248 @@
+"""MLflow tracking and registry behind a small injectable interface.
+
+``make_tracker(cfg)`` returns an ``MlflowTracker`` over the configured store (default: sqlite under
+the state folder) or a ``NullTracker`` when ``tracking.enabled`` is false. Importing this module
+does not import mlflow; the tracker sets its URIs only around its own calls, so two trackers on two
+stores can live in one process.
+
+Safety: params and tags go through :func:`safe_params`, which flattens dicts and refuses long
+free text (forget-set content must never reach MLflow; callers log ids and sha256 hashes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import Config
+
+MAX_PARAM = 6000  # MLflow's param value limit (3.x)
+MAX_FREE_TEXT = 200
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or registry refused an operation; the message says which."""
+
+
+def resolve_uris(cfg: Config) -> tuple[str, str]:
+    """(tracking_uri, artifact_root) from the config, ``$MLFLOW_TRACKING_URI``, or the default
+    sqlite store and artifact folder under the state directory."""
+    state = Path(cfg.state_dir).resolve() / "mlflow"
+    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}"
+    root = cfg.tracking.artifact_root or str(state / "artifacts")
+    return uri, root
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def safe_params(d: dict) -> dict[str, str]:
+    """Flatten and stringify; refuse free text (a string with spaces longer than 200 characters)."""
+    out = {}
+    for k, v in _flatten(d).items():
+        s = "" if v is None else str(v)
+        if isinstance(v, str) and len(s) > MAX_FREE_TEXT and " " in s:
+            raise ValueError(f"param {k}: refusing to log {len(s)} characters of free text "
+                             "(log ids or sha256 hashes, never forget-set content)")
+        out[k] = s[:MAX_PARAM]
+    return out
+
+
+class NullTracker:
+    """Tracking switched off: every call is accepted and does nothing."""
+
+    active = False
+
+    @contextmanager
+    def start_run(self, experiment, run_name=None, tags=None, run_id=None):
+        yield None
+
+    def log_params(self, params): pass
+    def log_metrics(self, metrics, step=None): pass
+    def set_tags(self, tags): pass
+    def log_dict(self, obj, artifact_file): pass
+    def log_artifact(self, path, artifact_path=None): pass
+    def find_run(self, experiment, tags): return None
+    def champion_summary(self, name, split): return None
+
+    def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf"):
+        return None, None
+
+    def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None):
+        return {"version": None, "champion_version": None, "base_version": None, "tracking": "disabled"}
+
+
+class MlflowTracker:
+    active = True
+
+    def __init__(self, tracking_uri: str, artifact_root: str):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.uri, self.artifact_root = tracking_uri, artifact_root
+        self._run_id: str | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    @contextmanager
+    def _uris(self):
+        import mlflow
+
+        old = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        try:
+            yield mlflow
+        finally:
+            if old:
+                mlflow.set_tracking_uri(old)
+
+    @property
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _experiment_id(self, name: str) -> str:
+        c = self.client
+        exp = c.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        loc = Path(self.artifact_root) / name if "://" not in self.artifact_root else f"{self.artifact_root}/{name}"
+        return c.create_experiment(name, artifact_location=loc.as_uri() if isinstance(loc, Path) else loc)
+
+    @contextmanager
+    def start_run(self, experiment: str | None, run_name: str | None = None, tags: dict | None = None,
+                  run_id: str | None = None):
+        """Start (or, with ``run_id``, resume) a run; yields its id."""
+        with self._uris() as mlflow:
+            kw = {"run_id": run_id} if run_id else {"experiment_id": self._experiment_id(experiment),
+                                                    "run_name": run_name}
+            with mlflow.start_run(**kw, tags=safe_params(tags or {})) as run:
+                prev, self._run_id = self._run_id, run.info.run_id
+                try:
+                    yield run.info.run_id
+                finally:
+                    self._run_id = prev
+
+    def _need_run(self) -> str:
+        if not self._run_id:
+            raise TrackingError("no active run: call inside start_run()")
+        return self._run_id
+
+    def log_params(self, params: dict) -> None:
+        rid = self._need_run()
+        c = self.client
+        existing = c.get_run(rid).data.params
+        from mlflow.entities import Param
+
+        new = [Param(k, v) for k, v in safe_params(params).items() if k not in existing]  # params are write-once
+        if new:
+            c.log_batch(rid, params=new)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        rid = self._need_run()
+        ok, skipped = [], []
+        ts = int(time.time() * 1000)
+        for k, v in _flatten(metrics).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                skipped.append(k)
+                continue
+            ok.append(Metric(k, float(v), ts, step or 0))
+        for i in range(0, len(ok), 900):
+            self.client.log_batch(rid, metrics=ok[i:i + 900])
+        if skipped:
+            self.set_tags({"skipped_metrics": ",".join(sorted(skipped))[:MAX_PARAM]})
+
+    def set_tags(self, tags: dict) -> None:
+        rid = self._need_run()
+        for k, v in safe_params(tags).items():
+            self.client.set_tag(rid, k, v)
+
+    def log_dict(self, obj, artifact_file: str) -> None:
+        self.client.log_dict(self._need_run(), obj, artifact_file)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self._need_run(), path, artifact_path)
+
+    def find_run(self, experiment: str, tags: dict) -> str | None:
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([exp.experiment_id], flt, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    # -- models and registry ------------------------------------------------------------------------
+    def log_model_dir(self, model_dir: str, artifact_path: str, registered_name: str | None = None,
+                      kind: str = "hf") -> tuple[str, int | None]:
+        """Log a folder as an MLflow pyfunc model in the active run (``kind`` hf: an HF causal LM
+        answering questions; decoder: an R2F gradient decoder); register it when ``registered_name``
+        is given. Returns (model_info.model_uri, version or None)."""
+        from .registry import log_pyfunc, register
+
+        self._need_run()
+        with self._uris():
+            uri = log_pyfunc(model_dir, artifact_path, kind)
+        version = register(self.client, uri, registered_name) if registered_name else None
+        return uri, version
+
+    def champion_summary(self, name: str, split: str) -> dict | None:
+        """Metrics of the run that produced the champion version, if it was evaluated on ``split``."""
+        from .registry import get_alias_version
+
+        v = get_alias_version(self.client, name, "champion")
+        if v is None:
+            return None
+        mv = self.client.get_model_version(name, str(v))
+        if not mv.run_id:
+            return None
+        run = self.client.get_run(mv.run_id)
+        if run.data.tags.get("eval_split") != split:
+            return None
+        return dict(run.data.metrics)
+
+    def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
+                           decision: dict, tags: dict, experiment: str = "r2f-unlearning") -> dict:
+        """Base target as version 1 / ``champion`` (once), then the unlearned model as a new
+        version with alias ``candidate``; ``champion`` moves only if ``decision['passed']``."""
+        from .registry import ensure_base, get_alias_version, promote
+
+        base = ensure_base(self, name, base_dir, experiment)
+        with self.start_run(None, run_id=run_id):
+            _, version = self.log_model_dir(model_dir, "model", registered_name=name)
+            self.set_tags({"registered_model": name, "registered_version": version})
+        c = self.client
+        for k, v in tags.items():
+            c.set_model_version_tag(name, str(version), k, str(v))
+        c.set_registered_model_alias(name, "candidate", str(version))
+        promote(c, name, version, decision)
+        return {"version": version, "champion_version": get_alias_version(c, name, "champion"),
+                "base_version": base}
+
+
+def make_tracker(cfg: Config):
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    return MlflowTracker(*resolve_uris(cfg))
+
+
+def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """argv of ``mlflow server`` over the project's store (``r2f ui`` execs it)."""
+    import sys
+
+    uri, root = resolve_uris(cfg)
+    exe = Path(sys.executable).with_name("mlflow")
+    return [str(exe) if exe.is_file() else "mlflow", "server", "--backend-store-uri", uri,
+            "--default-artifact-root", root, "--host", host, "--port", str(port)]

@@ -1,0 +1,117 @@
+"""The whole pipeline with the real tools on a tiny configuration: Prefect flow (test harness),
+sqlite MLflow store and registry, a DVC repo with a local remote, GX suites."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+FAST_EVAL = {"eval.max_items": 12, "eval.max_new_tokens": 12, "eval.rap_steps": 2, "eval.batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh project folder: git + dvc.yaml + params.yaml (tiny) + requests + data link."""
+    root = tmp_path_factory.mktemp("project")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(ROOT / "requests", root / "requests")
+    (root / "data").mkdir()
+    (root / "data/tofu").symlink_to(ROOT / "data/tofu")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, v in {**TINY, **FAST_EVAL}.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = v
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text(".r2f/\n")
+    return root
+
+
+def _registry(root):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / '.r2f/mlflow/mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _alias(client, alias):
+    from r2f.registry import get_alias_version
+
+    return get_alias_version(client, "r2f-target", alias)
+
+
+def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monkeypatch):
+    from flows.unlearning import unlearning_flow
+    from r2f.validation import ValidationError
+    from r2f.versioning import status
+    from r2f.config import load_config
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = str(project / "params.yaml")
+    # 1. a gate every candidate passes: promoted, champion moves to the new version
+    easy = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.max_abs_privleak": 1000.0,
+            "gate.min_usr": 0.0}
+    res = unlearning_flow(params, easy)
+    assert res["gate"]["passed"] is True
+    client = _registry(project)
+    assert res["promote"]["base_version"] == 1 and res["promote"]["version"] == 2
+    assert _alias(client, "champion") == 2 and _alias(client, "candidate") == 2
+    mv = client.get_model_version("r2f-target", "2")
+    assert mv.tags["gate.passed"] == "true" and mv.tags["request_id"] == "req-0001-forget01"
+    # both experiments, the decoder registered, metrics and DVC md5s on the request's run
+    assert client.get_experiment_by_name("r2f-proxy-decoder") and client.get_registered_model("r2f-decoder")
+    run = client.get_run(mv.run_id)
+    assert "forget_quality" in run.data.metrics and "model_utility" in run.data.metrics
+    assert any(k.startswith("dvc.prepare:") for k in run.data.params)
+    assert run.data.tags["request_id"] == "req-0001-forget01"
+    arts = {a.path for a in client.list_artifacts(mv.run_id)}
+    assert {"eval", "plots", "gate", "dvc"} <= arts
+    # no forget-set text in params or tags
+    forget = [json.loads(l) for l in (project / ".r2f/pipeline/request/forget.jsonl").read_text().splitlines()]
+    blob = json.dumps({**run.data.params, **run.data.tags})
+    assert not any(q["answer"] in blob or q["question"] in blob for q in forget)
+    # DVC: everything recorded and pushed; dvc reports the pipeline up to date
+    cfg = load_config(params)
+    assert "up to date" in status(cfg, project)
+    assert any((project / ".r2f/dvc-remote").rglob("*"))
+
+    # 2. an impossible gate: the candidate is registered but champion stays where it was
+    hard = {**easy, "gate.min_usr": 1.0, "gate.min_forget_quality": 1.0}
+    res = unlearning_flow(params, hard)
+    assert res["gate"]["passed"] is False
+    assert res["promote"]["version"] == 3 and _alias(client, "candidate") == 3
+    assert _alias(client, "champion") == 2
+    tags = client.get_model_version("r2f-target", "3").tags
+    assert tags["gate.passed"] == "false" and "forget_quality" in tags["gate.reasons"]
+
+    # 3. bad data: a request naming a row that does not exist stops the flow before unlearning
+    (project / "requests/bad.yaml").write_text(
+        "request_id: req-bad\nbasis: test\nrequested_at: 2026-01-01\nitem_ids: [tofu-3990, tofu-9999]\n")
+    before = (project / ".r2f/pipeline/unlearned/report.json").read_text()
+    with pytest.raises(ValidationError, match="tofu-9999"):
+        unlearning_flow(params, {**easy, "pipeline.request": "requests/bad.yaml"})
+    assert (project / ".r2f/pipeline/unlearned/report.json").read_text() == before  # nothing unlearned
+    assert json.loads((project / ".r2f/pipeline/validation/result.json").read_text())["passed"] is False
+    assert (project / ".r2f/pipeline/validation/request.json").is_file()  # the GX result is kept
+    assert _alias(client, "champion") == 2 and len(client.search_model_versions("name='r2f-target'")) == 3
