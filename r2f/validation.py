@@ -183,13 +183,21 @@ class _Suite:
 
 
 def _rows_of(result: dict) -> list[str]:
-    rows: list[str] = []
+    rows: dict[str, None] = {}
     for entry in result.get("unexpected_index_list") or []:
         value = entry.get("row") if isinstance(entry, dict) else entry
         for v in value if isinstance(value, list) else [value]:
-            if str(v) not in rows:
-                rows.append(str(v))
-    return rows
+            rows[str(v)] = None
+    return list(rows)
+
+
+def _exception_messages(info: Any) -> list[str]:
+    """GX 1.x reports exceptions either flat or keyed by metric id."""
+    if not isinstance(info, dict):
+        return []
+    if "raised_exception" in info or "exception_message" in info:
+        return [str(info["exception_message"])] if info.get("raised_exception") else []
+    return [m for v in info.values() for m in _exception_messages(v)]
 
 
 def _failure(suite: str, r: dict, request_label: str | None) -> Failure:
@@ -197,9 +205,8 @@ def _failure(suite: str, r: dict, request_label: str | None) -> Failure:
     meta = cfg.get("meta") or {}
     res = r.get("result") or {}
     reason = meta.get("reason", cfg["type"])
-    exc = r.get("exception_info") or {}
-    if exc.get("raised_exception"):
-        reason += f" (GX raised: {str(exc.get('exception_message'))[:200]})"
+    if errors := _exception_messages(r.get("exception_info")):
+        reason += f" (GX raised: {errors[0][:200]})"
     elif "observed_value" in res and not res.get("unexpected_index_list"):
         reason += f" (observed {res['observed_value']})"
     rows = _rows_of(res)

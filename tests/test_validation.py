@@ -86,6 +86,8 @@ def test_question_length_bounds_come_from_config(forget):
     short = [q.id for q in forget if len(q.question.strip()) < 60]
     assert short
     assert _rows(validate_qa(forget, "f", strict), "expect_column_values_to_be_between", "question_chars") == short
+    with pytest.raises(ValueError, match="min_answer_chars exceeds max_answer_chars"):
+        ValidationConfig(min_answer_chars=10, max_answer_chars=5)
 
 
 def test_forget_retain_overlap_names_the_id(tofu, forget):
