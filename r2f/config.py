@@ -156,6 +156,13 @@ class ValidationConfig(_Strict):
     min_answer_chars: int = Field(1, ge=1)
     max_answer_chars: int = Field(4000, ge=1)
 
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> "ValidationConfig":
+        for f in ("question", "answer"):
+            if getattr(self, f"min_{f}_chars") > getattr(self, f"max_{f}_chars"):
+                raise ValueError(f"min_{f}_chars exceeds max_{f}_chars")
+        return self
+
 
 class TrackingConfig(_Strict):
     """MLflow tracking and registry. ``tracking_uri`` None: ``$MLFLOW_TRACKING_URI`` if set, else
