@@ -113,5 +113,5 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
         unlearning_flow(params, {**easy, "pipeline.request": "requests/bad.yaml"})
     assert (project / ".r2f/pipeline/unlearned/report.json").read_text() == before  # nothing unlearned
     assert json.loads((project / ".r2f/pipeline/validation/result.json").read_text())["passed"] is False
-    assert (project / ".r2f/pipeline/validation/request.json").is_file()  # the GX result is kept
+    assert list((project / ".r2f/pipeline/validation").glob("request-*.json"))  # the GX result is kept
     assert _alias(client, "champion") == 2 and len(client.search_model_versions("name='r2f-target'")) == 3
