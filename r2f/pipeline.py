@@ -293,7 +293,9 @@ FUNCS: dict[str, Callable] = {"prepare": prepare, "validate": validate, "train_m
 def run_stage(cfg: Config, name: str, log: Log = print, progress=None) -> dict:
     if name not in FUNCS:
         raise PipelineError(f"unknown stage '{name}'; expected one of {', '.join(NAMES)}")
+    import time
+
     fn = FUNCS[name]
-    if "progress" in fn.__code__.co_varnames:
-        return fn(cfg, log, progress)
-    return fn(cfg, log)
+    t0 = time.perf_counter()
+    res = fn(cfg, log, progress) if "progress" in fn.__code__.co_varnames else fn(cfg, log)
+    return {**res, "stage_wall_s": round(time.perf_counter() - t0, 2)}

@@ -243,6 +243,5 @@ def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[s
     import sys
 
     uri, root = resolve_uris(cfg)
-    exe = Path(sys.executable).with_name("mlflow")
-    return [str(exe) if exe.is_file() else "mlflow", "server", "--backend-store-uri", uri,
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
             "--default-artifact-root", root, "--host", host, "--port", str(port)]

@@ -1,0 +1,46 @@
+"""MLflow tracking on a real sqlite store (tmp): params guard, metric filtering, resume, find."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+
+
+def test_import_does_not_load_mlflow():
+    code = "import r2f.tracking, r2f.lineage, r2f.pipeline, sys; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_safe_params_refuses_free_text_and_flattens():
+    from r2f.tracking import safe_params
+
+    assert safe_params({"a": {"b": 1, "c": None}, "ids": "tofu-0001,tofu-0002"}) == {"a.b": "1", "a.c": "", "ids": "tofu-0001,tofu-0002"}
+    with pytest.raises(ValueError, match="question"):
+        safe_params({"question": "What is the full name of the author born in Paris " * 6})
+
+
+def test_tracker_runs_metrics_and_resume(tmp_path):
+    from r2f.tracking import MlflowTracker, NullTracker, make_tracker, resolve_uris
+
+    cfg = tiny_config(tmp_path / "state")
+    uri, root = resolve_uris(cfg)
+    assert uri.startswith("sqlite:///") and str(tmp_path) in uri and str(tmp_path) in root
+    assert isinstance(make_tracker(tiny_config(tmp_path / "s2", **{"tracking.enabled": False})), NullTracker)
+    tr = make_tracker(cfg)
+    assert isinstance(tr, MlflowTracker)
+    with tr.start_run("exp", "r1", {"request_id": "req-1"}) as rid:
+        tr.log_params({"method": "r2f", "lora": {"rank": 8}})
+        tr.log_metrics({"ok": 0.5, "nan": float("nan"), "none": None, "nested": {"x": 1.0}})
+        tr.log_dict({"a": 1}, "x/a.json")
+    with tr.start_run(None, run_id=rid):
+        tr.set_tags({"status": "evaluated"})
+    run = tr.client.get_run(rid)
+    assert run.data.params["lora.rank"] == "8" and run.data.metrics == {"ok": 0.5, "nested.x": 1.0}
+    assert run.data.tags["skipped_metrics"] == "nan,none" and run.data.tags["status"] == "evaluated"
+    assert tr.find_run("exp", {"request_id": "req-1"}) == rid and tr.find_run("exp", {"request_id": "no"}) is None
+    assert not (tmp_path / "mlruns").exists()
