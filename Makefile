@@ -12,7 +12,6 @@ export TOKENIZERS_PARALLELISM := false
 # Prefect and DVC state stay in the project's state folder
 export PREFECT_HOME ?= $(CURDIR)/.r2f/prefect
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.r2f/dvc-site-cache
-export PREFECT_LOGGING_LEVEL ?= WARNING
 
 .PHONY: run test bench-quick clean-state
 

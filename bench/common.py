@@ -57,6 +57,21 @@ def load_cfg(args, extra: dict | None = None):
     return load_config(args.params, overrides)
 
 
+def run_child(script: str | Path, args, extra: list[str]) -> dict:
+    """Run ``script`` with ``extra`` (e.g. ``--one r2f``) in its own process, so its wall time and
+    peak RSS are its own; returns its ``RESULT {json}`` line, or ``{"error": last stderr line}``."""
+    cmd = [sys.executable, str(script), *extra, "--params", args.params, "--out", args.out]
+    cmd += ["--quick"] if args.quick else []
+    for s in args.sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(proc.stderr[-3000:])
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(line[-1][7:])
+
+
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, load_cfg, parser, peak_rss_mb, setup, write
+from common import load_cfg, parser, peak_rss_mb, run_child, setup, write
 
 QUICK_EVAL_ITEMS = 40
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
@@ -50,17 +48,9 @@ def _split_cfg(args) -> dict:
     return {"data.forget_split": args.split}
 
 
-def run_child(args, method: str, seed: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__)), "--one", method, "--seed", str(seed), "--split", args.split,
-           "--params", args.params, "--out", args.out] + (["--quick"] if args.quick else [])
-    for s in args.sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(proc.stderr[-3000:])
-        return {"method": method, "seed": seed, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(line[-1][7:])
+def run_one(args, method: str, seed: int) -> dict:
+    res = run_child(Path(__file__), args, ["--one", method, "--seed", str(seed), "--split", args.split])
+    return {"method": method, "seed": seed, **res}
 
 
 def aggregate(runs: list[dict], method: str) -> dict:
@@ -121,7 +111,7 @@ def main() -> None:
     runs = []
     for m in methods:
         for seed in range(1 if m in ("target", "retrain") else args.seeds):
-            runs.append(run_child(args, m, seed))
+            runs.append(run_one(args, m, seed))
             print({k: runs[-1].get(k) for k in ("method", "seed", "forget_quality", "model_utility", "wall_s")})
     rows = [aggregate(runs, m) for m in methods]
     npo = next((r for r in rows if r["method"] == "npo" and "error" not in r), None)

@@ -9,11 +9,9 @@ its own.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from common import ROOT, load_cfg, parser, peak_rss_mb, setup, write
+from common import load_cfg, parser, peak_rss_mb, run_child, setup, write
 
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
 
@@ -43,17 +41,10 @@ def main() -> None:
     train_decoder(cfg, print)  # cached; its cost is reported by bench/fidelity.py
     rows = []
     for m in args.methods.split(","):
-        cmd = [sys.executable, str(Path(__file__)), "--one", m, "--params", args.params, "--out", args.out]
-        cmd += ["--quick"] if args.quick else []
-        for s in args.sets:
-            cmd += ["--set", s]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(proc.stderr[-3000:])
-            rows.append({"method": m, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
+        rep = run_child(Path(__file__), args, ["--one", m])
+        if "error" in rep:
+            rows.append({"method": m, "error": rep["error"]})
             continue
-        rep = json.loads(line[-1][7:])
         row = {"method": m, "eta": rep["eta"], "wall_s": rep["wall_s"], "peak_rss_mb": rep["peak_rss_mb"]}
         for split in ("forget", "retain", "holdout"):
             row[f"{split}_nll_before"] = rep["nll_before"][split]

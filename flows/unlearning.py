@@ -26,7 +26,7 @@ def _cache_key(context, parameters) -> str | None:
     name = parameters["name"]
     if name not in CACHED:
         return None
-    cfg = load_config(parameters["params"], parameters["overrides"])
+    cfg = _cfg(parameters["config"])
     spec = next(s for s in STAGES if s.name == name)
     if not stage_dir(cfg, name).is_dir():
         return None
@@ -40,24 +40,26 @@ def _cache_key(context, parameters) -> str | None:
 CACHED = ("train_models", "train_decoder")
 
 
+def _cfg(config: dict):
+    from r2f.config import Config
+
+    return Config.model_validate(config)
+
+
 @task(name="stage", cache_key_fn=_cache_key)
-def stage_task(params: str, overrides: dict, name: str) -> dict:
-    from r2f.config import load_config
+def stage_task(config: dict, name: str) -> dict:
     from r2f.pipeline import run_stage
 
-    cfg = load_config(params, overrides)
-    return run_stage(cfg, name, log=_logger().info)
+    return run_stage(_cfg(config), name, log=_logger().info)
 
 
 @task(name="version", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def version_task(params: str, overrides: dict, name: str) -> None:
-    from r2f.config import load_config
-    from r2f.versioning import commit, find_root, push
+def version_task(config: dict, root: str, name: str) -> None:
+    from r2f.versioning import commit, push
 
-    cfg = load_config(params, overrides)
-    root = find_root(Path(params).resolve().parent)
-    commit(cfg, root, name)
-    push(cfg, root, name)
+    cfg = _cfg(config)
+    commit(cfg, Path(root), name)
+    push(cfg, Path(root), name)
 
 
 def _logger():
@@ -70,13 +72,14 @@ def _logger():
 def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
                     stages: list[str] | None = None) -> dict:
     """Run the pipeline stages (default: all) for the request named in ``params.yaml``; returns
-    ``{stage: result}``. A failing stage (bad data, gate error) stops the flow and raises."""
+    ``{stage: result}``. A failing stage (bad data, gate error) stops the flow and raises.
+    ``params.yaml`` is read once: every task gets the same validated configuration."""
     from r2f.config import load_config
     from r2f.pipeline import NAMES
     from r2f.versioning import ensure_repo, find_root
 
-    overrides = dict(overrides or {})
-    cfg = load_config(params, overrides)
+    cfg = load_config(params, dict(overrides or {}))
+    config = cfg.model_dump(mode="json")
     root = find_root(Path(params).resolve().parent)
     version = bool(cfg.versioning.enabled and root)
     if version:
@@ -84,7 +87,7 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
     results = {}
     for name in stages or NAMES:
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
-        results[name] = stage_task.with_options(**opts)(params, overrides, name)
+        results[name] = stage_task.with_options(**opts)(config, name)
         if version:
-            version_task.with_options(name=f"version-{name}")(params, overrides, name)
+            version_task.with_options(name=f"version-{name}")(config, str(root), name)
     return results

@@ -193,7 +193,6 @@ def _state_env(cfg) -> None:
     state = Path(cfg.state_dir).resolve()
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def _pipeline_errors():
@@ -201,7 +200,8 @@ def _pipeline_errors():
     from .requests import RequestError
     from .validation import ValidationError
     from .versioning import VersioningError
-    return (*_errors(), PipelineError, RequestError, ValidationError, VersioningError, OSError)
+    from .config import ConfigError
+    return (*_errors(), ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)
 
 
 @app.command()

@@ -123,6 +123,8 @@ class UnlearnConfig(_Strict):
     objective: Literal["ascent", "refusal"] = "ascent"
     retain_weight: float = Field(0.0, ge=0)
     eta: EtaConfig = EtaConfig()
+    # R2F decoded steps (1 = the paper's single update); the retain budget holds for all together
+    r2f_steps: int = Field(1, ge=1, le=50)
     # Multi-step baselines (GradAscent, GradDiff, NPO): open-unlearning defaults scaled down.
     baseline_epochs: int = Field(5, ge=1)
     baseline_lr: float = Field(1e-3, gt=0)

@@ -226,7 +226,11 @@ def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha
     torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                      target_modules=[i.name for i in infos], init_lora_weights=True)
-    peft_model = get_peft_model(model, cfg)
+    import warnings
+
+    with warnings.catch_warnings():  # transformers 5 deprecation noise from inside peft
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, cfg)
     try:
         mods = dict(peft_model.base_model.model.named_modules())
         for info in infos:

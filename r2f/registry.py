@@ -30,13 +30,10 @@ class CausalLMModel(PythonModel):
         self.model, self.tok = load_model(context.artifacts["model_dir"])
         self.max_len = int(self.model.config.max_position_embeddings)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
         from r2f.scoring import generate
 
-        if hasattr(model_input, "columns"):
-            qs = list(model_input["question"] if "question" in model_input.columns else model_input.iloc[:, 0])
-        else:
-            qs = [model_input] if isinstance(model_input, str) else list(model_input)
+        qs = [model_input] if isinstance(model_input, str) else list(model_input)
         n = int((params or {}).get("max_new_tokens", 64))
         return generate(self.model, self.tok, [str(q) for q in qs], self.max_len, n, 16)
 
@@ -48,7 +45,7 @@ class DecoderModel(PythonModel):
     def load_context(self, context):
         self.meta = json.loads((Path(context.artifacts["decoder_dir"]) / "decoder.json").read_text())
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
         return [json.dumps(self.meta, sort_keys=True)]
 
 
@@ -60,7 +57,11 @@ def log_pyfunc(folder: str, name: str, kind: str = "hf") -> str:
         model, key = DecoderModel(), "decoder_dir"
     else:
         raise ValueError(f"unknown model kind {kind!r}")
-    # explicit requirements: no environment inference (slow, and it may try the network)
+    import logging
+
+    # explicit requirements: no environment inference (slow, and it may try the network); the
+    # CloudPickle notice is about loading untrusted models, these are our own
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     info = mlflow.pyfunc.log_model(name=name, python_model=model, artifacts={key: str(folder)},
                                    pip_requirements=["r2f", "torch", "transformers"])
     return info.model_uri

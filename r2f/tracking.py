@@ -87,6 +87,7 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str, artifact_root: str):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri, self.artifact_root = tracking_uri, artifact_root
         self._run_id: str | None = None
 

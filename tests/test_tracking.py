@@ -44,3 +44,25 @@ def test_tracker_runs_metrics_and_resume(tmp_path):
     assert run.data.tags["skipped_metrics"] == "nan,none" and run.data.tags["status"] == "evaluated"
     assert tr.find_run("exp", {"request_id": "req-1"}) == rid and tr.find_run("exp", {"request_id": "no"}) is None
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_model_dir_logged_registered_and_answers(tmp_path, tiny_cfg, tiny_models):
+    import mlflow
+
+    from r2f.registry import get_alias_version, promote
+    from r2f.tracking import make_tracker
+
+    cfg = tiny_config(tmp_path / "state")
+    tr = make_tracker(cfg)
+    with tr.start_run("exp", "m") as rid:
+        uri, version = tr.log_model_dir(str(tiny_models.path("target")), "model", registered_name="tiny")
+    assert version == 1 and tr.client.get_model_version("tiny", "1").run_id == rid
+    with tr._uris():
+        answers = mlflow.pyfunc.load_model(uri).predict(["Who wrote the book?"])
+    assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
+    assert get_alias_version(tr.client, "tiny", "champion") is None
+    assert promote(tr.client, "tiny", 1, {"passed": False, "reasons": ["usr: 0.1 fails >= 0.5"]}) is False
+    assert get_alias_version(tr.client, "tiny", "champion") is None
+    assert tr.client.get_model_version("tiny", "1").tags["gate.passed"] == "false"
+    assert promote(tr.client, "tiny", 1, {"passed": True, "reasons": []}) is True
+    assert get_alias_version(tr.client, "tiny", "champion") == 1

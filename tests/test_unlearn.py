@@ -55,3 +55,19 @@ def test_every_method_raises_forget_nll(name, tiny_cfg, tiny_models, tofu):
     after = mean_nll(res.model, ctx.tokenizer, forget, tiny_cfg.models.max_len)
     assert after > before
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
+
+
+def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tofu):
+    from r2f.unlearn.apply import _nll, views_split  # noqa: F401
+
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_steps": 3})})
+    ctx = _ctx(cfg, tiny_models, tofu)
+    retain = ctx.retain[:cfg.unlearn.eta.calibration_items]
+    r_before = mean_nll(ctx.model, ctx.tokenizer, retain, cfg.models.max_len)
+    f_before = mean_nll(ctx.model, ctx.tokenizer, ctx.forget, cfg.models.max_len)
+    res = get_method("r2f").run(ctx)
+    assert 1 <= res.info["steps"] <= 3 and len(res.info["etas"]) == res.info["steps"]
+    assert mean_nll(res.model, ctx.tokenizer, ctx.forget, cfg.models.max_len) > f_before
+    if res.info["steps"] > 1:  # later steps are only taken within the budget of the original model
+        r_after = mean_nll(res.model, ctx.tokenizer, retain, cfg.models.max_len)
+        assert r_after <= r_before * (1 + cfg.unlearn.eta.retain_budget) + 1e-4

@@ -44,8 +44,13 @@ def check_finite(direction: dict) -> None:
             raise UnlearnError(f"update for module {name} contains NaN/Inf: refused, model left unchanged")
 
 
-def calibrate_and_apply(ctx: UnlearnContext, direction: dict) -> tuple[float, dict]:
-    """Choose eta (or use the configured one), apply the update, return (eta, calibration info)."""
+def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
+                        over_budget_fallback: bool = True) -> tuple[float, dict]:
+    """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
+
+    ``base_retain``: the retain NLL the budget is measured from (default: the current model's);
+    multi-step R2F passes the original model's so the budget holds for all steps together.
+    ``over_budget_fallback`` False: when no eta keeps the budget, apply nothing and return eta 0."""
     import torch
 
     check_finite(direction)
@@ -90,6 +95,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict) -> tuple[float, di
     fb = [collate(f_enc[i:i + 64], tok.pad_token_id) for i in range(0, len(f_enc), 64)]
     rb = [collate(r_enc[i:i + 64], tok.pad_token_id) for i in range(0, len(r_enc), 64)]
     base_f, base_r = _nll(model, fb), _nll(model, rb)
+    if base_retain is not None:
+        base_r = base_retain
     info.update(base_forget_nll=base_f, base_retain_nll=base_r)
     chosen = None
     try:
@@ -104,6 +111,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict) -> tuple[float, di
     finally:
         restore()
     info["within_budget"] = chosen is not None
+    if chosen is None and not over_budget_fallback:
+        return 0.0, info
     if chosen is None:
         chosen = min(ec.grid)
         ctx.log(f"no eta in the grid keeps retain NLL within budget; applying the smallest ({chosen})")

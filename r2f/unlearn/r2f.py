@@ -61,12 +61,24 @@ class R2F:
     name = "r2f"
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
-        t0 = time.perf_counter()
-        direction = r2f_direction(ctx)
-        t_grad = time.perf_counter() - t0
-        eta, info = calibrate_and_apply(ctx, direction)
-        info.update(direction_s=t_grad, decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)))
-        return UnlearnResult(self.name, ctx.model, eta, info)
+        """``unlearn.r2f_steps`` decoded steps (default 1, the paper's single update); each step
+        recomputes the LoRA gradients on the current weights and is calibrated against the
+        *original* retain NLL, so the retain budget holds for all steps together."""
+        steps, etas, t_grad, base_r, info = ctx.cfg.unlearn.r2f_steps, [], 0.0, None, {}
+        for step in range(steps):
+            t0 = time.perf_counter()
+            direction = r2f_direction(ctx)
+            t_grad += time.perf_counter() - t0
+            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, over_budget_fallback=step == 0)
+            base_r = info.get("base_retain_nll", base_r)
+            if eta == 0.0:
+                break  # the retain budget is spent: nothing applied in this step
+            etas.append(eta)
+            if not info.get("within_budget", True):
+                break
+        info.update(direction_s=t_grad, decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)),
+                    steps=len(etas), etas=etas)
+        return UnlearnResult(self.name, ctx.model, etas[0] if len(etas) == 1 else sum(etas), info)
 
 
 METHOD = R2F()
