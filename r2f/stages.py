@@ -27,8 +27,12 @@ def train_models(cfg: Config, log: Log = _noop, progress=None) -> dict:
 
 
 def decoder_dir(cfg: Config) -> Path:
-    key = cfg.section_hash("models", "data", "lora", "paraphrase", "decoder")
-    return Path(cfg.state_dir) / "decoders" / f"{key}-{cfg.unlearn.objective}"
+    from .zoo import models_dir
+
+    # the decoder depends on the models (their cache key covers the data they learned), not on
+    # which forget split a later request unlearns
+    key = cfg.section_hash("lora", "paraphrase", "decoder")
+    return Path(cfg.state_dir) / "decoders" / f"{models_dir(cfg).name}-{key}-{cfg.unlearn.objective}"
 
 
 def decoder_train_items(cfg: Config, tofu):
