@@ -12,6 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # Prefect and DVC state stay in the project's state folder
 export PREFECT_HOME ?= $(CURDIR)/.r2f/prefect
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.r2f/dvc-site-cache
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: run test bench-quick clean-state
 

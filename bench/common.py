@@ -27,7 +27,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def setup() -> None:
     for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                 "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+                 "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
+                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
         os.environ.setdefault(k, v)
     sys.path.insert(0, str(ROOT))
 

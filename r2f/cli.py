@@ -193,6 +193,8 @@ def _state_env(cfg) -> None:
     state = Path(cfg.state_dir).resolve()
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
+    # the temporary Prefect server can take long to start on a loaded 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _pipeline_errors():

@@ -94,16 +94,26 @@ class MlflowTracker:
     # -- plumbing ---------------------------------------------------------------------------------
     @contextmanager
     def _uris(self):
+        """Point mlflow's fluent API at this store for one block, then restore exactly what was
+        there: ``set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``, which would otherwise leak
+        into every later tracker and subprocess of this process."""
         import mlflow
+        from mlflow.tracking._model_registry import utils as reg
+        from mlflow.tracking._tracking_service import utils as trk
 
-        old = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        saved = (trk._tracking_uri, reg._registry_uri,
+                 {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         try:
             yield mlflow
         finally:
-            if old:
-                mlflow.set_tracking_uri(old)
+            trk._tracking_uri, reg._registry_uri, env = saved
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     @property
     def client(self):

@@ -66,3 +66,18 @@ def test_model_dir_logged_registered_and_answers(tmp_path, tiny_cfg, tiny_models
     assert tr.client.get_model_version("tiny", "1").tags["gate.passed"] == "false"
     assert promote(tr.client, "tiny", 1, {"passed": True, "reasons": []}) is True
     assert get_alias_version(tr.client, "tiny", "champion") == 1
+
+
+def test_tracker_does_not_leak_its_uri(tmp_path, monkeypatch):
+    import os
+
+    from r2f.tracking import make_tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tr = make_tracker(tiny_config(tmp_path / "a"))
+    with tr.start_run("exp", "r"):
+        tr.log_metrics({"x": 1.0})
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    import mlflow
+
+    assert str(tmp_path) not in mlflow.get_tracking_uri()
