@@ -134,6 +134,8 @@ def main() -> None:
         "usr/gur/rap/drift_kl: the paper's metrics (docs/evaluation.md). wall_s and peak_rss_mb: the unlearning "
         "step alone in its own process (evaluation excluded); wall_vs_npo = wall_s / NPO's.",
     ]
+    notes.append("model_utility is a harmonic mean: on a small model one near-zero component (real-author ROUGE) "
+                 "can zero it; GUR is the steadier utility signal. peak_rss_mb includes the shared setup.")
     if args.quick:
         notes.append(f"--quick: small models trained on this split's authors only; retain / real-authors / "
                      f"world-facts capped at {QUICK_EVAL_ITEMS} items each: not comparable to full runs.")
