@@ -32,10 +32,9 @@ def _setup() -> None:
         os.environ.setdefault(k, v)
 
 
-def _cfg(params: Path, sets: Optional[list[str]], **extra):
+def _overrides(sets: Optional[list[str]]) -> dict:
+    """``--set key=value`` options as a dict (values parsed as YAML)."""
     import yaml
-
-    from .config import ConfigError, load_config
 
     overrides = {}
     for s in sets or []:
@@ -43,6 +42,13 @@ def _cfg(params: Path, sets: Optional[list[str]], **extra):
             raise typer.BadParameter(f"--set expects key=value, got '{s}'")
         k, v = s.split("=", 1)
         overrides[k.strip()] = yaml.safe_load(v)
+    return overrides
+
+
+def _cfg(params: Path, sets: Optional[list[str]], **extra):
+    from .config import ConfigError, load_config
+
+    overrides = _overrides(sets)
     overrides.update({k: v for k, v in extra.items() if v is not None})
     try:
         return load_config(params, overrides)
@@ -241,12 +247,7 @@ def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     _setup()
     cfg = _cfg(params, set_)
     _state_env(cfg)
-    overrides = {}
-    for s in set_ or []:
-        import yaml
-
-        k, v = s.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    overrides = _overrides(set_)
     try:
         from flows.unlearning import unlearning_flow
 
