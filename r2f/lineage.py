@@ -21,12 +21,6 @@ from .config import Config
 GATE_KEYS = ("forget_quality", "model_utility", "privleak", "usr")
 
 
-def make_tracker(cfg: Config):
-    from .tracking import make_tracker as mk
-
-    return mk(cfg)
-
-
 def git_sha() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
@@ -116,9 +110,9 @@ def champion_utility(cfg: Config, split: str) -> float | None:
     """Model utility of the current champion on ``split``: the registered champion's recorded
     evaluation when it has one on that split, else the untouched target's reference evaluation."""
     from .stages import reference_eval
-    from .tracking import make_tracker as mk
+    from .tracking import make_tracker
 
-    tracker = mk(cfg)
+    tracker = make_tracker(cfg)
     got = tracker.champion_summary(cfg.tracking.target_model_name, split) if tracker.active else None
     if got and isinstance(got.get("model_utility"), (int, float)):
         return float(got["model_utility"])

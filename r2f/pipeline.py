@@ -179,7 +179,7 @@ def validate(cfg: Config, log: Log) -> dict:
 
 
 def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
-    from .lineage import make_tracker
+    from .tracking import make_tracker
 
     tr = make_tracker(cfg)
     with tr.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-rejected",
@@ -215,14 +215,16 @@ def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
 
 def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
     """One run per decoder (config hash) in the decoder experiment, the decoder registered."""
-    from .lineage import make_tracker, log_decoder_run
+    from .lineage import log_decoder_run
+    from .tracking import make_tracker
 
     log_decoder_run(make_tracker(cfg), cfg, rep, stage_dir(cfg, "train_decoder"), log)
 
 
 def unlearn(cfg: Config, log: Log, progress=None) -> dict:
     from .stages import unlearn as run
-    from .lineage import make_tracker, start_unlearning_run
+    from .lineage import start_unlearning_run
+    from .tracking import make_tracker
 
     info = request_info(cfg)
     if not _json(stage_dir(cfg, "validate") / "result.json").get("passed"):
@@ -241,7 +243,8 @@ def unlearn(cfg: Config, log: Log, progress=None) -> dict:
 
 def evaluate(cfg: Config, log: Log, progress=None) -> dict:
     from .stages import evaluate_model
-    from .lineage import log_evaluation, make_tracker
+    from .lineage import log_evaluation
+    from .tracking import make_tracker
     from .models import atomic_dir
 
     info = request_info(cfg)
@@ -256,7 +259,8 @@ def evaluate(cfg: Config, log: Log, progress=None) -> dict:
 def gate(cfg: Config, log: Log) -> dict:
     from .gate import decide
     from .models import atomic_dir
-    from .lineage import champion_utility, log_gate, make_tracker
+    from .lineage import champion_utility, log_gate
+    from .tracking import make_tracker
 
     info = request_info(cfg)
     summary = _json(stage_dir(cfg, "evaluate") / "TOFU_SUMMARY.json")
@@ -274,7 +278,8 @@ def gate(cfg: Config, log: Log) -> dict:
 
 def promote(cfg: Config, log: Log) -> dict:
     from .models import atomic_dir
-    from .lineage import make_tracker, register_and_promote
+    from .lineage import register_and_promote
+    from .tracking import make_tracker
 
     info = request_info(cfg)
     decision = _json(stage_dir(cfg, "gate") / "decision.json")
