@@ -2,7 +2,9 @@
 
 The tasks call the same :func:`r2f.pipeline.run_stage` that ``dvc.yaml`` runs through
 ``r2f stage <name>``; after each stage its outs are recorded in ``dvc.lock`` and pushed
-(:mod:`r2f.versioning`), so ``dvc repro`` afterwards finds the pipeline up to date.
+(:mod:`r2f.versioning`), so ``dvc repro`` afterwards finds the pipeline up to date. The DVC work of
+stage N runs in a worker thread while stage N+1 computes (one ``dvc`` process at a time, in stage
+order); ``promote`` waits for it, because it logs the DVC md5s from ``dvc.lock``.
 Retries: the I/O stages (DVC push, MLflow registry) retry twice; model training and decoder fitting
 are cached by the library by input hash (config sections), so a rerun is cheap.
 """
@@ -84,10 +86,24 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
     version = bool(cfg.versioning.enabled and root)
     if version:
         ensure_repo(cfg, root)
-    results = {}
+    results, pending = {}, []
     for name in stages or NAMES:
+        if name in NEEDS_LOCK:
+            _wait(pending)
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
         results[name] = stage_task.with_options(**opts)(config, name)
         if version:
-            version_task.with_options(name=f"version-{name}")(config, str(root), name)
+            pending.append(version_task.with_options(name=f"version-{name}")
+                           .submit(config, str(root), name, wait_for=pending[-1:]))
+    _wait(pending)
     return results
+
+
+NEEDS_LOCK = ("promote",)  # reads dvc.lock (the md5s it logs to MLflow)
+
+
+def _wait(futures: list) -> None:
+    """Block until the queued DVC commits/pushes are done; re-raise the first failure."""
+    for f in futures:
+        f.result()
+    futures.clear()
