@@ -72,11 +72,14 @@ def _logger():
 
 @flow(name="r2f-deletion-request")
 def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
-                    stages: list[str] | None = None) -> dict:
+                    stages: list[str] | None = None, inbox_ids: list[str] | None = None) -> dict:
     """Run the pipeline stages (default: all) for the request named in ``params.yaml``; returns
     ``{stage: result}``. A failing stage (bad data, gate error) stops the flow and raises.
-    ``params.yaml`` is read once: every task gets the same validated configuration."""
+    ``params.yaml`` is read once: every task gets the same validated configuration.
+    ``inbox_ids``: the inbox requests this run serves; each moves through its states
+    (validated, unlearned, evaluated, promoted | rejected) as the stages finish."""
     from r2f.config import load_config
+    from r2f.inbox import advance
     from r2f.pipeline import NAMES
     from r2f.versioning import ensure_repo, find_root
 
@@ -92,6 +95,8 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
             _wait(pending)
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
         results[name] = stage_task.with_options(**opts)(config, name)
+        for rid in inbox_ids or ():
+            advance(cfg, rid, name, results[name])
         if version:
             pending.append(version_task.with_options(name=f"version-{name}")
                            .submit(config, str(root), name, wait_for=pending[-1:]))
@@ -107,3 +112,18 @@ def _wait(futures: list) -> None:
     for f in futures:
         f.result()
     futures.clear()
+
+
+@flow(name="r2f-scheduled-tick")
+def tick_flow(params: str = "params.yaml", overrides: dict | None = None) -> dict:
+    """One scheduled tick: every pending inbox request through the pipeline, oldest first, each
+    from the then-current champion (``schedule.mode: sequential``), or all of them as one
+    unlearning (``batch``). A failing request is marked ``failed`` with the reason and the others
+    go on; a tick with nothing pending does nothing; a second tick while one runs is refused."""
+    from r2f.config import load_config
+    from r2f.inbox import process_pending
+
+    cfg = load_config(params, dict(overrides or {}))
+    log = _logger()
+    return process_pending(cfg, lambda request, ids: unlearning_flow(
+        params, {**(overrides or {}), "pipeline.request": str(request)}, inbox_ids=ids), log.info)

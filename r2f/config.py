@@ -189,9 +189,19 @@ class VersioningConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    """The main job: which deletion request the pipeline runs (docs/pipeline.md)."""
+    """The main job: which deletion request the pipeline runs, and from which model (docs/pipeline.md)."""
 
     request: str = "requests/forget01-authors.yaml"
+    # champion: unlearn from the registry's current champion (sequential deletions build on each
+    # other); target: always from the embedded target (independent, reproducible by `dvc repro`)
+    start_from: Literal["champion", "target"] = "champion"
+
+
+class ScheduleConfig(_Strict):
+    """Scheduled runs over the request inbox (`r2f serve`, docs/requests.md)."""
+
+    cron: str = "0 2 * * *"          # every night at 02:00
+    mode: Literal["sequential", "batch"] = "sequential"  # one unlearning per request, or one for all pending
 
 
 class GateConfig(_Strict):
@@ -217,6 +227,7 @@ class Config(_Strict):
     versioning: VersioningConfig = VersioningConfig()
     gate: GateConfig = GateConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @field_validator("state_dir")
     @classmethod

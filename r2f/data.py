@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -96,6 +99,7 @@ class Tofu:
             verify_manifest(self.root)
         self._full = _read_jsonl(self.root / "full.json")
         self._index = {(r["question"], r["answer"]): i for i, r in enumerate(self._full)}
+        self._names: dict[int, str] | None = None
         self._check_relations()
 
     # -- loading --------------------------------------------------------------------------------
@@ -119,6 +123,23 @@ class Tofu:
         """All QA of the given author indices, in `full` order."""
         full = self.split("full")
         return [qa for a in authors for qa in full[a * QA_PER_AUTHOR:(a + 1) * QA_PER_AUTHOR]]
+
+    def author_names(self) -> dict[int, str]:
+        """``index -> full name`` of TOFU's fictitious authors, derived from the data (TOFU ships no
+        name field): per author, the longest capitalised name (2+ words, particles like "de"/"al"
+        allowed, possessive stripped) that occurs in no other author's rows and in at least half as
+        many of its own rows as its most frequent one; failing that, one in half of its rows that
+        another author shares (99 and 174 are both "Phuong Tran"). Authors without a name (88 is
+        only ever "the fictitious author") are left out: request them by index."""
+        if self._names is None:
+            self._names = _derive_names(self._full)
+        return dict(self._names)
+
+    def authors_named(self, name: str) -> list[int]:
+        """Indices of the authors called ``name`` (case and spacing ignored); TOFU reuses a few
+        names, so this can be more than one."""
+        key = _norm_name(name)
+        return sorted(a for a, n in self.author_names().items() if _norm_name(n) == key)
 
     @staticmethod
     def forget_authors(split: str) -> range:
@@ -168,6 +189,44 @@ class Tofu:
             for j, r in enumerate(_read_jsonl(self.root / f"{h}.json")):
                 if r["question"] in questions:
                     raise DataError(f"{self.root / h}.json: row {j + 1} also appears in full.json")
+
+
+_NAME = re.compile(r"\b[A-Z][\w'’-]*(?: (?:(?:de|la|del|van|von|der|da|dos|bin|ibn|al|el) )?[A-Z][\w'’-]*)+")
+_MIN_NAME_ROWS = 5
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+
+
+def _name_candidates(text: str) -> set[str]:
+    out = set()
+    for m in _NAME.finditer(text):
+        toks = [re.sub(r"['’]s?$", "", t) for t in m.group(0).split(" ")]
+        for i in range(len(toks)):
+            for j in range(i + 2, len(toks) + 1):
+                if toks[i][:1].isupper() and toks[j - 1][:1].isupper():
+                    out.add(" ".join(toks[i:j]))
+    return out
+
+
+def _derive_names(full: list[dict]) -> dict[int, str]:
+    per = []
+    for a in range(N_AUTHORS):
+        c: Counter = Counter()
+        for r in full[a * QA_PER_AUTHOR:(a + 1) * QA_PER_AUTHOR]:
+            c.update(_name_candidates(f"{r['question']} {r['answer']}"))
+        per.append(c)
+    owners = Counter(k for c in per for k in c)
+    names = {}
+    for a, c in enumerate(per):
+        own = {k: v for k, v in c.items() if owners[k] == 1 and v >= _MIN_NAME_ROWS}
+        if not own:  # a name two authors share (TOFU has such pairs): kept, ambiguous by design
+            own = {k: v for k, v in c.items() if v >= QA_PER_AUTHOR // 2}
+        if own:
+            best = max(own.values())
+            names[a] = max((k for k, v in own.items() if v >= best / 2), key=lambda k: (len(k.split()), own[k], k))
+    return names
 
 
 @lru_cache(maxsize=4)

@@ -55,8 +55,13 @@ def _nll_per_set(model, tok, cfg: Config, items, progress: Progress, label: str)
 
 
 def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, original=None,
-             progress: Progress = None, paper: bool = True) -> dict[str, MetricResult]:
+             progress: Progress = None, paper: bool = True,
+             forget_ids: list[str] | None = None) -> dict[str, MetricResult]:
     """All metrics of ``model`` on forget split ``split`` except GUR (see :func:`add_gur`).
+
+    ``forget_ids``: score only these rows of the split's forget set (a deletion request's rows); the
+    retain model's reference (truth ratios, Min-k scores) is cut to the same rows, so forget
+    quality and privleak compare like with like. Holdout and utility sets are unchanged.
 
     ``retain_eval``: the retain model's ``TOFU_EVAL`` dict (forget quality, privleak); ``None`` only
     when evaluating the retain model itself (it is then its own reference). ``original``: the
@@ -81,6 +86,8 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
         items = tofu.split(sname or split)
         if sname and cfg.eval.max_items:
             items = items[:cfg.eval.max_items]
+        if not sname and forget_ids is not None:
+            items = _subset(items, forget_ids, split)
         ids = [q.id for q in items]
         gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, name)
         lap(f"{name}_scoring")
@@ -101,14 +108,16 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     h_gt = score(model, tok, [(q.question, q.answer) for q in hold], cfg.models.max_len, cfg.eval.batch_size)
     res.update(mia_results(f_gt, h_gt, [q.answer for q in f_items], [q.answer for q in hold]))
     ref = retain_eval or {k: v.to_dict() for k, v in res.items()}
-    res["privleak"] = privleak(res["mia_min_k"].value, ref["mia_min_k"]["value"])
-    res["forget_quality"] = forget_quality(res["forget_truth_ratio"], _truth_ratios(ref))
+    ref_tr, ref_auc = reference_on(ref, f_ids)
+    res["privleak"] = privleak(res["mia_min_k"].value, ref_auc)
+    res["forget_quality"] = forget_quality(res["forget_truth_ratio"], ref_tr)
     res["model_utility"] = model_utility(res)
     lap("mia_and_tofu")
     if paper:
         res.update(paper_metrics(model, tok, cfg, f_items, original, progress, lap))
     res["_meta"] = MetricResult("_meta", None, None, {"split": split, "eval_s": round(time.perf_counter() - t0, 1),
-                                                      "n_forget": len(f_items), "max_items": cfg.eval.max_items,
+                                                      "n_forget": len(f_items), "forget_subset": forget_ids is not None,
+                                                      "max_items": cfg.eval.max_items,
                                                       "phase_s": phase})
     return res
 
@@ -126,6 +135,32 @@ def mia_results(forget, holdout, forget_texts, holdout_texts) -> dict[str, Metri
 
     f, h = scores(forget, forget_texts), scores(holdout, holdout_texts)
     return {k: mia(k, f[k], h[k]) for k in f}
+
+
+def _subset(items, ids: list[str], split: str) -> list:
+    want = set(ids)
+    got = [q for q in items if q.id in want]
+    missing = sorted(want - {q.id for q in got})
+    if missing:
+        raise EvalError(f"forget rows {missing[:10]} are not in {split}")
+    return got
+
+
+def reference_on(ref: dict, ids: list[str]) -> tuple[list[float], float]:
+    """The retain model's forget truth ratios and Min-k AUC (forget vs holdout) on rows ``ids``
+    (all of its rows when they are the same set)."""
+    from .metrics import auc
+
+    tr = ref["forget_truth_ratio"]["per_item"]
+    if not isinstance(tr, dict) or list(tr) == list(ids):
+        return _truth_ratios(ref), ref["mia_min_k"]["value"]
+    missing = [i for i in ids if i not in tr]
+    if missing:
+        raise EvalError(f"the retain model's reference evaluation has no rows {missing[:10]}")
+    pos = {k: j for j, k in enumerate(tr)}
+    extra = ref["mia_min_k"]["extra"]
+    f_scores = [extra["forget_scores"][pos[i]] for i in ids]
+    return [tr[i] for i in ids], auc(f_scores, extra["holdout_scores"], "mia_min_k")
 
 
 def _truth_ratios(eval_dict: dict) -> list[float]:

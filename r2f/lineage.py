@@ -62,7 +62,11 @@ def start_unlearning_run(tracker, cfg: Config, info: dict, rep: dict) -> str | N
     """Open the request's run in the unlearning experiment, log the unlearning step; returns the run id."""
     tags = {"request_id": info["request_id"], "method": rep["method"], "git_sha": git_sha(),
             "config_hash": config_hash(cfg), "forget_rows_sha256": info["rows_sha256"],
-            "eval_split": info["eval_split"], "status": "unlearned"}
+            "eval_split": info["eval_split"], "status": "unlearned",
+            "start_model_version": str((rep.get("start_model") or {}).get("version")),
+            "start_model_source": (rep.get("start_model") or {}).get("source", "target"),
+            "request_sha256": info.get("source_sha256", ""), "request_source": info.get("source", ""),
+            "decoder_hash": rep.get("decoder_hash", "")}
     with tracker.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-{rep['method']}", tags) as run_id:
         tracker.log_params({"method": rep["method"], "eta": rep["eta"], "n_forget_rows": info["n_rows"],
                             "lora": cfg.lora.model_dump(mode="json"),
@@ -131,12 +135,15 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
                          decision: dict, info: dict) -> dict:
     """Base target as version 1 / champion (once); the unlearned model as a new version with alias
     ``candidate``; ``champion`` moves to it only if the gate passed. Logs the DVC md5s."""
+    from .audit import weights_sha256
+
     name = cfg.tracking.target_model_name
     md5s = dvc_md5s(cfg)
     with tracker.start_run(None, run_id=run_id):
         tracker.log_dict(md5s, "dvc/md5s.json")
         tracker.log_params({f"dvc.{k}": v for k, v in md5s.items()})
     res = tracker.register_candidate(name, str(target_dir), str(model_dir), run_id, decision,
-                                     {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"]},
+                                     {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"],
+                                      "weights_sha256": weights_sha256(model_dir)},
                                      cfg.tracking.unlearning_experiment)
     return {"registered_model": name, **res, "passed": decision["passed"], "request_id": info["request_id"]}

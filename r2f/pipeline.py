@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -100,6 +101,15 @@ def request_info(cfg: Config) -> dict:
     return _json(stage_dir(cfg, "prepare") / "request.json")
 
 
+def request_rows(cfg: Config, info: dict) -> list[str] | None:
+    """The request's rows when they are a strict part of its evaluation split (forget metrics are
+    then computed on them alone), ``None`` when the request is the whole split."""
+    from .data import load_tofu
+
+    split_ids = [q.id for q in load_tofu(cfg.data.tofu_dir).split(info["eval_split"])]
+    return None if set(info["item_ids"]) == set(split_ids) else list(info["item_ids"])
+
+
 def forget_items(cfg: Config) -> list:
     from .data import load_tofu
 
@@ -114,25 +124,30 @@ def prepare(cfg: Config, log: Log) -> dict:
 
     from .data import N_AUTHORS, load_tofu
     from .models import atomic_dir
-    from .requests import RequestError, eval_split, read_request, resolve, rows_digest, write_forget_set
+    from .requests import (RequestError, author_indices, eval_split, read_request, resolve, rows_digest,
+                           write_forget_set)
 
     src = Path(cfg.pipeline.request)
     req = read_request(src)
     tofu = load_tofu(cfg.data.tofu_dir)
     known = {q.id for q in tofu.split("full")}
-    unknown = sorted(set(req.item_ids) - known)
-    # unknown rows and authors are left out here and reported by the GX request suite (validate)
-    items = resolve(req.model_copy(update={"item_ids": tuple(i for i in req.item_ids if i in known),
-                                           "authors": tuple(a for a in req.authors if 0 <= a < N_AUTHORS)}), tofu)
+    qids = req.selectors.question_ids
+    unknown = sorted(set(qids) - known)
+    # selectors that match nothing are left out here and reported by the GX request suite (validate)
+    authors = [a for a in req.selectors.authors
+               if isinstance(a, int) and 0 <= a < N_AUTHORS or isinstance(a, str) and len(tofu.authors_named(a)) == 1]
+    sel = req.selectors.model_copy(update={"question_ids": tuple(i for i in qids if i in known),
+                                           "authors": tuple(authors)})
+    resolved = req.model_copy(update={"selectors": sel})
+    items = resolve(resolved, tofu) if sel.authors or sel.question_ids else []
     try:
         split = eval_split(items) if items else None
     except RequestError:
         split = None
-    info = {"request_id": req.request_id, "requested_at": str(req.requested_at),
-            "basis_sha256": hashlib.sha256(req.basis.encode()).hexdigest(), "authors": list(req.authors),
-            "requested_item_ids": list(req.item_ids), "unknown_item_ids": unknown,
-            "item_ids": [q.id for q in items], "n_rows": len(items), "rows_sha256": rows_digest(items),
-            "eval_split": split, "source": str(src),
+    info = {"request_id": req.request_id, "created_at": str(req.created_at), **req.digests(),
+            "authors": author_indices(resolved, tofu), "requested_question_ids": list(qids),
+            "unknown_question_ids": unknown, "item_ids": [q.id for q in items], "n_rows": len(items),
+            "rows_sha256": rows_digest(items), "eval_split": split, "source": str(src),
             "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
     with atomic_dir(stage_dir(cfg, "prepare")) as tmp:
         write_forget_set(items, tmp / "forget.jsonl")
@@ -157,7 +172,7 @@ def validate(cfg: Config, log: Log) -> dict:
     out.mkdir(parents=True)
     req = read_request(cfg.pipeline.request).to_dict()
     full = tofu.split("full")
-    reports = [validate_request(req, {q.id for q in full}, set(range(200)))]
+    reports = [validate_request(req, {q.id for q in full}, set(range(200)), tofu.authors_named)]
     items = forget_items(cfg)
     try:
         if items:  # an empty forget set is already a failure of the request suite
@@ -222,7 +237,7 @@ def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
 
 
 def unlearn(cfg: Config, log: Log, progress=None) -> dict:
-    from .stages import unlearn as run
+    from .stages import decoder_dir, unlearn as run
     from .lineage import start_unlearning_run
     from .tracking import make_tracker
 
@@ -233,12 +248,31 @@ def unlearn(cfg: Config, log: Log, progress=None) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    rep = run(cfg, forget_split=info["eval_split"], model_path=stage_dir(cfg, "train_models") / "target",
-              out=out / "model", log=log, progress=progress, forget_items=forget_items(cfg))
+    tracker = make_tracker(cfg)
+    with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
+        start = start_model(cfg, tracker, Path(tmp), log)
+        rep = run(cfg, forget_split=info["eval_split"], model_path=start["path"],
+                  out=out / "model", log=log, progress=progress, forget_items=forget_items(cfg))
     rep["request_id"] = info["request_id"]
-    rep["mlflow_run_id"] = start_unlearning_run(make_tracker(cfg), cfg, info, rep)
+    rep["decoder_hash"] = decoder_dir(cfg).name
+    rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
+    rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
     _write(out / "report.json", rep)
     return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
+
+
+def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
+    """The model a request is unlearned from: the registry's champion (``pipeline.start_from:
+    champion``, once one exists that is not the untouched target) or the embedded target."""
+    target = {"path": stage_dir(cfg, "train_models") / "target", "version": None, "role": "base_target",
+              "source": "target"}
+    if cfg.pipeline.start_from != "champion":
+        return target
+    champ = tracker.champion_model(cfg.tracking.target_model_name, tmp)
+    if champ is None or champ["role"] == "base_target":
+        return {**target, "version": champ and champ["version"]}
+    log(f"unlearning from the champion, {cfg.tracking.target_model_name} version {champ['version']}")
+    return {**champ, "source": "champion"}
 
 
 def evaluate(cfg: Config, log: Log, progress=None) -> dict:
@@ -251,7 +285,7 @@ def evaluate(cfg: Config, log: Log, progress=None) -> dict:
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
     with atomic_dir(stage_dir(cfg, "evaluate")) as tmp:
         res = evaluate_model(cfg, stage_dir(cfg, "unlearn") / "model", info["eval_split"], out=tmp,
-                             log=log, progress=progress)
+                             log=log, progress=progress, forget_ids=request_rows(cfg, info))
     log_evaluation(make_tracker(cfg), cfg, rep.get("mlflow_run_id"), stage_dir(cfg, "evaluate"))
     return res["summary"]
 

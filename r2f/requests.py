@@ -1,13 +1,18 @@
 """Deletion requests: a YAML/JSON file naming what must be forgotten, resolved to concrete TOFU rows.
 
-    request_id: req-2026-0001        # [A-Za-z0-9._-]{1,64}
-    basis: GDPR art. 17              # why (free text, kept out of logs beyond its hash)
-    requested_at: 2026-11-29
-    authors: [198, 199]              # TOFU author indices, and/or
-    item_ids: [tofu-3960]            # single QA rows
+    request_id: req-2026-0001                  # [A-Za-z0-9._-]{1,64}, unique in the inbox
+    subject: Basil Mahfouz Al-Kuwaiti          # who/what is forgotten (free text)
+    selectors:
+      authors: [Basil Mahfouz Al-Kuwaiti, 199] # TOFU author names (`r2f request authors`) or indices
+      question_ids: [tofu-3960]                # and/or single QA rows
+    requester: privacy-office@example.org      # who asked
+    legal_basis: GDPR art. 17 (right to erasure)
+    created_at: 2026-11-29T09:00:00Z           # ISO 8601 date or date-time
 
-The concrete rows are the forget set the pipeline versions (DVC) and unlearns; logs and MLflow only
-ever see the request id, row ids and sha256 hashes.
+Every field is required except one of the two selector lists; unknown fields are rejected. The
+concrete rows are the forget set the pipeline versions (DVC) and unlearns. Logs, MLflow and audit
+reports only ever see the request id, row ids and sha256 hashes (of the subject, the requester,
+the legal basis, the rows), never the subject's name or the forget-set text.
 """
 
 from __future__ import annotations
@@ -20,62 +25,108 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPLITS = ("forget01", "forget05", "forget10")
+FIELDS = ("request_id", "subject", "selectors", "requester", "legal_basis", "created_at")
+SELECTOR_FIELDS = ("authors", "question_ids")
 
 
 class RequestError(ValueError):
     """A deletion request is unreadable or invalid; the message names the file and the field."""
 
 
+class Selectors(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    authors: tuple[int | str, ...] = ()
+    question_ids: tuple[str, ...] = ()
+
+
 class DeletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     request_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    basis: str = Field(min_length=1, max_length=500)
-    requested_at: dt.date
-    authors: tuple[int, ...] = ()
-    item_ids: tuple[str, ...] = ()
+    subject: str = Field(min_length=1, max_length=500)
+    selectors: Selectors
+    requester: str = Field(min_length=1, max_length=500)
+    legal_basis: str = Field(min_length=1, max_length=500)
+    created_at: dt.datetime | dt.date
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def digests(self) -> dict:
+        """sha256 of the free-text fields: what logs and audit reports show instead of the text."""
+        return {f"{k}_sha256": _sha(getattr(self, k)) for k in ("subject", "requester", "legal_basis")}
 
-def read_request(path: str | Path) -> DeletionRequest:
-    """Parse a request file; errors name the file and the field. Validation of the rows against
-    the data (every id exists, ...) is the GX suite's job (:func:`r2f.validation.validate_request`)."""
-    import yaml
 
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RequestError(f"{path}: file not found") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RequestError(f"{path}: not valid YAML/JSON: {exc}") from exc
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_request(raw, source: str) -> DeletionRequest:
+    """Validate a parsed request mapping; errors name ``source`` and the field."""
     if not isinstance(raw, dict):
-        raise RequestError(f"{path}: a request must be a mapping")
+        raise RequestError(f"{source}: a request must be a mapping of {', '.join(FIELDS)}")
     try:
         req = DeletionRequest.model_validate(raw)
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise RequestError(f"{path}: {msgs}") from exc
-    if not req.authors and not req.item_ids:
-        raise RequestError(f"{path}: authors / item_ids: the request names nothing to forget")
+        raise RequestError(f"{source}: {msgs}") from exc
+    if not req.selectors.authors and not req.selectors.question_ids:
+        raise RequestError(f"{source}: selectors: names nothing to forget (authors and question_ids empty)")
     return req
 
 
-def resolve(req: DeletionRequest, tofu) -> list:
-    """The requested rows (``QA``), authors first then single items, without duplicates."""
+def read_request(path: str | Path) -> DeletionRequest:
+    """Parse a request file; errors name the file and the field. Validation of the selectors against
+    the data (every id exists, ...) is the GX suite's job (:func:`r2f.validation.validate_request`)
+    and :func:`resolve`'s."""
+    path = Path(path)
+    return parse_request(load_raw(path), str(path))
+
+
+def load_raw(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RequestError(f"{path}: file not found") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RequestError(f"{path}: not valid YAML/JSON: {exc}") from exc
+
+
+def author_indices(req: DeletionRequest, tofu) -> list[int]:
+    """The author selectors as TOFU indices; a name that matches no author (or several) is an error
+    naming the selector's position (not the name: it is the subject's)."""
     from .data import N_AUTHORS
 
-    bad = [a for a in req.authors if not 0 <= a < N_AUTHORS]
-    if bad:
-        raise RequestError(f"request {req.request_id}: authors: unknown author index {bad[:10]}")
+    out = []
+    for i, a in enumerate(req.selectors.authors):
+        where = f"request {req.request_id}: selectors.authors[{i}]"
+        if isinstance(a, int):
+            if not 0 <= a < N_AUTHORS:
+                raise RequestError(f"{where}: author index {a} is outside 0-{N_AUTHORS - 1}")
+            out.append(a)
+            continue
+        hits = tofu.authors_named(a)
+        if not hits:
+            raise RequestError(f"{where}: matches no TOFU author (see `r2f request authors`)")
+        if len(hits) > 1:
+            raise RequestError(f"{where}: matches authors {hits}; select one by index")
+        out.append(hits[0])
+    return out
+
+
+def resolve(req: DeletionRequest, tofu) -> list:
+    """The selected rows (``QA``) in ``full`` order, without duplicates; a selector that matches
+    nothing is an error."""
+    authors = author_indices(req, tofu)
     full = {q.id: q for q in tofu.split("full")}
-    missing = [i for i in req.item_ids if i not in full]
+    missing = [i for i in req.selectors.question_ids if i not in full]
     if missing:
-        raise RequestError(f"request {req.request_id}: item_ids: unknown rows {missing[:10]}")
-    rows = {q.id: q for q in tofu.authors(sorted(set(req.authors)))}
-    for i in req.item_ids:
+        raise RequestError(f"request {req.request_id}: selectors.question_ids: unknown rows {missing[:10]}")
+    rows = {q.id: q for q in tofu.authors(sorted(set(authors)))}
+    for i in req.selectors.question_ids:
         rows.setdefault(i, full[i])
     return sorted(rows.values(), key=lambda q: q.id)
 

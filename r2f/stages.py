@@ -207,15 +207,19 @@ def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progres
 
 
 def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str | None = None,
-                   out: str | Path | None = None, log: Log = _noop, progress=None) -> dict:
+                   out: str | Path | None = None, log: Log = _noop, progress=None,
+                   forget_ids: list[str] | None = None) -> dict:
     """TOFU + paper metrics of a model (default: the embedded target) on a forget split; writes
-    ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary."""
+    ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary.
+    ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's)."""
     from .evaluation import add_gur, evaluate, summarize, to_json
     from .models import load_model
     from .zoo import ensure_models
 
     split = split or cfg.data.forget_split
     if model_path is None:
+        if forget_ids is not None:
+            raise ValueError("forget_ids: evaluate a model path (the target's reference is the whole split)")
         model_path = ensure_models(cfg, log, splits=(split,)).path("target")
         full = reference_eval(cfg, "target", split, log, progress)
     else:
@@ -223,7 +227,8 @@ def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str
         retain = reference_eval(cfg, "retain", split, log, progress)
         target = reference_eval(cfg, "target", split, log, progress)
         original = load_model(ensure_models(cfg, log).path("target"))[0]
-        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress)
+        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress,
+                       forget_ids=forget_ids)
         full = to_json(add_gur(res, target))[0]
     summary = summarize(full)
     if out:

@@ -74,6 +74,7 @@ class NullTracker:
     def log_artifact(self, path, artifact_path=None): pass
     def find_run(self, experiment, tags): return None
     def champion_summary(self, name, split): return None
+    def champion_model(self, name, dest): return None
 
     def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf"):
         return None, None
@@ -223,6 +224,23 @@ class MlflowTracker:
         if run.data.tags.get("eval_split") != split:
             return None
         return dict(run.data.metrics)
+
+    def champion_model(self, name: str, dest: str | Path) -> dict | None:
+        """The champion version of ``name``: ``{"version", "role", "run_id", "path"}`` with its
+        model folder downloaded under ``dest``; ``None`` when there is no champion yet."""
+        from .registry import get_alias_version
+
+        v = get_alias_version(self.client, name, "champion")
+        if v is None:
+            return None
+        mv = self.client.get_model_version(name, str(v))
+        with self._uris() as mlflow:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
+        found = [p.parent for p in sorted(local.glob("artifacts/*/config.json"))]
+        if len(found) != 1:
+            raise TrackingError(f"{name} version {v}: expected one model folder in its artifacts, found {len(found)}")
+        return {"version": int(v), "role": mv.tags.get("role", "unlearned"), "run_id": mv.run_id,
+                "path": str(found[0])}
 
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning") -> dict:

@@ -66,6 +66,9 @@ def test_gate_rules_are_independent_and_missing_values_fail():
     assert decide({**good, "forget_quality": float("nan")}, 0.5, cfg).passed is False
 
 
+H = "subject: s\nrequester: r\nlegal_basis: x\ncreated_at: 2026-01-01\n"
+
+
 def test_request_parsing_and_resolution(tmp_path, tofu):
     from r2f.requests import RequestError, eval_split, read_request, resolve, rows_digest
 
@@ -75,21 +78,41 @@ def test_request_parsing_and_resolution(tmp_path, tofu):
     assert eval_split(items) == "forget01"
     assert len(rows_digest(items)) == 64
     one = tmp_path / "one.yaml"
-    one.write_text("request_id: r1\nbasis: test\nrequested_at: 2026-01-01\nitem_ids: [tofu-3990]\n")
+    one.write_text("request_id: r1\n" + H + "selectors: {question_ids: [tofu-3990]}\n")
     assert eval_split(resolve(read_request(one), tofu)) == "forget01"
     wide = tmp_path / "wide.yaml"
-    wide.write_text("request_id: r2\nbasis: test\nrequested_at: 2026-01-01\nauthors: [185, 199]\n")
+    wide.write_text("request_id: r2\n" + H + "selectors: {authors: [185, Nikolai Abilov]}\n")
     assert eval_split(resolve(read_request(wide), tofu)) == "forget10"
-    for text, field in [("request_id: 'bad id'\nbasis: x\nrequested_at: 2026-01-01\nauthors: [1]\n", "request_id"),
-                        ("request_id: r\nbasis: x\nrequested_at: 2026-01-01\n", "authors"),
-                        ("request_id: r\nbasis: x\nrequested_at: 2026-01-01\nauthors: [1]\nextra: 1\n", "extra"),
-                        ("request_id: r\nbasis: x\nrequested_at: yesterday\nauthors: [1]\n", "requested_at")]:
+    good = "request_id: r\n" + H
+    for text, field in [(good.replace("request_id: r", "request_id: 'bad id'") + "selectors: {authors: [1]}\n", "request_id"),
+                        (good + "selectors: {}\n", "selectors"),
+                        (good + "selectors: {authors: [1]}\nextra: 1\n", "extra"),
+                        (good + "selectors: {authors: [1], names: [x]}\n", "selectors.names"),
+                        (good.replace("requester: r\n", "") + "selectors: {authors: [1]}\n", "requester"),
+                        (good.replace("2026-01-01", "yesterday") + "selectors: {authors: [1]}\n", "created_at")]:
         p = tmp_path / "bad.yaml"
         p.write_text(text)
         with pytest.raises(RequestError, match=field) as ei:
             read_request(p)
         assert str(p) in str(ei.value)
     retain = tmp_path / "retain.yaml"
-    retain.write_text("request_id: r3\nbasis: x\nrequested_at: 2026-01-01\nauthors: [3]\n")
+    retain.write_text("request_id: r3\n" + H + "selectors: {authors: [3]}\n")
     with pytest.raises(RequestError, match="forget10"):
         eval_split(resolve(read_request(retain), tofu))
+    # a name that matches nothing: the error names the selector's position, not the name
+    nobody = tmp_path / "nobody.yaml"
+    nobody.write_text("request_id: r4\n" + H + "selectors: {authors: [Nikolai Abilov, Jane Nobody]}\n")
+    with pytest.raises(RequestError, match=r"selectors.authors\[1\]: matches no TOFU author") as ei:
+        resolve(read_request(nobody), tofu)
+    assert "Nobody" not in str(ei.value)
+
+
+def test_author_names_are_derived_from_the_data(tofu):
+    names = tofu.author_names()
+    assert names[198] == "Basil Mahfouz Al-Kuwaiti" and names[199] == "Nikolai Abilov"
+    assert names[0] == "Jaime Vasquez" and 88 not in names  # 88 is never named in TOFU
+    assert len(names) == 199 and len(set(names.values())) == 199
+    full = tofu.split("full")
+    for a, n in names.items():  # each name is in at least 5 of its own author's rows
+        assert sum(n in q.question + q.answer for q in full[a * 20:(a + 1) * 20]) >= 5, (a, n)
+    assert tofu.authors_named("  nikolai   ABILOV ") == [199] and tofu.authors_named("Nobody") == []

@@ -19,7 +19,7 @@ FAST_EVAL = {"eval.max_items": 12, "eval.max_new_tokens": 12, "eval.rap_steps": 
 
 
 @pytest.fixture(scope="module")
-def harness():
+def harness():  # one temporary Prefect server for the module (~8 s)
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -28,8 +28,12 @@ def harness():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("project"))
+
+
+def make_project(root: Path) -> Path:
     """A fresh project folder: git + dvc.yaml + params.yaml (tiny) + requests + data link."""
-    root = tmp_path_factory.mktemp("project")
+    root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(ROOT / "requests", root / "requests")
@@ -107,7 +111,8 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
 
     # 3. bad data: a request naming a row that does not exist stops the flow before unlearning
     (project / "requests/bad.yaml").write_text(
-        "request_id: req-bad\nbasis: test\nrequested_at: 2026-01-01\nitem_ids: [tofu-3990, tofu-9999]\n")
+        "request_id: req-bad\nsubject: s\nrequester: r\nlegal_basis: test\ncreated_at: 2026-01-01\n"
+        "selectors: {question_ids: [tofu-3990, tofu-9999]}\n")
     before = (project / ".r2f/pipeline/unlearned/report.json").read_text()
     with pytest.raises(ValidationError, match="tofu-9999"):
         unlearning_flow(params, {**easy, "pipeline.request": "requests/bad.yaml"})

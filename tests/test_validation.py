@@ -104,44 +104,57 @@ def test_forget_retain_overlap_names_the_id(tofu, forget):
     assert not hold.success and "holdout" in hold.failures[0].reason
 
 
-REQ = {"request_id": "req-2025.01_a", "authors": [198], "item_ids": ["tofu-3999"], "basis": "GDPR art. 17",
-       "requested_at": "2025-01-31"}
+REQ = {"request_id": "req-2025.01_a", "subject": "an author", "requester": "dpo@example.org",
+       "legal_basis": "GDPR art. 17", "created_at": "2025-01-31T10:00:00Z",
+       "selectors": {"authors": [198], "question_ids": ["tofu-3999"]}}
+
+
+def _sel(**kw) -> dict:
+    return {"selectors": {**REQ["selectors"], **kw}}
 
 
 @pytest.fixture(scope="module")
 def known(tofu):
     # GX copies value sets many times per run: 4,000 known ids cost ~0.5 s per request, 400 ~0.1 s
-    return {q.id for q in tofu.split("forget10")}, set(range(200))
+    return {q.id for q in tofu.split("forget10")}, set(range(200)), tofu.authors_named
 
 
 def test_valid_request_passes(known):
     report = validate_request(REQ, *known)
     assert report.success and report.suite == "request-req-2025.01_a" and report.n_rows == 2
+    named = validate_request({**REQ, **_sel(authors=["Nikolai Abilov", 198])}, *known)
+    assert named.success and named.n_rows == 3
 
 
 @pytest.mark.parametrize("change, row, expectation, column", [
-    ({"item_ids": ["tofu-3999", "tofu-9999"]}, "tofu-9999", "expect_column_values_to_be_in_set", "item_id"),
-    ({"authors": [198, 250]}, "author:250", "expect_column_values_to_be_in_set", "author"),
-    ({"authors": [198, 198]}, "author:198", "expect_column_values_to_be_unique", "author"),
-    ({"authors": ["198"]}, "author:198", "expect_column_values_to_be_in_set", "value_ok"),
+    (_sel(question_ids=["tofu-3999", "tofu-9999"]), "tofu-9999", "expect_column_values_to_be_in_set", "item_id"),
+    (_sel(authors=[198, 250]), "selectors.authors[1]=author:250", "expect_column_values_to_be_in_set", "author"),
+    (_sel(authors=[198, 198]), ["selectors.authors[0]=author:198", "selectors.authors[1]=author:198"],
+     "expect_column_values_to_be_unique", "author"),
+    (_sel(authors=[198, "Basil Mahfouz Al-Kuwaiti"]), ["selectors.authors[0]=author:198", "selectors.authors[1]=author:198"],
+     "expect_column_values_to_be_unique", "author"),
+    (_sel(authors=["Jane Nobody"]), "selectors.authors[0]", "expect_column_values_to_be_in_set", "name_matches"),
+    (_sel(authors=[1.5]), "selectors.authors[0]", "expect_column_values_to_be_in_set", "value_ok"),
     ({"request_id": "../etc/passwd"}, "request (invalid request_id)", "expect_column_values_to_match_regex",
      "request_id"),
-    ({"authors": [], "item_ids": []}, "request req-2025.01_a", "expect_column_values_to_be_in_set", "kind"),
-    ({"basis": "  "}, "request req-2025.01_a", "expect_column_values_to_be_between", "basis_chars"),
-    ({"requested_at": "2025-02-30"}, "request req-2025.01_a", "expect_column_values_to_be_in_set",
-     "requested_at_iso"),
-    ({"item_id": ["tofu-0001"]}, "request req-2025.01_a", "expect_column_values_to_be_between", "unknown_fields"),
+    ({"selectors": {}}, "request req-2025.01_a", "expect_column_values_to_be_in_set", "kind"),
+    ({"legal_basis": "  "}, "request req-2025.01_a", "expect_column_values_to_be_between", "legal_basis_chars"),
+    ({"created_at": "2025-02-30"}, "request req-2025.01_a", "expect_column_values_to_be_in_set",
+     "created_at_iso"),
+    ({"item_ids": ["tofu-0001"]}, "request req-2025.01_a", "expect_column_values_to_be_between", "unknown_fields"),
+    (_sel(names=["x"]), "request req-2025.01_a", "expect_column_values_to_be_between", "unknown_fields"),
 ])
 def test_bad_request_fails_naming_the_value(known, change, row, expectation, column):
     report = validate_request({**REQ, **change}, *known)
     assert not report.success
-    assert _rows(report, expectation, column) == [row], [f.describe() for f in report.failures]
+    assert _rows(report, expectation, column) == (row if isinstance(row, list) else [row]), \
+        [f.describe() for f in report.failures]
     assert len(report.failures) == 1
 
 
 def test_check_writes_json_and_raises(tmp_path, known, forget):
     good = validate_qa(forget, "forget01", VCFG)
-    bad = validate_request({**REQ, "item_ids": ["tofu-9999"]}, *known)
+    bad = validate_request({**REQ, **_sel(question_ids=["tofu-9999"])}, *known)
     bad_id = validate_request({**REQ, "request_id": "a/b"}, *known)
     out = tmp_path / "validation"
     with pytest.raises(ValidationError) as exc:
@@ -152,7 +165,7 @@ def test_check_writes_json_and_raises(tmp_path, known, forget):
     assert saved["success"] is False and saved["failures"][0]["rows"] == ["tofu-9999"]
     assert saved["gx_result"]["meta"]["great_expectations_version"]
     msg = str(exc.value)
-    assert "request-req-2025.01_a" in msg and "tofu-9999" in msg and "unknown item id" in msg
+    assert "request-req-2025.01_a" in msg and "tofu-9999" in msg and "unknown question id" in msg
     assert "request-invalid" in msg and "qa-forget01" not in msg
     assert len(exc.value.failures) == 2
     check([good], out)                                                  # passing reports: no raise

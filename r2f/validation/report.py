@@ -13,7 +13,8 @@ from pathlib import Path
 REQUEST_ID_RE = r"^[A-Za-z0-9._-]{1,64}$"
 # U+FFFD (a decoding error upstream), C0/C1 control characters other than \t and \n, lone surrogates.
 BAD_CHARS_RE = r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd\ud800-\udfff]"
-REQUEST_FIELDS = ("request_id", "authors", "item_ids", "basis", "requested_at")
+REQUEST_FIELDS = ("request_id", "subject", "selectors", "requester", "legal_basis", "created_at")
+SELECTOR_FIELDS = ("authors", "question_ids")
 MAX_ROWS_SHOWN = 10
 _CRITICAL, _WARNING = "critical", "warning"
 

@@ -1,0 +1,106 @@
+"""Deletion requests through the inbox and the scheduled tick, sequential deletions from the
+champion, and the lineage audit, with the real tools (Prefect harness, sqlite MLflow, DVC, GX)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from test_pipeline_flow import _alias, _registry, harness, make_project  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+EASY = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.max_abs_privleak": 1000.0,
+        "gate.min_usr": 0.0}
+HEAD = "subject: {s}\nrequester: dpo@example.org\nlegal_basis: GDPR art. 17\ncreated_at: 2026-11-2{d}T10:00:00Z\n"
+
+
+def _write(root, name, rid, selectors, day=1, subject="a fictitious author"):
+    p = root / f"{name}.yaml"
+    p.write_text(f"request_id: {rid}\n" + HEAD.format(s=subject, d=day) + f"selectors: {selectors}\n")
+    return p
+
+
+def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noqa: F811
+    from flows.unlearning import tick_flow
+    from r2f.audit import audit
+    from r2f.config import load_config
+    from r2f.data import load_tofu
+    from r2f.inbox import inbox
+    from r2f.validation import ValidationError
+
+    project = make_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = str(project / "params.yaml")
+    cfg = load_config(params)
+    ib, tofu = inbox(cfg), load_tofu(cfg.data.tofu_dir)
+
+    # a bad request is refused with a clear message and nothing is written
+    bad = _write(project, "bad", "req-bad", "{authors: [Jane Nobody]}")
+    with pytest.raises(ValidationError, match=r"selectors.authors\[0\]"):
+        ib.submit(bad, tofu)
+    assert ib.records() == [] and not (project / ".r2f/mlflow").exists()
+
+    # submit -> tick -> promoted, with every state recorded
+    a = _write(project, "a", "req-a", "{authors: [Nikolai Abilov]}", subject="Nikolai Abilov")
+    assert ib.submit(a, tofu).state == "pending"
+    assert ib.submit(a, tofu).state == "pending"  # the same file again: no change
+    res = tick_flow(params, EASY)
+    assert res["processed"] == [{"request_id": "req-a", "state": "promoted"}]
+    rec = ib.get("req-a")
+    assert [h["state"] for h in rec.history] == ["pending", "validated", "unlearned", "evaluated", "promoted"]
+    client = _registry(project)
+    assert rec.result["model_version"] == 2 and _alias(client, "champion") == 2
+
+    # a second tick has nothing to do
+    assert tick_flow(params, EASY)["processed"] == []
+
+    # next tick: a failing request does not block the next one, which starts from the champion
+    _write(project, "c", "req-c-retain", "{authors: [3]}", day=2)  # a retain author: data check fails
+    ib.submit(project / "c.yaml", tofu)
+    ib.submit(_write(project, "d", "req-d", "{question_ids: [tofu-3960, tofu-3961]}", day=3), tofu)
+    res = tick_flow(params, EASY)
+    assert res["processed"] == [{"request_id": "req-c-retain", "state": "failed"},
+                                {"request_id": "req-d", "state": "promoted"}]
+    assert "retain" in ib.get("req-c-retain").history[-1]["reason"]
+    d_run = client.get_run(ib.get("req-d").result["mlflow_run_id"])
+    assert d_run.data.tags["start_model_version"] == "2" and d_run.data.tags["start_model_source"] == "champion"
+    assert _alias(client, "champion") == 3
+
+    # audit: VERIFIED, no subject name or forget text in the report
+    rep = audit(cfg, "req-a")
+    assert rep["verdict"] == "VERIFIED", [c for c in rep["checks"] if not c["ok"]]
+    assert rep["models"]["before"] in ("1", "None") and rep["models"]["after"] == "2"
+    assert rep["forget_rows"]["n_rows"] == 20 and len(rep["checks"]) >= 10
+    text = json.dumps(rep, default=str)
+    assert "Nikolai" not in text and tofu.split("full")[3990].answer not in text
+    from typer.testing import CliRunner
+
+    from r2f.cli import app
+
+    cli = CliRunner()
+    md = cli.invoke(app, ["audit", "req-a", "--params", params])
+    assert md.exit_code == 0 and "**VERIFIED**" in md.output and "| forget_quality |" in md.output
+    html = cli.invoke(app, ["audit", "req-a", "--format", "html", "--params", params])
+    assert html.exit_code == 0 and html.output.startswith("<!doctype html>")
+    listing = cli.invoke(app, ["request", "list", "--json", "--params", params])
+    assert [r["state"] for r in json.loads(listing.output)] == ["promoted", "failed", "promoted"]
+    hist = cli.invoke(app, ["history", "--params", params])
+    assert hist.exit_code == 0 and hist.output.count("req-") == 3
+
+    # tamper with the forget set's DVC object of req-a: the audit names the mismatch
+    from r2f.audit import _cache_dir
+
+    md5 = rep["forget_rows"]["dvc_md5"]
+    manifest = _cache_dir(project) / "files/md5" / md5[:2] / md5[2:]
+    entry = next(e for e in json.loads(manifest.read_text()) if e["relpath"] == "forget.jsonl")
+    obj = _cache_dir(project) / "files/md5" / entry["md5"][:2] / entry["md5"][2:]
+    os.chmod(obj, stat.S_IWUSR | stat.S_IRUSR)
+    obj.write_text(obj.read_text().replace("tofu-3981", "tofu-3982", 1))
+    rep = audit(cfg, "req-a")
+    assert not rep["verified"] and "forget set" in rep["verdict"]
+    assert cli.invoke(app, ["audit", "req-a", "--params", params]).exit_code == 4
