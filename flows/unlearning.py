@@ -127,3 +127,10 @@ def tick_flow(params: str = "params.yaml", overrides: dict | None = None) -> dic
     log = _logger()
     return process_pending(cfg, lambda request, ids: unlearning_flow(
         params, {**(overrides or {}), "pipeline.request": str(request)}, inbox_ids=ids), log.info)
+
+
+def tick_deployment(params: str = "params.yaml", overrides: dict | None = None, cron: str = "0 2 * * *"):
+    """The scheduled deployment ``r2f-deletion-requests`` of :func:`tick_flow` (``r2f serve`` serves it)."""
+    return tick_flow.to_deployment(name="r2f-deletion-requests", cron=cron,
+                                   parameters={"params": params, "overrides": dict(overrides or {})},
+                                   description="Process pending deletion requests (r2f inbox).")

@@ -378,9 +378,12 @@ def serve(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
         if any(p["state"] == "failed" for p in res["processed"]):
             raise typer.Exit(2)
         return
+    from prefect import serve as prefect_serve
+
+    from flows.unlearning import tick_deployment
+
     typer.echo(f"serving r2f-scheduled-tick on cron '{cron or cfg.schedule.cron}' (Ctrl-C to stop)")
-    tick_flow.serve(name="r2f-deletion-requests", cron=cron or cfg.schedule.cron,
-                    parameters={"params": str(params), "overrides": _overrides(set_)})
+    prefect_serve(tick_deployment(str(params), _overrides(set_), cron or cfg.schedule.cron))
 
 
 @app.command()

@@ -99,3 +99,12 @@ def test_batch_mode_runs_the_union_once(tmp_path, tofu):
     rows = {q.id for q in resolve(read_request(path), tofu)}
     assert rows == {q.id for q in tofu.authors([199])} | {"tofu-3960"}
     assert {r.state for r in ib.records()} == {"promoted"}
+
+
+def test_serve_builds_a_cron_deployment_of_the_tick():
+    from flows.unlearning import tick_deployment, tick_flow
+
+    dep = tick_deployment("params.yaml", {"schedule.mode": "batch"}, "*/30 * * * *")
+    assert dep.name == "r2f-deletion-requests" and dep.flow_name == tick_flow.name
+    assert dep.schedules[0].schedule.cron == "*/30 * * * *"
+    assert dep.parameters == {"params": "params.yaml", "overrides": {"schedule.mode": "batch"}}
