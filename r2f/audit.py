@@ -153,6 +153,15 @@ def audit(cfg: Config, request_id: str) -> dict:
     else:
         ck.add("request file present", False, f"{src} missing")
 
+    if (rec and rec.state == "failed" or tags.get("status") == "rejected_data") and not tags.get("registered_version"):
+        # never unlearned: nothing downstream to verify; the reason is in the state history
+        rep["checks"] = ck.items
+        rep["verified"] = all(c["ok"] for c in ck.items if c["check"] != "MLflow run of the request found")
+        reason = next((h.get("reason") for h in reversed(rep["states"]) if h.get("reason")), tags.get("status"))
+        rep["verdict"] = ("VERIFIED (not processed: " + str(reason)[:300] + ")" if rep["verified"]
+                          else "MISMATCH: " + "; ".join(c["check"] for c in ck.items if not c["ok"]))
+        return rep
+
     # 2. the forget rows: re-resolved from the data, and as versioned by DVC
     recorded = tags.get("forget_rows_sha256")
     rows: dict = {"rows_sha256_recorded": recorded, "git_sha": tags.get("git_sha")}

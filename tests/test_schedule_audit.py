@@ -92,6 +92,9 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     hist = cli.invoke(app, ["history", "--params", params])
     assert hist.exit_code == 0 and hist.output.count("req-") == 3
 
+    failed = audit(cfg, "req-c-retain")  # never unlearned: the file checks and the reason, nothing more
+    assert failed["verified"] and failed["verdict"].startswith("VERIFIED (not processed") and "retain" in failed["verdict"]
+
     # tamper with the forget set's DVC object of req-a: the audit names the mismatch
     from r2f.audit import _cache_dir
 

@@ -45,12 +45,13 @@ def check_finite(direction: dict) -> None:
 
 
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
-                        over_budget_fallback: bool = True) -> tuple[float, dict]:
+                        over_budget_fallback: bool = True, budget: float | None = None) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
     ``base_retain``: the retain NLL the budget is measured from (default: the current model's);
     multi-step R2F passes the original model's so the budget holds for all steps together.
-    ``over_budget_fallback`` False: when no eta keeps the budget, apply nothing and return eta 0."""
+    ``over_budget_fallback`` False: when no eta keeps the budget, apply nothing and return eta 0.
+    ``budget``: the retain budget for this call (default ``unlearn.eta.retain_budget``)."""
     import torch
 
     check_finite(direction)
@@ -82,7 +83,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
                 mods[n].weight.copy_(orig[n])
 
     ec = cfg.unlearn.eta
-    info: dict = {"trials": [], "scale": scale}
+    budget = ec.retain_budget if budget is None else budget
+    info: dict = {"trials": [], "scale": scale, "retain_budget": budget}
     if ec.value is not None:
         set_eta(ec.value)
         return ec.value, info
@@ -103,7 +105,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         for eta in sorted(ec.grid):
             set_eta(eta)
             f, r = _nll(model, fb), _nll(model, rb)
-            ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + ec.retain_budget)
+            ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + budget)
             info["trials"].append({"eta": eta, "forget_nll": f, "retain_nll": r, "within_budget": ok})
             if not ok:
                 break

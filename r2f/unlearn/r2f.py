@@ -63,13 +63,16 @@ class R2F:
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         """``unlearn.r2f_steps`` decoded steps (default 1, the paper's single update); each step
         recomputes the LoRA gradients on the current weights and is calibrated against the
-        *original* retain NLL, so the retain budget holds for all steps together."""
+        *original* retain NLL. Step k (1-based) of n may spend k/n of the retain budget in total,
+        so the budget holds for all steps together and no single step spends it all."""
         steps, etas, t_grad, base_r, info = ctx.cfg.unlearn.r2f_steps, [], 0.0, None, {}
+        total = ctx.cfg.unlearn.eta.retain_budget
         for step in range(steps):
             t0 = time.perf_counter()
             direction = r2f_direction(ctx)
             t_grad += time.perf_counter() - t0
-            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, over_budget_fallback=step == 0)
+            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, over_budget_fallback=step == 0,
+                                            budget=total * (step + 1) / steps)
             base_r = info.get("base_retain_nll", base_r)
             if eta == 0.0:
                 break  # the retain budget is spent: nothing applied in this step
