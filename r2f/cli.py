@@ -347,7 +347,7 @@ def request_list(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
 @request_app.command("authors")
 def request_authors(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
                     contains: Optional[str] = typer.Option(None, help="Only names containing this text.")) -> None:
-    """TOFU author indices and names, for the ``selectors.authors`` of a request."""
+    """TOFU author indices and names, for the selectors.authors of a request."""
     _setup()
     from .data import load_tofu
 
@@ -361,9 +361,9 @@ def request_authors(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt
 def serve(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
           cron: Optional[str] = typer.Option(None, help="Cron schedule (default: schedule.cron)."),
           once: bool = typer.Option(False, "--once", help="Run one tick now and exit (no deployment).")) -> None:
-    """Serve the scheduled deletion-request deployment (Prefect ``flow.serve``): every tick runs
-    all pending inbox requests through the pipeline, each from the current champion. ``--once``
-    runs a single tick in the foreground (exit 0; 2 if a request failed)."""
+    """Serve the scheduled deletion-request deployment (a Prefect flow.serve): every tick runs all
+    pending inbox requests through the pipeline, each from the current champion. --once runs a
+    single tick in the foreground (exit 0; 2 if a request failed)."""
     _setup()
     cfg = _cfg(params, set_)
     _state_env(cfg)

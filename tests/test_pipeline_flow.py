@@ -108,6 +108,12 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     assert _alias(client, "champion") == 2
     tags = client.get_model_version("r2f-target", "3").tags
     assert tags["gate.passed"] == "false" and "forget_quality" in tags["gate.reasons"]
+    # the main job's request (not from the inbox) audits from its MLflow run: the latest, rejected one
+    from r2f.audit import audit
+
+    rep = audit(cfg, "req-0001-forget01")
+    assert rep["verified"], [c for c in rep["checks"] if not c["ok"]]
+    assert rep["models"]["after"] == "3" and rep["gate"]["passed"] is False
 
     # 3. bad data: a request naming a row that does not exist stops the flow before unlearning
     (project / "requests/bad.yaml").write_text(
