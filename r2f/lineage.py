@@ -111,8 +111,9 @@ def log_evaluation(tracker, cfg: Config, run_id: str | None, eval_dir: Path) -> 
 
 
 def champion_utility(cfg: Config, split: str) -> float | None:
-    """Model utility of the current champion on ``split``: the registered champion's recorded
-    evaluation when it has one on that split, else the untouched target's reference evaluation."""
+    """Model utility of the current champion: the registered champion's recorded evaluation (utility
+    does not depend on the forget split), else (the untouched target is champion, or nothing is
+    registered yet) the target's reference evaluation on ``split``."""
     from .stages import reference_eval
     from .tracking import make_tracker
 

@@ -211,7 +211,9 @@ class MlflowTracker:
         return uri, version
 
     def champion_summary(self, name: str, split: str) -> dict | None:
-        """Metrics of the run that produced the champion version, if it was evaluated on ``split``."""
+        """Metrics of the run that produced the champion version, if it was evaluated (any split:
+        model utility is computed on the retain / real-author / world-fact sets, which do not
+        depend on the forget split; ``split`` is kept for the caller's record)."""
         from .registry import get_alias_version
 
         v = get_alias_version(self.client, name, "champion")
@@ -221,7 +223,7 @@ class MlflowTracker:
         if not mv.run_id:
             return None
         run = self.client.get_run(mv.run_id)
-        if run.data.tags.get("eval_split") != split:
+        if "model_utility" not in run.data.metrics:
             return None
         return dict(run.data.metrics)
 
