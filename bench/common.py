@@ -47,16 +47,21 @@ QUICK = {
 }
 
 
-def load_cfg(args, extra: dict | None = None):
+def overrides_of(args, extra: dict | None = None) -> dict:
+    """QUICK (with --quick), then ``extra``, then every ``--set key=value`` (YAML value)."""
     import yaml
-
-    from r2f.config import load_config
 
     overrides = {**(QUICK if args.quick else {}), **(extra or {})}
     for s in args.sets:
         k, v = s.split("=", 1)
         overrides[k] = yaml.safe_load(v)
-    return load_config(args.params, overrides)
+    return overrides
+
+
+def load_cfg(args, extra: dict | None = None):
+    from r2f.config import load_config
+
+    return load_config(args.params, overrides_of(args, extra))
 
 
 def run_child(script: str | Path, args, extra: list[str]) -> dict:

@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from common import QUICK, ROOT, load_cfg, parser, peak_rss_mb, setup, write
+from common import ROOT, overrides_of, parser, peak_rss_mb, setup, write
 
 SHARED = ("models", "decoders", "evals")  # caches the temp project borrows from the main state folder
 
@@ -48,6 +49,23 @@ def make_project(tmp: Path, overrides: dict) -> Path:
     return tmp
 
 
+@contextmanager
+def temp_project(overrides: dict):
+    """``make_project`` in a temporary folder under ``.r2f``, made the working directory, with
+    Prefect / DVC state inside it and the default MLflow store (its own sqlite)."""
+    with tempfile.TemporaryDirectory(dir=ROOT / ".r2f") as tmp:
+        proj = make_project(Path(tmp), overrides)
+        os.chdir(proj)
+        for k, v in {"PREFECT_HOME": str(proj / ".r2f/prefect"), "PREFECT_LOGGING_LEVEL": "WARNING",
+                     "DVC_SITE_CACHE_DIR": str(proj / ".r2f/dvc-site-cache")}.items():
+            os.environ[k] = v
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        try:
+            yield proj
+        finally:
+            os.chdir(ROOT)
+
+
 def direct_ml(cfg, split: str, items, out: Path) -> dict:
     """The ML work of the pipeline without orchestration, tracking, versioning or validation."""
     from r2f.stages import evaluate_model, train_decoder, train_models, unlearn
@@ -73,15 +91,7 @@ def direct_ml(cfg, split: str, items, out: Path) -> dict:
 def main() -> None:
     args = parser(__doc__).parse_args()
     setup()
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({k: v for k, v in (s.split("=", 1) for s in args.sets)})
-    with tempfile.TemporaryDirectory(dir=ROOT / ".r2f") as tmp:
-        proj = make_project(Path(tmp), overrides)
-        os.chdir(proj)
-        for k, v in {"PREFECT_HOME": str(proj / ".r2f/prefect"), "PREFECT_LOGGING_LEVEL": "WARNING",
-                     "DVC_SITE_CACHE_DIR": str(proj / ".r2f/dvc-site-cache")}.items():
-            os.environ[k] = v
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with temp_project(overrides_of(args)) as proj:
         from flows.unlearning import unlearning_flow
         from r2f.config import load_config
         from r2f.pipeline import forget_items, run_stage

@@ -20,13 +20,12 @@ dropped by more than 0.05 (no "unforgetting"), and its forget quality still meet
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from common import QUICK, ROOT, parser, peak_rss_mb, setup, write
+from common import overrides_of, parser, peak_rss_mb, setup, write
 
 PAIRS = ((198, 199), (196, 197), (194, 195), (192, 193), (190, 191))
 EVAL_SPLIT = "forget05"
@@ -62,21 +61,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=len(PAIRS))
     args = p.parse_args()
     setup()
-    from pipeline import make_project  # bench/pipeline.py
+    from pipeline import temp_project  # bench/pipeline.py
 
-    overrides = {**(QUICK if args.quick else {}), "data.world_split": "forget10", **BENCH_GATE}
-    overrides.update({k: v for k, v in (s.split("=", 1) for s in args.sets)})
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in overrides.items()}
+    overrides = overrides_of(args, {"data.world_split": "forget10", **BENCH_GATE})
     pairs = PAIRS[:args.requests]
-    with tempfile.TemporaryDirectory(dir=ROOT / ".r2f") as tmp:
-        proj = make_project(Path(tmp), overrides)
-        os.chdir(proj)
-        for k, v in {"PREFECT_HOME": str(proj / ".r2f/prefect"), "PREFECT_LOGGING_LEVEL": "WARNING",
-                     "DVC_SITE_CACHE_DIR": str(proj / ".r2f/dvc-site-cache")}.items():
-            os.environ[k] = v
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with temp_project(overrides) as proj:
         from flows.unlearning import tick_flow
         from r2f.config import load_config
         from r2f.data import load_tofu
