@@ -61,8 +61,10 @@ def _cfg(params: Path, sets: Optional[list[str]], **extra):
 
 def _fail(msg: str):
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+    # escaped: messages carry row lists like [tofu-9999] that rich would take for markup
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
 
 

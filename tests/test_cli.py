@@ -16,7 +16,7 @@ def test_help_is_fast_and_lists_commands():
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "r2f.cli", "--help"], capture_output=True, text=True, check=True)
     assert time.perf_counter() - t < 10  # generous: heavy imports are lazy
-    for cmd in ("unlearn", "run", "models", "decoder"):
+    for cmd in ("unlearn", "run", "models", "decoder", "request", "serve", "audit", "history"):
         assert cmd in out.stdout
 
 
@@ -65,3 +65,21 @@ def test_unlearn_writes_report(tmp_path, tiny_cfg, tiny_models):
     assert res.exit_code == 0, res.output
     data = json.loads(rep.read_text())
     assert data["method"] == "fullgrad" and data["nll_after"]["forget"] > data["nll_before"]["forget"]
+
+
+def test_request_submit_refuses_bad_requests_naming_rows(tmp_path, tiny_cfg):
+    cfg = tiny_cfg.model_copy(update={"state_dir": str(tmp_path / "state")})
+    params = _params(tmp_path, cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("request_id: req-x\nsubject: s\nrequester: r\nlegal_basis: b\ncreated_at: 2026-11-29\n"
+                   "selectors: {authors: [Jane Nobody], question_ids: [tofu-9999]}\n")
+    res = runner.invoke(app, ["request", "submit", str(bad), "--params", str(params)])
+    assert res.exit_code == 2
+    assert "[tofu-9999]" in res.output and "selectors.authors[0]" in res.output and "Jane" not in res.output
+    assert not (tmp_path / "state").exists()
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(bad.read_text().replace("Jane Nobody", "Nikolai Abilov").replace("tofu-9999", "tofu-3960"))
+    res = runner.invoke(app, ["request", "submit", str(ok), "--params", str(params)])
+    assert res.exit_code == 0 and "req-x: pending" in res.output
+    res = runner.invoke(app, ["request", "list", "--json", "--params", str(params)])
+    assert [r["state"] for r in json.loads(res.output)] == ["pending"]
