@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import ROOT, parser, setup, write
 
-GRID = ((0.1, 1), (0.1, 5), (0.3, 1), (0.3, 5), (0.6, 1), (0.6, 5), (1.0, 5))
+GRID = ((0.1, 1), (0.1, 5), (0.3, 5), (0.6, 1), (0.6, 5), (1.0, 1), (1.0, 5), (1.0, 10))
 KEYS = ("forget_quality", "model_utility", "gur", "usr", "forget_Q_A_Prob", "forget_truth_ratio", "privleak",
         "rap", "eta", "wall_s")
 
