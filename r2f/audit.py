@@ -173,6 +173,13 @@ def audit(cfg: Config, request_id: str) -> dict:
                    f"{rows_digest(items)[:16]} vs recorded {str(recorded)[:16]}")
         except (RequestError, ValueError) as exc:
             ck.add("selectors re-resolve", False, str(exc))
+    sha = tags.get("git_sha", "")
+    if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
+        import subprocess
+
+        known = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True,
+                               check=False).returncode == 0
+        ck.add("git revision of the run exists in this repository", known, sha[:12])
     md5s = _run_json(tracker, run_id, "dvc/md5s.json") if run_id else None
     root = find_root(Path(cfg.pipeline.request).resolve().parent) or find_root()
     if md5s is None:
