@@ -172,7 +172,7 @@ def advance(cfg: Config, request_id: str, stage: str, result: dict) -> None:
     """Record that ``stage`` finished for inbox request ``request_id`` (the flow calls this)."""
     ib = inbox(cfg)
     if stage in STAGE_STATE:
-        keep = {"validate": (), "unlearn": ("mlflow_run_id", "eta", "method"), "evaluate": ()}[stage]
+        keep = {"validate": (), "unlearn": ("mlflow_run_id", "eta", "method", "wall_s"), "evaluate": ()}[stage]
         ib.transition(request_id, STAGE_STATE[stage], **{k: result[k] for k in keep if k in result})
     elif stage == "promote":
         state = "promoted" if result.get("passed") else "rejected"
