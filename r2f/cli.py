@@ -4,91 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from .cli_common import (ParamsOpt, SetOpt, _cfg, _errors, _fail, _overrides, _pipeline_errors, _setup,
+                         _state_env, _ui)
+from .cli_requests import register as register_requests
 
 app = typer.Typer(help="R2F: Recover-to-Forget LLM unlearning (TOFU default, offline, CPU).",
                   no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Train or inspect the embedded default models.", no_args_is_help=True)
 decoder_app = typer.Typer(help="Train the gradient decoder on the proxy.", no_args_is_help=True)
-request_app = typer.Typer(help="Deletion requests: submit to the inbox, list their states, find author names.",
-                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(decoder_app, name="decoder")
-app.add_typer(request_app, name="request")
-
-ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameter file (params.yaml).")
-SetOpt = typer.Option(None, "--set", "-s", help="Override a parameter: --set lora.rank=4 (YAML value).")
-
-
-def _setup() -> None:
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
-
-
-def _overrides(sets: Optional[list[str]]) -> dict:
-    """``--set key=value`` options as a dict (values parsed as YAML)."""
-    import yaml
-
-    overrides = {}
-    for s in sets or []:
-        if "=" not in s:
-            raise typer.BadParameter(f"--set expects key=value, got '{s}'")
-        k, v = s.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
-    return overrides
-
-
-def _cfg(params: Path, sets: Optional[list[str]], **extra):
-    from .config import ConfigError, load_config
-
-    overrides = _overrides(sets)
-    overrides.update({k: v for k, v in extra.items() if v is not None})
-    try:
-        return load_config(params, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-def _fail(msg: str):
-    from rich.console import Console
-    from rich.markup import escape
-
-    # escaped: messages carry row lists like [tofu-9999] that rich would take for markup
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
-    raise typer.Exit(2)
-
-
-@contextmanager
-def _ui():
-    """(log, progress_factory) printing through one rich Progress."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as prog:
-        def factory(label: str, total: int):
-            task = prog.add_task(label, total=total)
-            return lambda n=1: prog.advance(task, n)
-        yield prog.console.print, factory
-
-
-def _errors():
-    from .data import DataError
-    from .decoder import DecoderError
-    from .models import ModelError
-    from .unlearn import UnlearnError
-    return (DataError, DecoderError, ModelError, UnlearnError)
 
 
 @models_app.command("train")
@@ -199,23 +129,6 @@ def _print_report(rep: dict) -> None:
     Console().print(t)
 
 
-def _state_env(cfg) -> None:
-    """Point Prefect and DVC state into the project's state folder (before they are imported)."""
-    state = Path(cfg.state_dir).resolve()
-    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
-    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
-    # the temporary Prefect server can take long to start on a loaded 2-core machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def _pipeline_errors():
-    from .pipeline import PipelineError
-    from .requests import RequestError
-    from .validation import ValidationError
-    from .versioning import VersioningError
-    from .config import ConfigError
-    return (*_errors(), ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)
-
 
 @app.command()
 def stage(name: Optional[str] = typer.Argument(None, help="Stage: prepare, validate, train_models, "
@@ -304,132 +217,7 @@ def ui(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     os.execvp(argv[0], argv)
 
 
-# -- deletion requests, schedule, audit ---------------------------------------------------------------
-@request_app.command("submit")
-def request_submit(file: Path = typer.Argument(..., help="Request file (YAML/JSON, docs/requests.md)."),
-                   params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """Validate a deletion request (schema + Great Expectations suite against the data) and put it
-    in the inbox as pending. Invalid: exit 2, nothing is written."""
-    _setup()
-    from .data import load_tofu
-    from .inbox import InboxError, inbox
-
-    cfg = _cfg(params, set_)
-    try:
-        rec = inbox(cfg).submit(file, load_tofu(cfg.data.tofu_dir))
-    except (*_pipeline_errors(), InboxError) as exc:
-        _fail(str(exc))
-    typer.echo(f"request {rec.request_id}: {rec.state} (submitted {rec.submitted_at}, sha256 {rec.source_sha256[:12]})")
-
-
-@request_app.command("list")
-def request_list(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-                 as_json: bool = typer.Option(False, "--json", help="JSON instead of a table.")) -> None:
-    """Every request in the inbox with its state and the time it reached each state."""
-    _setup()
-    from .inbox import STATES, inbox
-
-    recs = inbox(_cfg(params, set_)).records()
-    if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in recs], indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{len(recs)} request(s)")
-    for c in ("request", "state", *STATES[:4], "final at", "model version"):
-        t.add_column(c)
-    for r in recs:
-        final = r.at(r.state) if r.state in ("promoted", "rejected", "failed") else ""
-        t.add_row(r.request_id, r.state, *[(r.at(s) or "")[5:16].replace("T", " ") for s in STATES[:4]],
-                  (final or "")[5:16].replace("T", " "), str(r.result.get("model_version") or ""))
-    Console().print(t)
-
-
-@request_app.command("authors")
-def request_authors(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-                    contains: Optional[str] = typer.Option(None, help="Only names containing this text.")) -> None:
-    """TOFU author indices and names, for the selectors.authors of a request."""
-    _setup()
-    from .data import load_tofu
-
-    names = load_tofu(_cfg(params, set_).data.tofu_dir).author_names()
-    for a, n in sorted(names.items()):
-        if not contains or contains.casefold() in n.casefold():
-            typer.echo(f"{a:3d}  {n}")
-
-
-@app.command()
-def serve(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-          cron: Optional[str] = typer.Option(None, help="Cron schedule (default: schedule.cron)."),
-          once: bool = typer.Option(False, "--once", help="Run one tick now and exit (no deployment).")) -> None:
-    """Serve the scheduled deletion-request deployment (a Prefect flow.serve): every tick runs all
-    pending inbox requests through the pipeline, each from the current champion. --once runs a
-    single tick in the foreground (exit 0; 2 if a request failed)."""
-    _setup()
-    cfg = _cfg(params, set_)
-    _state_env(cfg)
-    from flows.unlearning import tick_flow
-
-    if once:
-        res = tick_flow(str(params), _overrides(set_))
-        for p in res["processed"]:
-            typer.echo(f"{p['request_id']}: {p['state']}")
-        if not res["processed"]:
-            typer.echo("busy: another tick is running" if res["busy"] else "nothing pending")
-        if any(p["state"] == "failed" for p in res["processed"]):
-            raise typer.Exit(2)
-        return
-    from prefect import serve as prefect_serve
-
-    from flows.unlearning import tick_deployment
-
-    typer.echo(f"serving r2f-scheduled-tick on cron '{cron or cfg.schedule.cron}' (Ctrl-C to stop)")
-    prefect_serve(tick_deployment(str(params), _overrides(set_), cron or cfg.schedule.cron))
-
-
-@app.command()
-def audit(request_id: str = typer.Argument(..., help="The request id."),
-          fmt: str = typer.Option("md", "--format", "-f", help="md, json or html."),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here."),
-          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """Reconstruct and verify a request's lineage offline (request file → forget rows and their DVC
-    md5 → decoder and proxy → model before/after → gate → who/when). Prints VERIFIED, or names what
-    does not match (exit 4). Ids and hashes only, never the forgotten text."""
-    _setup()
-    from .audit import AuditError, audit as run_audit, render
-
-    if fmt not in ("md", "json", "html"):
-        _fail(f"--format {fmt}: expected md, json or html")
-    cfg = _cfg(params, set_)
-    _state_env(cfg)
-    try:
-        rep = run_audit(cfg, request_id)
-    except (AuditError, *_errors()) as exc:
-        _fail(str(exc))
-    text = render(rep, fmt)
-    if out:
-        out.write_text(text, encoding="utf-8")
-        typer.echo(f"{rep['verdict']} (report: {out})")
-    else:
-        typer.echo(text, nl=False)
-    if not rep["verified"]:
-        raise typer.Exit(4)
-
-
-@app.command()
-def history(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """Processed deletion requests (promoted, rejected or failed), oldest first."""
-    _setup()
-    from .inbox import FINAL, inbox
-
-    recs = [r for r in inbox(_cfg(params, set_)).records() if r.state in FINAL]
-    if not recs:
-        typer.echo("no processed requests")
-    for r in recs:
-        res = r.result
-        typer.echo(f"{r.at(r.state)}  {r.request_id}  {r.state}  model version {res.get('model_version', '-')}  "
-                   f"champion {res.get('champion_version', '-')}  run {res.get('mlflow_run_id', '-')}")
+register_requests(app)
 
 
 def main() -> None:

@@ -1,0 +1,98 @@
+"""Shared pieces of the ``r2f`` command line: options, configuration loading, errors, progress UI.
+Heavy libraries load inside the functions, so ``r2f --help`` stays instant."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameter file (params.yaml).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a parameter: --set lora.rank=4 (YAML value).")
+
+
+def _setup() -> None:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _overrides(sets: Optional[list[str]]) -> dict:
+    """``--set key=value`` options as a dict (values parsed as YAML)."""
+    import yaml
+
+    overrides = {}
+    for s in sets or []:
+        if "=" not in s:
+            raise typer.BadParameter(f"--set expects key=value, got '{s}'")
+        k, v = s.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    return overrides
+
+
+def _cfg(params: Path, sets: Optional[list[str]], **extra):
+    from .config import ConfigError, load_config
+
+    overrides = _overrides(sets)
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    try:
+        return load_config(params, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(msg: str):
+    from rich.console import Console
+    from rich.markup import escape
+
+    # escaped: messages carry row lists like [tofu-9999] that rich would take for markup
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _ui():
+    """(log, progress_factory) printing through one rich Progress."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        def factory(label: str, total: int):
+            task = prog.add_task(label, total=total)
+            return lambda n=1: prog.advance(task, n)
+        yield prog.console.print, factory
+
+
+def _errors():
+    from .data import DataError
+    from .decoder import DecoderError
+    from .models import ModelError
+    from .unlearn import UnlearnError
+    return (DataError, DecoderError, ModelError, UnlearnError)
+
+def _state_env(cfg) -> None:
+    """Point Prefect and DVC state into the project's state folder (before they are imported)."""
+    state = Path(cfg.state_dir).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
+    # the temporary Prefect server can take long to start on a loaded 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def _pipeline_errors():
+    from .pipeline import PipelineError
+    from .requests import RequestError
+    from .validation import ValidationError
+    from .versioning import VersioningError
+    from .config import ConfigError
+    return (*_errors(), ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)
