@@ -268,7 +268,7 @@ def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
               "source": "target"}
     if cfg.pipeline.start_from != "champion":
         return target
-    champ = tracker.champion_model(cfg.tracking.target_model_name, tmp)
+    champ = tracker.champion_model(cfg.tracking.target_model_name, tmp, skip_roles=("base_target",))
     if champ is None or champ["role"] == "base_target":
         return {**target, "version": champ and champ["version"]}
     log(f"unlearning from the champion, {cfg.tracking.target_model_name} version {champ['version']}")

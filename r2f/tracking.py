@@ -74,7 +74,7 @@ class NullTracker:
     def log_artifact(self, path, artifact_path=None): pass
     def find_run(self, experiment, tags): return None
     def champion_summary(self, name, split): return None
-    def champion_model(self, name, dest): return None
+    def champion_model(self, name, dest, skip_roles=()): return None
 
     def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf"):
         return None, None
@@ -227,22 +227,25 @@ class MlflowTracker:
             return None
         return dict(run.data.metrics)
 
-    def champion_model(self, name: str, dest: str | Path) -> dict | None:
+    def champion_model(self, name: str, dest: str | Path, skip_roles: tuple[str, ...] = ()) -> dict | None:
         """The champion version of ``name``: ``{"version", "role", "run_id", "path"}`` with its
-        model folder downloaded under ``dest``; ``None`` when there is no champion yet."""
+        model folder downloaded under ``dest`` (``path`` None, nothing downloaded, when its ``role``
+        tag is in ``skip_roles``); ``None`` when there is no champion yet."""
         from .registry import get_alias_version
 
         v = get_alias_version(self.client, name, "champion")
         if v is None:
             return None
         mv = self.client.get_model_version(name, str(v))
+        role = mv.tags.get("role", "unlearned")
+        if role in skip_roles:
+            return {"version": int(v), "role": role, "run_id": mv.run_id, "path": None}
         with self._uris() as mlflow:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
         found = [p.parent for p in sorted(local.glob("artifacts/*/config.json"))]
         if len(found) != 1:
             raise TrackingError(f"{name} version {v}: expected one model folder in its artifacts, found {len(found)}")
-        return {"version": int(v), "role": mv.tags.get("role", "unlearned"), "run_id": mv.run_id,
-                "path": str(found[0])}
+        return {"version": int(v), "role": role, "run_id": mv.run_id, "path": str(found[0])}
 
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning") -> dict:
