@@ -116,3 +116,18 @@ def test_author_names_are_derived_from_the_data(tofu):
     for a, n in names.items():  # each name is in at least 5 of its own author's rows
         assert sum(n in q.question + q.answer for q in full[a * 20:(a + 1) * 20]) >= 5, (a, n)
     assert tofu.authors_named("  nikolai   ABILOV ") == [199] and tofu.authors_named("Nobody") == []
+
+
+def test_reference_cut_to_the_request_rows():
+    from r2f.evaluation import reference_on
+    from r2f.metrics import auc
+
+    ids = ["tofu-3960", "tofu-3961", "tofu-3962", "tofu-3963"]
+    ref = {"forget_truth_ratio": {"per_item": dict(zip(ids, [0.1, 0.2, 0.3, 0.4]))},
+           "mia_min_k": {"value": 0.9, "extra": {"forget_scores": [1.0, 5.0, 2.0, 6.0],
+                                                 "holdout_scores": [3.0, 4.0, 7.0]}}}
+    assert reference_on(ref, ids) == ([0.1, 0.2, 0.3, 0.4], 0.9)  # the whole split: as recorded
+    tr, a = reference_on(ref, ["tofu-3963", "tofu-3961"])
+    assert tr == [0.4, 0.2] and a == auc([6.0, 5.0], [3.0, 4.0, 7.0], "mia_min_k")
+    with pytest.raises(Exception, match="tofu-9999"):
+        reference_on(ref, ["tofu-9999"])
