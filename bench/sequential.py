@@ -83,7 +83,6 @@ def main() -> None:
         tick_s = time.perf_counter() - t0
         ref = reference_eval(cfg, "retain", EVAL_SPLIT)
         tracker = make_tracker(cfg)
-        client = tracker.client
         rows, first = [], {}
         history: list[dict] = []
         for k, pair in enumerate(pairs, 1):
@@ -96,9 +95,9 @@ def main() -> None:
             if champ is None:
                 rows.append({**row, "error": (rec.history[-1].get("reason") or "")[:300]})
                 continue
-            mv = client.get_model_version(cfg.tracking.target_model_name, str(champ))
             with tempfile.TemporaryDirectory(dir=proj / ".r2f") as dl:
-                ev = evaluate_model(cfg, _download(tracker, mv.source, dl), EVAL_SPLIT, out=Path(dl) / "eval")
+                path = tracker.download_model(cfg.tracking.target_model_name, int(champ), dl)
+                ev = evaluate_model(cfg, path, EVAL_SPLIT, out=Path(dl) / "eval")
                 full = json.loads((Path(dl) / "eval/TOFU_EVAL.json").read_text())
             now = {j: _per_request(full, ref, [q.id for q in tofu.authors(list(pairs[j - 1]))])
                    for j in range(1, k + 1)}
@@ -132,12 +131,6 @@ def main() -> None:
                 {"tick_s": round(tick_s, 1), "overrides": overrides, "history": history,
                  "peak_rss_mb": peak_rss_mb()})
     _plot(history, rows, out.with_suffix(".png"))
-
-
-def _download(tracker, source: str, dest: str) -> str:
-    with tracker._uris() as mlflow:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dest))
-    return str(next(local.glob("artifacts/*/config.json")).parent)
 
 
 def _plot(history: list[dict], rows: list[dict], path: Path) -> None:

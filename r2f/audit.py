@@ -69,7 +69,7 @@ class _Checks:
         return ok
 
 
-def _dvc_object(root: Path, cache: Path, remote: Path | None, md5: str) -> Path | None:
+def _dvc_object(cache: Path, remote: Path | None, md5: str) -> Path | None:
     rel = Path("files/md5") / md5[:2] / md5[2:]
     for base in (cache, remote):
         if base is not None and (base / rel).is_file():
@@ -77,21 +77,22 @@ def _dvc_object(root: Path, cache: Path, remote: Path | None, md5: str) -> Path 
     return None
 
 
-def _verify_dvc(ck: _Checks, label: str, md5: str, cache: Path, remote: Path | None, root: Path) -> dict[str, Path]:
+def _verify_dvc(ck: _Checks, label: str, md5: str, cache: Path, remote: Path | None) -> dict[str, Path]:
     """Check a DVC object (file or ``.dir``) is stored and hashes to its name; returns
     ``relpath -> stored file`` for a directory."""
-    obj = _dvc_object(root, cache, remote, md5)
+    obj = _dvc_object(cache, remote, md5)
     if obj is None:
         ck.add(f"{label}: DVC object {md5} stored", False, "not in the DVC cache or the remote")
         return {}
-    if not ck.add(f"{label}: DVC object {md5} intact", _md5(obj) == md5.removesuffix(".dir"),
-                  f"{obj}" if _md5(obj) == md5.removesuffix(".dir") else f"{obj} hashes to {_md5(obj)}"):
+    got = _md5(obj)
+    if not ck.add(f"{label}: DVC object {md5} intact", got == md5.removesuffix(".dir"),
+                  f"{obj}" if got == md5.removesuffix(".dir") else f"{obj} hashes to {got}"):
         return {}
     if not md5.endswith(".dir"):
         return {"": obj}
     files, bad = {}, []
     for entry in json.loads(obj.read_text()):
-        f = _dvc_object(root, cache, remote, entry["md5"])
+        f = _dvc_object(cache, remote, entry["md5"])
         if f is None or _md5(f) != entry["md5"]:
             bad.append(entry["relpath"])
         else:
@@ -107,8 +108,8 @@ def audit(cfg: Config, request_id: str) -> dict:
     from .data import load_tofu
     from .inbox import InboxError, inbox
     from .requests import RequestError, read_request, resolve, rows_digest
-    from .tracking import make_tracker
-    from .versioning import find_root, remote_url
+    from .tracking import TrackingError, make_tracker
+    from .versioning import cache_dir, find_root, remote_url
 
     tracker = make_tracker(cfg)
     if not tracker.active:
@@ -180,16 +181,16 @@ def audit(cfg: Config, request_id: str) -> dict:
         known = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True,
                                check=False).returncode == 0
         ck.add("git revision of the run exists in this repository", known, sha[:12])
-    md5s = _run_json(tracker, run_id, "dvc/md5s.json") if run_id else None
+    md5s = tracker.load_json_artifact(run_id, "dvc/md5s.json") if run_id else None
     root = find_root(Path(cfg.pipeline.request).resolve().parent) or find_root()
     if md5s is None:
         ck.add("DVC md5s recorded in the MLflow run", False, "dvc/md5s.json missing")
         md5s = {}
-    cache = _cache_dir(root)
+    cache = cache_dir(root) if root else None
     remote = Path(remote_url(cfg, root)) if root and "://" not in remote_url(cfg, root) else None
     key = next((k for k in md5s if k.startswith("prepare:") and k.endswith("/request")), None)
     if key and cache:
-        files = _verify_dvc(ck, "forget set", md5s[key], cache, remote, root)
+        files = _verify_dvc(ck, "forget set", md5s[key], cache, remote)
         if "forget.jsonl" in files:
             got = _rows_digest_of(files["forget.jsonl"])
             ck.add("versioned forget set hashes to the recorded rows digest", got == recorded,
@@ -203,7 +204,7 @@ def audit(cfg: Config, request_id: str) -> dict:
     dkey = next((k for k in md5s if k.startswith("train_decoder:") and k.endswith("/decoder")), None)
     dec: dict = {"dvc_md5": md5s.get(dkey) if dkey else None}
     if dkey and cache:
-        files = _verify_dvc(ck, "decoder", md5s[dkey], cache, remote, root)
+        files = _verify_dvc(ck, "decoder", md5s[dkey], cache, remote)
         meta = json.loads(files["decoder.json"].read_text()) if "decoder.json" in files else {}
         dec["decoder_hash"] = meta.get("key") or tags.get("decoder_hash")
     dhash = tags.get("decoder_hash") or dec.get("decoder_hash")
@@ -229,10 +230,10 @@ def audit(cfg: Config, request_id: str) -> dict:
             import tempfile
 
             with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
-                with tracker._uris() as mlflow:
-                    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp))
-                found = [p.parent for p in local.glob("artifacts/*/config.json")]
-                got = weights_sha256(found[0]) if found else "missing"
+                try:
+                    got = weights_sha256(tracker.download_model(name, int(after), tmp))
+                except TrackingError as exc:
+                    got = f"missing ({exc})"
             ck.add("registered model weights match the hash recorded at registration", got == recorded_w,
                    f"{got[:16]} vs recorded {recorded_w[:16]}")
         else:
@@ -243,7 +244,7 @@ def audit(cfg: Config, request_id: str) -> dict:
     rep["models"] = models
 
     # 5. gate
-    decision = _run_json(tracker, run_id, "gate/decision.json") if run_id else None
+    decision = tracker.load_json_artifact(run_id, "gate/decision.json") if run_id else None
     if decision:
         rep["gate"] = {"passed": decision["passed"], "decided_at": decision.get("decided_at"),
                        "rules": decision["rules"], "champion_model_utility": decision.get("champion_model_utility")}
@@ -264,36 +265,12 @@ def audit(cfg: Config, request_id: str) -> dict:
     return rep
 
 
-def _cache_dir(root: Path | None) -> Path | None:
-    if root is None:
-        return None
-    import configparser
-
-    cfgp = configparser.ConfigParser()
-    for f in (root / ".dvc/config", root / ".dvc/config.local"):
-        if f.is_file():
-            cfgp.read_string(f.read_text().replace("\t", "    "))
-    d = cfgp.get("cache", "dir", fallback=None)
-    return (root / ".dvc" / d).resolve() if d else (root / ".dvc/cache").resolve()
-
-
 def _rows_digest_of(path: Path) -> str:
     from .data import QA
     from .requests import rows_digest
 
     rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return rows_digest([QA(r["id"], r["question"], r["answer"]) for r in rows])
-
-
-def _run_json(tracker, run_id: str, path: str) -> dict | None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp, tracker._uris() as mlflow:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
-        except Exception:  # noqa: BLE001 - a missing artifact is reported as a failed check
-            return None
-        return json.loads(Path(local).read_text())
 
 
 def _version_of_run(client, name: str, run_id: str) -> int | None:

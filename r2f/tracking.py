@@ -240,12 +240,33 @@ class MlflowTracker:
         role = mv.tags.get("role", "unlearned")
         if role in skip_roles:
             return {"version": int(v), "role": role, "run_id": mv.run_id, "path": None}
+        return {"version": int(v), "role": role, "run_id": mv.run_id,
+                "path": str(self.download_model(name, int(v), dest))}
+
+    def download_model(self, name: str, version: int, dest: str | Path) -> Path:
+        """The HF model folder of registered version ``name``/``version``, downloaded under ``dest``."""
+        mv = self.client.get_model_version(name, str(version))
         with self._uris() as mlflow:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
         found = [p.parent for p in sorted(local.glob("artifacts/*/config.json"))]
         if len(found) != 1:
-            raise TrackingError(f"{name} version {v}: expected one model folder in its artifacts, found {len(found)}")
-        return {"version": int(v), "role": role, "run_id": mv.run_id, "path": str(found[0])}
+            raise TrackingError(f"{name} version {version}: expected one model folder in its artifacts, "
+                                f"found {len(found)}")
+        return found[0]
+
+    def load_json_artifact(self, run_id: str, path: str) -> dict | None:
+        """A JSON artifact of a run (``gate/decision.json``, ...), or None when it is missing."""
+        import json
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as tmp, self._uris() as mlflow:
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+            except (MlflowException, OSError):
+                return None
+            return json.loads(Path(local).read_text())
 
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning") -> dict:

@@ -55,6 +55,19 @@ def remote_url(cfg: Config, root: Path) -> str:
     return cfg.versioning.remote_url or str((root / cfg.state_dir / "dvc-remote").resolve())
 
 
+def cache_dir(root: Path) -> Path:
+    """The repo's DVC cache folder (``cache.dir`` of ``.dvc/config`` / ``config.local``, else
+    ``.dvc/cache``), read without starting DVC."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    for f in (root / ".dvc/config", root / ".dvc/config.local"):
+        if f.is_file():
+            parser.read_string("\n".join(ln.strip() for ln in f.read_text().splitlines()))
+    d = parser.get("cache", "dir", fallback=None)
+    return (root / ".dvc" / d).resolve() if d else (root / ".dvc/cache").resolve()
+
+
 def ensure_repo(cfg: Config, root: Path) -> None:
     """Make ``root`` a DVC repo (``dvc init`` when missing) with the configured default remote."""
     if not (root / ".dvc").is_dir():

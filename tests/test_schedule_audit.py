@@ -96,7 +96,7 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     assert failed["verified"] and failed["verdict"].startswith("VERIFIED (not processed") and "retain" in failed["verdict"]
 
     # tamper with the forget set's DVC object of req-a: the audit names the mismatch
-    from r2f.audit import _cache_dir
+    from r2f.versioning import cache_dir as _cache_dir
 
     md5 = rep["forget_rows"]["dvc_md5"]
     manifest = _cache_dir(project) / "files/md5" / md5[:2] / md5[2:]
