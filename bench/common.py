@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -80,7 +79,9 @@ def run_child(script: str | Path, args, extra: list[str]) -> dict:
 
 
 def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    from r2f.models import peak_rss_mb as peak
+
+    return peak()
 
 
 def env_info() -> dict:

@@ -15,7 +15,8 @@ from .cli_requests import register as register_requests
 
 app = typer.Typer(help="R2F: Recover-to-Forget LLM unlearning (TOFU default, offline, CPU).",
                   no_args_is_help=True, add_completion=False)
-models_app = typer.Typer(help="Train or inspect the embedded default models.", no_args_is_help=True)
+models_app = typer.Typer(help="Train the embedded default models; list and convert packaged real models.",
+                         no_args_is_help=True)
 decoder_app = typer.Typer(help="Train the gradient decoder on the proxy.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(decoder_app, name="decoder")
@@ -32,6 +33,40 @@ def models_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -
         rep = train_models(cfg, log, prog)
     typer.echo(json.dumps({r: {k: v for k, v in m.items() if k != "loss_curve"} for r, m in rep["roles"].items()}, indent=2))
     typer.echo(f"models: {rep['models_dir']}")
+
+
+@models_app.command("packaged")
+def models_packaged() -> None:
+    """List the real pretrained models R2F can load from pinned PyPI packages (offline)."""
+    import importlib.metadata as md
+
+    from .pretrained import PACKAGED
+
+    for s in PACKAGED.values():
+        try:
+            have = md.distribution(s.distribution).version
+        except md.PackageNotFoundError:
+            have = "not installed"
+        typer.echo(f"{s.name}: {s.distribution}=={s.version} ({have}), {s.family}, {s.license}, "
+                   f"prompt format {s.prompt_format}; sha256 {s.sha256[:16]}...")
+
+
+@models_app.command("convert")
+def models_convert(name: str = typer.Argument(..., help="A name from `r2f models packaged`."),
+                   params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Check a packaged model's sha256 and convert it once to a cached HF folder; prints the folder
+    (pass it to `r2f unlearn --model` / `r2f eval --model`)."""
+    _setup()
+    from .models import ModelError
+    from .pretrained import materialize
+
+    cfg = _cfg(params, set_)
+    try:
+        with _ui() as (log, _prog):
+            out = materialize(cfg.state_dir, name, log)
+    except ModelError as e:
+        _fail(str(e))
+    typer.echo(str(out))
 
 
 @decoder_app.command("train")

@@ -122,6 +122,9 @@ class UnlearnConfig(_Strict):
     method: str = "r2f"
     objective: Literal["ascent", "refusal"] = "ascent"
     retain_weight: float = Field(0.0, ge=0)
+    # answer tokens the unlearning loss covers: "answer" = all of them; "key" = the answer's key
+    # words only (content words not in the question; r2f.models.encode_qa, docs/method.md)
+    loss_tokens: Literal["answer", "key"] = "answer"
     eta: EtaConfig = EtaConfig()
     # R2F decoded steps (1 = the paper's single update); the retain budget holds for all together
     r2f_steps: int = Field(1, ge=1, le=50)
@@ -134,6 +137,10 @@ class UnlearnConfig(_Strict):
     lora_mul_lr: float = Field(1e-3, gt=0)
     graddiff_alpha: float = Field(1.0, ge=0)
     seed: int = 0  # batch order, LoRA init and the relearning attack (the models' seed is models.seed)
+
+    @property
+    def key_only(self) -> bool:
+        return self.loss_tokens == "key" and self.objective != "refusal"
 
 
 class EvalConfig(_Strict):

@@ -49,7 +49,8 @@ class Sketch:
         if self._eig is None:
             import torch
 
-            evals, evecs = torch.linalg.eigh(self.gram.double())
+            gram = self.gram.dense() if hasattr(self.gram, "dense") else self.gram
+            evals, evecs = torch.linalg.eigh(gram.double())
             order = torch.argsort(evals, descending=True)
             self._eig = (evals[order].clamp(min=0).float(), evecs[:, order].float())
         return self._eig
@@ -69,7 +70,7 @@ def make_sketch(info: ModuleInfo, lora: LoraGrad, gram: "torch.Tensor") -> Sketc
     return Sketch(info, lora, gram)
 
 
-def _prior_decode(sk: Sketch, f: "torch.Tensor") -> "torch.Tensor":
+def _prior_factors(sk: Sketch, f: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 
     A, Y = sk.lora.A, sk.lora.grad_B / sk.lora.scaling
@@ -77,21 +78,26 @@ def _prior_decode(sk: Sketch, f: "torch.Tensor") -> "torch.Tensor":
     AVf = AV * f                          # r x in
     M = AVf @ AV.T                        # r x r  (= A K_f A^T)
     M = M + 1e-6 * M.diagonal().mean().abs().clamp(min=1e-12) * torch.eye(M.shape[0])
-    return Y @ torch.linalg.solve(M, AVf) @ sk.evecs.T
+    return Y, torch.linalg.solve(M, AVf) @ sk.evecs.T
 
 
-def decode_fixed(kind: str, sk: Sketch) -> "torch.Tensor":
-    """The untrained decoders."""
+def factors_fixed(kind: str, sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The untrained decoders, as rank-r factors (U: out x r, V: r x in) of the decoded gradient."""
     import torch
 
     A, gB, s = sk.lora.A, sk.lora.grad_B, sk.lora.scaling
     if kind == "lora_only":
-        return s * gB @ A
+        return s * gB, A
     if kind == "analytic":
-        return (gB / s) @ torch.linalg.solve(A @ A.T, A)
+        return gB / s, torch.linalg.solve(A @ A.T, A)
     if kind == "prior":
-        return _prior_decode(sk, _rel(sk.evals))
+        return _prior_factors(sk, _rel(sk.evals))
     raise DecoderError(f"unknown decoder '{kind}'; expected one of {DECODERS}")
+
+
+def decode_fixed(kind: str, sk: Sketch) -> "torch.Tensor":
+    u, v = factors_fixed(kind, sk)
+    return u @ v
 
 
 def _rel(evals: "torch.Tensor") -> "torch.Tensor":
@@ -132,10 +138,14 @@ class LearnedDecoder:
         if sk.info.kind not in KINDS:
             raise DecoderError(f"module {sk.info.name}: kind '{sk.info.kind}' unknown to the decoder ({KINDS})")
 
-    def decode(self, sk: Sketch) -> "torch.Tensor":
+    def factors(self, sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"]:
         self.check(sk)
         g = self.net(_features(sk)).squeeze(1).clamp(-20, 20)
-        return _prior_decode(sk, _rel(sk.evals) * g.exp())
+        return _prior_factors(sk, _rel(sk.evals) * g.exp())
+
+    def decode(self, sk: Sketch) -> "torch.Tensor":
+        u, v = self.factors(sk)
+        return u @ v
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -170,12 +180,19 @@ class LearnedDecoder:
 
 
 def decode(decoder: "str | LearnedDecoder", sk: Sketch) -> "torch.Tensor":
+    u, v = decode_factors(decoder, sk)
+    return u @ v
+
+
+def decode_factors(decoder: "str | LearnedDecoder", sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``(U, V)`` with ``decode(decoder, sk) == U @ V``: every decoder's output has rank <= r, so
+    R2F keeps its update as factors and never holds a dense gradient-sized tensor per module."""
     import torch
 
     with torch.no_grad():
         if isinstance(decoder, LearnedDecoder):
-            return decoder.decode(sk)
-        return decode_fixed(decoder, sk)
+            return decoder.factors(sk)
+        return factors_fixed(decoder, sk)
 
 
 def gram_weighting(cfg, decoder) -> tuple[float, float] | None:

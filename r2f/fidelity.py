@@ -31,10 +31,10 @@ def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progr
     for item in items:
         views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
                             cfg.paraphrase.max_similarity)]
-        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective)
+        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
         full = full_gradients(model, infos, batches, cfg.unlearn.objective)
         if a_init == "activation":
-            grams = activation_grams(model, infos, batches, weighting)
+            grams = activation_grams(model, infos, batches, weighting, factored=True)
             A = top_bases(grams, cfg.lora.rank)
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A)
         else:
@@ -79,13 +79,13 @@ def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tu
     for item in items:
         views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
                             cfg.paraphrase.max_similarity)]
-        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective)
+        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
         prompts.append((batches, full_gradients(model, infos, batches, cfg.unlearn.objective)))
 
     def score(weighting) -> float:
         cos = []
         for batches, full in prompts:
-            grams = activation_grams(model, infos, batches, weighting)
+            grams = activation_grams(model, infos, batches, weighting, factored=True)
             dec, true = [], []
             bases = top_bases(grams, cfg.lora.rank)
             for i in infos:
@@ -104,3 +104,52 @@ def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tu
                 best, best_s = (a, g), s
     log(f"token weighting: uniform {scores['uniform']:.3f} -> best {best} {best_s:.3f} on {len(items)} proxy prompts")
     return best, scores
+
+
+def fit_decoder(cfg, model, tokenizer, items, log=lambda _m: None, progress=None):
+    """Fit the learned decoder on a proxy ``model`` from its prompts ``items`` (never forget or
+    evaluation items); returns it with its metadata (not saved).
+
+    * ``lora.init: activation``: fit the token weighting of the activation Gram (grid search on
+      proxy prompts). The spectral prior is not trained: with A aligned to the Gram's eigenvectors it
+      cannot change the decode (it reduces to the projection).
+    * ``lora.init: peft``: train the spectral-prior MLP on (LoRA-grad, full-grad) pairs (MSE + cosine).
+    """
+    import time
+
+    from .decoder import LearnedDecoder, train_decoder
+
+    t0 = time.perf_counter()
+    meta: dict = {"kind": "learned", "a_init": cfg.lora.init, "objective": cfg.unlearn.objective,
+                  "weighting": None, "pairs": 0, "steps": 0,
+                  "proxy_layers": model.config.num_hidden_layers, "proxy_hidden": model.config.hidden_size}
+    dc = cfg.decoder
+    if cfg.lora.init == "activation":
+        if cfg.lora.weighting == "loss":
+            best, scores = fit_weighting(model, tokenizer, cfg, items[:dc.weight_fit_prompts], log)
+            meta.update(weighting=list(best) if best else None, weighting_scores=scores)
+        dec, curve = LearnedDecoder(dc.hidden, dc.seed), []
+        val_items = items[dc.weight_fit_prompts:dc.weight_fit_prompts + 8]
+    else:
+        per_prompt = len(target_modules(model, cfg.lora.target_modules))
+        n_prompts = -(-dc.pairs // per_prompt)
+        log(f"decoder: collecting {n_prompts} proxy prompts x {per_prompt} modules ({n_prompts * per_prompt} pairs)")
+        tick = progress("proxy pairs", n_prompts) if progress else None
+        train = collect_pairs(model, tokenizer, cfg, items[:n_prompts], progress=tick)
+        tick = progress("decoder steps", dc.steps) if progress else None
+        dec, curve = train_decoder(flatten(train), dc.hidden, dc.steps, dc.lr, dc.cosine_weight, dc.seed,
+                                   progress=tick)
+        meta.update(pairs=len(flatten(train)), steps=dc.steps, loss_first=curve[0], loss_last=curve[-1],
+                    loss_curve=curve[:: max(1, len(curve) // 50)])
+        val_items = items[n_prompts:n_prompts + 8]
+    weighting = tuple(meta["weighting"]) if meta["weighting"] else None
+    val = collect_pairs(model, tokenizer, cfg, val_items, weighting=weighting)
+    analytic = fidelity("analytic", val)
+    # with the activation basis the (untrained) spectral prior decodes exactly to the projection
+    # (docs/method.md section 5): skip its per-module eigendecompositions
+    learned = analytic if cfg.lora.init == "activation" else fidelity(dec, val)
+    meta.update(val_learned=learned, val_analytic=analytic, train_s=round(time.perf_counter() - t0, 1))
+    dec.meta = meta
+    log(f"decoder: held-out proxy cosine learned {meta['val_learned']['cosine_mean']:.3f} "
+        f"vs analytic {meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
+    return dec

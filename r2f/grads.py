@@ -48,19 +48,21 @@ def target_modules(model, kinds: Sequence[str]) -> list[ModuleInfo]:
 
 
 def view_batches(tokenizer, views: Sequence["Views"], max_len: int, objective: str = "ascent",
-                 refusals: Sequence[str] = (), chunk: int = 40) -> list[dict]:
-    """Collated batches of (view question, answer) pairs; ``refusal`` swaps in a refusal string."""
+                 refusals: Sequence[str] = (), chunk: int = 40, key_only: bool = False) -> list[dict]:
+    """Collated batches of (view question, answer) pairs; ``refusal`` swaps in a refusal string.
+    ``key_only``: the loss covers the answer's key words only (never for a refusal string)."""
     if objective == "refusal" and not refusals:
         raise ValueError("objective 'refusal' needs refusal strings")
     enc = []
     for i, v in enumerate(views):
         answer = refusals[i % len(refusals)] if objective == "refusal" else v.answer
-        enc += [encode_qa(tokenizer, q, answer, max_len) for q in v.questions]
+        key = key_only and objective != "refusal"
+        enc += [encode_qa(tokenizer, q, answer, max_len, key) for q in v.questions]
     return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
 
 
-def qa_batches(tokenizer, items, max_len: int, chunk: int = 40) -> list[dict]:
-    enc = [encode_qa(tokenizer, q.question, q.answer, max_len) for q in items]
+def qa_batches(tokenizer, items, max_len: int, chunk: int = 40, key_only: bool = False) -> list[dict]:
+    enc = [encode_qa(tokenizer, q.question, q.answer, max_len, key_only) for q in items]
     return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
 
 
@@ -134,23 +136,47 @@ def token_weights(logits: "torch.Tensor", batch: dict, weighting: tuple[float, f
     return g + alpha * mean_g * (mask & ~predicts)
 
 
+@dataclass
+class GramFactor:
+    """A Gram ``K = X^T X`` kept as its factor ``X`` (tokens x in, rows weighted by sqrt(w_t)) when
+    a request has fewer tokens than the module has inputs: T x in instead of in x in floats, and
+    K's top eigenvectors are X's top right singular vectors (an SVD of a T x in matrix instead of
+    an eigendecomposition of in x in)."""
+
+    x: "torch.Tensor"
+
+    def dense(self) -> "torch.Tensor":
+        return self.x.T @ self.x
+
+    @property
+    def shape(self) -> tuple:
+        n = self.x.shape[1]
+        return (n, n)
+
+
 def activation_grams(model, infos: Sequence[ModuleInfo], batches,
-                     weighting: tuple[float, float] | None = None) -> dict[str, "torch.Tensor"]:
+                     weighting: tuple[float, float] | None = None,
+                     factored: bool = False) -> dict[str, "torch.Tensor | GramFactor"]:
     """Per module, K = sum_t w_t x_t x_t^T over input tokens (one forward pass, no grad); the
-    weights come from :func:`token_weights` (uniform over non-pad tokens by default)."""
+    weights come from :func:`token_weights` (uniform over non-pad tokens by default).
+
+    ``factored``: return a :class:`GramFactor` wherever the tokens are fewer than the inputs (the
+    usual case for one request), else the dense Gram. Modules reading the same input tensor
+    (q/k/v, gate/up) share one object."""
     import torch
 
     mods = dict(model.named_modules())
     xs: dict = {}
     handles = [mods[i.name].register_forward_hook(
         lambda _m, inputs, _o, n=i.name: xs.__setitem__(n, inputs[0].detach())) for i in infos]
-    acc: dict = {}
+    rows: dict = {}
     group_of: dict = {}
     try:
         with torch.inference_mode():
             for b in batches:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
                 w = token_weights(logits, b, weighting).reshape(-1, 1)
+                keep = w.squeeze(1) > 0
                 # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
                 groups: dict = {}
                 for n, x in xs.items():
@@ -159,11 +185,21 @@ def activation_grams(model, infos: Sequence[ModuleInfo], batches,
                     key = tuple(names)
                     group_of.update({n: key for n in names})
                     xf = xs[names[0]].float().reshape(-1, xs[names[0]].shape[-1])
-                    acc[key] = acc.get(key, 0) + (xf * w).T @ xf
+                    xw = (xf * w.sqrt())[keep]
+                    prev = rows.get(key)
+                    if prev is None:
+                        rows[key] = xw
+                    elif isinstance(prev, list):
+                        prev.append(xw)
+                    else:
+                        rows[key] = [prev, xw]
     finally:
         for h in handles:
             h.remove()
-    grams = {key: g.clone() for key, g in acc.items()}
+    grams = {}
+    for key, r in rows.items():
+        x = torch.cat(r) if isinstance(r, list) else r.clone()
+        grams[key] = GramFactor(x) if factored and x.shape[0] < x.shape[1] else x.T @ x
     return {i.name: grams[group_of[i.name]] for i in infos}
 
 
@@ -179,14 +215,25 @@ def top_bases(grams: dict, r: int) -> dict:
     return out
 
 
-def top_basis(gram: "torch.Tensor", r: int) -> "torch.Tensor":
-    """Top-r eigenvectors of a Gram matrix as rows (r x in), orthonormal, deterministic sign."""
+def top_basis(gram: "torch.Tensor | GramFactor", r: int) -> "torch.Tensor":
+    """Top-r eigenvectors of a Gram matrix as rows (r x in), orthonormal, deterministic sign.
+
+    A :class:`GramFactor` with fewer than ``r`` rows is completed with eigenvectors of eigenvalue 0
+    (any orthonormal completion is a valid top-r basis then)."""
     import torch
 
-    evals, evecs = torch.linalg.eigh(gram.float())  # float32: 2x faster, ample for the top-r
-    top = evecs[:, torch.argsort(evals, descending=True)[:r]].T
+    if isinstance(gram, GramFactor):
+        x = gram.x
+        if x.shape[0] >= r:
+            _u, _s, vh = torch.linalg.svd(x, full_matrices=False)
+            top = vh[:r]
+        else:
+            gram = gram.dense()
+    if not isinstance(gram, GramFactor) and torch.is_tensor(gram):
+        evals, evecs = torch.linalg.eigh(gram.float())  # float32: 2x faster, ample for the top-r
+        top = evecs[:, torch.argsort(evals, descending=True)[:r]].T
     signs = torch.sign(top[torch.arange(top.shape[0]), top.abs().argmax(1)])
-    return (top * signs[:, None]).float()
+    return (top * signs[:, None]).float().contiguous()
 
 
 def _backward_with_grams(model, modules: dict, batches, objective, grams_out: dict) -> None:

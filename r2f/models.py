@@ -1,9 +1,12 @@
 """Models: the project's BPE tokenizer, Llama-architecture causal LMs built and trained from a seed,
 saved as standard Hugging Face folders, and loading of any local HF folder or ``.gguf`` file.
 
-Prompt format (shared by training, gradients and evaluation)::
+Prompt format (shared by training, gradients and evaluation), a property of the model folder
+(``prompt_format`` in its ``r2f_model.json``; load_model puts it on the tokenizer):
 
-    "Question: {question}\nAnswer:" + " {answer}" + eos
+* ``qa`` (default; the embedded models): ``"Question: {question}\nAnswer:" + " {answer}" + eos``
+* ``chat`` (instruction-tuned models such as SmolLM2-Instruct): the tokenizer's own chat template
+  with one user turn and the generation prompt, then ``"{answer}" + eos``.
 
 The loss is the answer-token NLL: prompt tokens are masked with -100.
 """
@@ -33,8 +36,33 @@ class ModelError(ValueError):
     """A model path is missing, incomplete or unreadable; the message names the path."""
 
 
+PROMPT_FORMATS = ("qa", "chat")
+
+
 def prompt_text(question: str) -> str:
     return f"Question: {question}\nAnswer:"
+
+
+def prompt_format(tokenizer) -> str:
+    return getattr(tokenizer, "r2f_prompt_format", "qa")
+
+
+def set_prompt_format(tokenizer, fmt: str) -> None:
+    if fmt not in PROMPT_FORMATS:
+        raise ModelError(f"unknown prompt_format '{fmt}'; expected one of {PROMPT_FORMATS}")
+    if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ModelError("prompt_format 'chat' needs a tokenizer with a chat template")
+    tokenizer.r2f_prompt_format = fmt
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """Token ids of the prompt for ``question`` in the tokenizer's prompt format."""
+    if prompt_format(tokenizer) == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = prompt_text(question)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
@@ -61,13 +89,35 @@ class Encoded:
     labels: list[int]  # -100 on prompt tokens
 
 
-def encode_qa(tokenizer, question: str, answer: str, max_len: int) -> Encoded:
-    """Token ids of prompt+answer with the answer-only label mask (answer truncated to fit)."""
-    p = tokenizer(prompt_text(question), add_special_tokens=False)["input_ids"]
-    a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def encode_qa(tokenizer, question: str, answer: str, max_len: int, key_only: bool = False) -> Encoded:
+    """Token ids of prompt+answer with the answer-only label mask (answer truncated to fit).
+
+    ``key_only``: label only the answer tokens that overlap its *key words* (stemmed content words
+    not already in the question; :func:`r2f.metrics.paper.key_tokens`), e.g. only "Canberra" in
+    "The capital of Australia is Canberra" (``unlearn.loss_tokens: key``). Falls back to every
+    answer token when no key word is found."""
+    p = prompt_ids(tokenizer, question)
+    lead = "" if prompt_format(tokenizer) == "chat" else " "
+    enc = tokenizer(lead + answer, add_special_tokens=False, return_offsets_mapping=key_only)
+    a = enc["input_ids"] + [tokenizer.eos_token_id]
     p = p[-(max_len // 2):]  # very long prompts keep their end, next to the answer
     a = a[: max_len - len(p)]
-    return Encoded(p + a, [-100] * len(p) + a)
+    labels = list(a)
+    if key_only:
+        keep = _key_token_mask(question, answer, len(lead), enc["offset_mapping"])
+        if any(keep[: len(a)]):
+            labels = [t if k else -100 for t, k in zip(a, keep + [False])]
+    return Encoded(p + a, [-100] * len(p) + labels)
+
+
+def _key_token_mask(question: str, answer: str, shift: int, offsets) -> list[bool]:
+    import re
+
+    from .metrics.paper import key_tokens, tokens
+
+    key = key_tokens(question, answer)
+    spans = [(m.start() + shift, m.end() + shift) for m in re.finditer(r"\w+", answer) if set(tokens(m.group())) & key]
+    return [any(a < y and b > x for x, y in spans) for a, b in offsets]
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict:
@@ -183,7 +233,10 @@ def save_model(model, tokenizer, path: str | Path, meta: dict | None = None) -> 
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "r2f_model.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True))
+        meta = dict(meta or {})
+        if prompt_format(tokenizer) != "qa":
+            meta["prompt_format"] = prompt_format(tokenizer)
+        (tmp / "r2f_model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return Path(path)
 
 
@@ -255,6 +308,13 @@ def load_model(path: str | Path, dtype: str = "float32"):
             raise ModelError(f"{path}: no config.json in the model folder")
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
         tok = AutoTokenizer.from_pretrained(path, **kw)
+        meta_p = path / "r2f_model.json"
+        if meta_p.is_file():
+            try:
+                fmt = json.loads(meta_p.read_text()).get("prompt_format", "qa")
+            except (ValueError, AttributeError) as e:
+                raise ModelError(f"{meta_p}: not a JSON object ({e})") from e
+            set_prompt_format(tok, fmt)
     model = model.to(getattr(torch, dtype)).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -271,6 +331,21 @@ def mean_nll(model, tokenizer, items, max_len: int, batch_size: int = 32) -> flo
         for i in range(0, len(enc), batch_size):
             vals.append(token_nll(model, collate(enc[i:i + batch_size], tokenizer.pad_token_id)))
     return float(torch.cat(vals).mean())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: ``VmHWM`` from /proc (per address space, so it
+    starts fresh at exec), else ``ru_maxrss``. On Linux ``ru_maxrss`` survives exec: a child
+    started by a large parent reports the parent's peak (seen here: 11 GB for every child)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def timed(fn, *args, **kwargs):

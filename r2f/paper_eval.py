@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 from .config import Config
 from .metrics.base import MetricResult
 from .metrics.paper import contains_answer, mean_kl, usr
-from .models import collate, encode_qa, prompt_text, train_model
+from .models import collate, encode_qa, prompt_format, train_model
 from .scoring import generate, score
 
 Tick = Callable[[int], None] | None
@@ -85,4 +85,4 @@ def drift_eval(original, model, tok, cfg: Config, texts: Sequence[tuple[str, str
             kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             vals.append(mean_kl(original(**kw).logits, model(**kw).logits, batch["attention_mask"]))
     return MetricResult("drift_kl", sum(vals) / len(vals), None, {"n_texts": len(texts),
-                        "prompt_format": prompt_text("{question}")})
+                        "prompt_format": prompt_format(tok)})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .models import collate, encode_qa, prompt_text
+from .models import collate, encode_qa, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ def generate(model, tokenizer, questions: Sequence[str], max_len: int, max_new_t
     and never past the model's context of ``max_len`` tokens."""
     import torch
 
-    prompts = [tokenizer(prompt_text(q), add_special_tokens=False)["input_ids"][-(max_len // 2):]
-               for q in questions]
+    prompts = [prompt_ids(tokenizer, q)[-(max_len // 2):] for q in questions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     pad = tokenizer.pad_token_id

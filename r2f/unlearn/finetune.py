@@ -18,9 +18,10 @@ def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bo
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     uc = cfg.unlearn
     answers = ctx.refusals if uc.objective == "refusal" else None
-    f_enc = [encode_qa(tok, q.question, answers[i % len(answers)] if answers else q.answer, cfg.models.max_len)
+    f_enc = [encode_qa(tok, q.question, answers[i % len(answers)] if answers else q.answer, cfg.models.max_len,
+                       uc.key_only)
              for i, q in enumerate(ctx.forget)]
-    r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len) for q in ctx.retain]
+    r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len, uc.key_only) for q in ctx.retain]
     if with_retain and not r_enc:
         raise UnlearnError(f"{label} needs retain items")
     bs = uc.baseline_batch_size

@@ -50,7 +50,8 @@ class LoraMulti:
         cfg = ctx.cfg
         t0 = time.perf_counter()
         grad_views, _ = views_split(ctx.forget, cfg)
-        batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals)
+        batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
+                                key_only=cfg.unlearn.key_only)
         direction = lora_train_delta(ctx, batches, cfg.unlearn.lora_mul_steps, cfg.unlearn.lora_mul_lr)
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)

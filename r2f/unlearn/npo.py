@@ -28,7 +28,7 @@ class NPO:
         uc, tok = ctx.cfg.unlearn, ctx.tokenizer
         # Reference log-probs of the untouched model, keyed by the batch's token ids.
         ref: dict[tuple, float] = {}
-        enc = [encode_qa(tok, q.question, q.answer, ctx.cfg.models.max_len) for q in ctx.forget]
+        enc = [encode_qa(tok, q.question, q.answer, ctx.cfg.models.max_len, uc.key_only) for q in ctx.forget]
         with torch.inference_mode():
             for i in range(0, len(enc), 32):
                 chunk = enc[i:i + 32]

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import time
 
-from ..decoder import decode, gram_weighting, make_sketch
+from ..decoder import decode_factors, gram_weighting, make_sketch
 from ..grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
-from .apply import calibrate_and_apply, views_split
+from .apply import LowRank, calibrate_and_apply, views_split
 from .base import UnlearnContext, UnlearnResult
 
 
 def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
-    """Sum over basis groups of the decoded, view-averaged LoRA gradient (weighted by group size)."""
-    import torch
-
+    """Sum over basis groups of the decoded, view-averaged LoRA gradient (weighted by group size),
+    per module as :class:`LowRank` factors (rank r per group)."""
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     decoder = decoder if decoder is not None else ctx.decoder
     if decoder is None:
@@ -23,7 +22,7 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
     grad_views, _ = views_split(ctx.forget, cfg)
     groups = [[v] for v in grad_views] if cfg.lora.basis == "item" else [grad_views]
     total = sum(len(v.questions) for v in grad_views)
-    direction = {i.name: torch.zeros_like(dict(model.named_modules())[i.name].weight) for i in infos}
+    direction = {i.name: LowRank() for i in infos}
     weighting = gram_weighting(cfg, decoder)
     if cfg.lora.init == "activation" and (decoder == "prior" or not isinstance(decoder, str)):
         # With A = the Gram's top eigenvectors, prior/learned decode exactly to the projection
@@ -31,9 +30,9 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
         decoder = "analytic"
     tick = ctx.tick("r2f views", len(groups))
     for g in groups:
-        batches = view_batches(tok, g, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals)
+        batches = view_batches(tok, g, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals, key_only=cfg.unlearn.key_only)
         if cfg.lora.init == "activation":
-            grams = activation_grams(model, infos, batches, weighting)
+            grams = activation_grams(model, infos, batches, weighting, factored=True)
             A = top_bases(grams, cfg.lora.rank)
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
                                 cfg.unlearn.objective, A_init=A)
@@ -43,17 +42,17 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
                                 cfg.unlearn.objective, grams_out=grams, seed=cfg.unlearn.seed)
         weight = sum(len(v.questions) for v in g) / total
         for info in infos:
-            direction[info.name] += weight * decode(decoder, make_sketch(info, lg[info.name], grams[info.name]))
+            direction[info.name].add(weight, *decode_factors(decoder, make_sketch(info, lg[info.name], grams[info.name])))
         tick()
     if cfg.unlearn.retain_weight > 0:
         from ..grads import qa_batches
 
-        rb = qa_batches(tok, ctx.retain, cfg.models.max_len)
+        rb = qa_batches(tok, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
         grams = {}
         lg = lora_gradients(model, infos, rb, cfg.lora.rank, cfg.lora.alpha, "descent", grams_out=grams)
         for info in infos:
-            direction[info.name] += cfg.unlearn.retain_weight * decode(
-                decoder, make_sketch(info, lg[info.name], grams[info.name]))
+            direction[info.name].add(cfg.unlearn.retain_weight, *decode_factors(
+                decoder, make_sketch(info, lg[info.name], grams[info.name])))
     return direction
 
 

