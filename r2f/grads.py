@@ -222,15 +222,11 @@ def top_basis(gram: "torch.Tensor | GramFactor", r: int) -> "torch.Tensor":
     (any orthonormal completion is a valid top-r basis then)."""
     import torch
 
-    if isinstance(gram, GramFactor):
-        x = gram.x
-        if x.shape[0] >= r:
-            _u, _s, vh = torch.linalg.svd(x, full_matrices=False)
-            top = vh[:r]
-        else:
-            gram = gram.dense()
-    if not isinstance(gram, GramFactor) and torch.is_tensor(gram):
-        evals, evecs = torch.linalg.eigh(gram.float())  # float32: 2x faster, ample for the top-r
+    if isinstance(gram, GramFactor) and gram.x.shape[0] >= r:
+        top = torch.linalg.svd(gram.x, full_matrices=False)[2][:r]
+    else:
+        dense = gram.dense() if isinstance(gram, GramFactor) else gram
+        evals, evecs = torch.linalg.eigh(dense.float())  # float32: 2x faster, ample for the top-r
         top = evecs[:, torch.argsort(evals, descending=True)[:r]].T
     signs = torch.sign(top[torch.arange(top.shape[0]), top.abs().argmax(1)])
     return (top * signs[:, None]).float().contiguous()

@@ -32,7 +32,6 @@ Metrics (docs/evaluation.md):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -156,7 +155,3 @@ def evaluate(original, model, tok, cfg: Config, split: KnowledgeSplit, base: dic
     if rap:
         res["rap"] = rap_eval(model, tok, cfg, rap_items(cfg, split.as_said(split.forget))).value
     return res
-
-
-def ids_digest(items: Sequence[QA]) -> str:
-    return hashlib.sha256("\n".join(q.id for q in items).encode()).hexdigest()

@@ -48,13 +48,8 @@ def decoder_train_items(cfg: Config, tofu):
 
 
 def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = False) -> dict:
-    """Fit the learned decoder on the proxy; cached by configuration hash.
-
-    * ``lora.init: activation``: fit the token weighting of the activation Gram (grid search on
-      proxy prompts). The spectral prior is not trained: with A aligned to the Gram's eigenvectors it
-      cannot change the decode (it reduces to the projection).
-    * ``lora.init: peft``: train the spectral-prior MLP on (LoRA-grad, full-grad) pairs (MSE + cosine).
-    """
+    """Fit the learned decoder on the embedded proxy (:func:`r2f.fidelity.fit_decoder`); cached by
+    configuration hash."""
     from .decoder import LearnedDecoder
     from .fidelity import fit_decoder
     from .models import load_model
