@@ -40,6 +40,7 @@ from typing import Sequence
 from .config import Config
 from .data import QA
 from .metrics.paper import contains_answer
+from .paper_eval import usr_prompts
 from .scoring import generate
 
 SOURCES = ("real_authors", "world_facts")
@@ -104,18 +105,11 @@ def known_split(model, tok, cfg: Config, tofu, n_forget: int, n_calibration: int
     return KnowledgeSplit(forget, calib, neigh, known, own)
 
 
-def eval_prompts(cfg: Config, items: Sequence[QA]) -> list[tuple[str, str, str, str]]:
-    """(item id, kind, question, answer): the original question and the unseen rule paraphrases."""
-    from .paper_eval import usr_prompts
-
-    return usr_prompts(cfg, items)
-
-
 def baseline(model, tok, cfg: Config, split: KnowledgeSplit) -> dict:
     """What the untouched target answers: the prompt masks USR and GUR are conditioned on."""
     out = {}
     for part in ("forget", "neighbours"):
-        prompts = eval_prompts(cfg, getattr(split, part))
+        prompts = usr_prompts(cfg, getattr(split, part))
         out[part] = {"prompts": prompts, "hits": answered(model, tok, cfg, [(p[2], p[3]) for p in prompts])}
     return out
 
@@ -131,7 +125,7 @@ def rap_items(cfg: Config, items: Sequence[QA]) -> list[QA]:
     """Forget items whose ``paraphrased_question`` is an unseen rule paraphrase (for the relearning
     attack: it fine-tunes on the paraphrase, then asks the original question; pass the items with
     the target's own answers, :meth:`KnowledgeSplit.as_said`)."""
-    prompts = eval_prompts(cfg, items)
+    prompts = usr_prompts(cfg, items)
     out = []
     for it in items:
         unseen = [p[2] for p in prompts if p[0] == it.id and p[1] == "unseen"]

@@ -72,17 +72,23 @@ def rap_eval(model, tok, cfg: Config, items, tick: Tick = None) -> MetricResult:
                         {"steps": ec.rap_steps, "lr": ec.rap_lr, "batch_size": bs})
 
 
+def kl_over_texts(original, model, tok, texts: Sequence[tuple[str, str]], max_len: int, batch_size: int) -> float:
+    """Mean over batches of the mean KL(original || model) over every position of (question, answer)
+    texts (identity drift here; the proxy's distance to its target in r2f.proxy)."""
+    import torch
+
+    enc = [encode_qa(tok, q, a, max_len) for q, a in texts]
+    vals = []
+    with torch.inference_mode():
+        for b in range(0, len(enc), batch_size):
+            batch = collate(enc[b:b + batch_size], tok.pad_token_id)
+            kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            vals.append(mean_kl(original(**kw).logits, model(**kw).logits, batch["attention_mask"]))
+    return sum(vals) / len(vals)
+
+
 def drift_eval(original, model, tok, cfg: Config, texts: Sequence[tuple[str, str]]) -> MetricResult:
     """Identity drift: mean KL(original || unlearned) of next-token distributions over every
     position of general prompts (real-authors and world-facts questions with their answers)."""
-    import torch
-
-    enc = [encode_qa(tok, q, a, cfg.models.max_len) for q, a in texts]
-    vals = []
-    with torch.inference_mode():
-        for b in range(0, len(enc), cfg.eval.batch_size):
-            batch = collate(enc[b:b + cfg.eval.batch_size], tok.pad_token_id)
-            kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            vals.append(mean_kl(original(**kw).logits, model(**kw).logits, batch["attention_mask"]))
-    return MetricResult("drift_kl", sum(vals) / len(vals), None, {"n_texts": len(texts),
-                        "prompt_format": prompt_format(tok)})
+    value = kl_over_texts(original, model, tok, texts, cfg.models.max_len, cfg.eval.batch_size)
+    return MetricResult("drift_kl", value, None, {"n_texts": len(texts), "prompt_format": prompt_format(tok)})

@@ -19,13 +19,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from .metrics.paper import mean_kl_tensor
 from .models import collate, encode_qa, load_model, save_model
-
-if TYPE_CHECKING:
-    import torch
-
 
 def keep_layers(n_layers: int, first: int, last: int) -> list[int]:
     """The first ``first`` and the last ``last`` layer indices of ``n_layers``."""
@@ -54,16 +51,6 @@ def cut_layers(model, layers: Sequence[int]):
     return student
 
 
-def _kl_loss(t_logits, s_logits, mask) -> "torch.Tensor":
-    import torch
-
-    lt = torch.log_softmax(t_logits.float(), -1)
-    ls = torch.log_softmax(s_logits.float(), -1)
-    kl = (lt.exp() * (lt - ls)).sum(-1)
-    m = mask.bool()
-    return kl[m].mean()
-
-
 def distill(teacher, student, tokenizer, texts: Sequence[tuple[str, str]], steps: int, lr: float,
             batch_size: int, max_len: int, seed: int = 0, tick=None) -> list[float]:
     """AdamW on KL(teacher || student) over all positions of (question, answer) texts. The
@@ -87,7 +74,7 @@ def distill(teacher, student, tokenizer, texts: Sequence[tuple[str, str]], steps
         kw = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
         with torch.no_grad():
             t_logits = teacher(**kw).logits
-        loss = _kl_loss(t_logits, student(**kw).logits, b["attention_mask"])
+        loss = mean_kl_tensor(t_logits, student(**kw).logits, b["attention_mask"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -103,16 +90,9 @@ def distill(teacher, student, tokenizer, texts: Sequence[tuple[str, str]], steps
 
 
 def held_out_kl(teacher, student, tokenizer, texts, max_len: int, batch_size: int = 16) -> float:
-    import torch
+    from .paper_eval import kl_over_texts
 
-    enc = [encode_qa(tokenizer, q, a, max_len) for q, a in texts]
-    vals = []
-    with torch.inference_mode():
-        for i in range(0, len(enc), batch_size):
-            b = collate(enc[i:i + batch_size], tokenizer.pad_token_id)
-            kw = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
-            vals.append(float(_kl_loss(teacher(**kw).logits, student(**kw).logits, b["attention_mask"])))
-    return sum(vals) / len(vals)
+    return kl_over_texts(teacher, student, tokenizer, texts, max_len, batch_size)
 
 
 def build_layer_proxy(target_dir: str | Path, out: str | Path, first: int, last: int, texts, held_out,

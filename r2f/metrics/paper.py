@@ -63,9 +63,9 @@ def gur(utility: float, reference_utility: float) -> float:
     return utility / reference_utility
 
 
-def mean_kl(p_logits, q_logits, mask) -> float:
-    """Mean KL(p || q) of next-token distributions over the positions where ``mask`` is true
-    (identity drift: p = original model, q = unlearned model)."""
+def mean_kl_tensor(p_logits, q_logits, mask):
+    """Mean KL(p || q) of next-token distributions over the positions where ``mask`` is true, as a
+    (differentiable) 0-d tensor; :func:`mean_kl` is its float value."""
     import torch
 
     lp = torch.log_softmax(p_logits.float(), -1)
@@ -74,4 +74,10 @@ def mean_kl(p_logits, q_logits, mask) -> float:
     m = mask.bool()
     if not m.any():
         raise ValueError("drift: no positions to compare")
-    return float(kl[m].mean())
+    return kl[m].mean()
+
+
+def mean_kl(p_logits, q_logits, mask) -> float:
+    """Mean KL(p || q) of next-token distributions over the positions where ``mask`` is true
+    (identity drift: p = original model, q = unlearned model)."""
+    return float(mean_kl_tensor(p_logits, q_logits, mask))
