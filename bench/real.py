@@ -161,7 +161,7 @@ def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
 
 
 # -- child: one (proxy, method) --------------------------------------------------------------------
-def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None) -> None:
+def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None, steps: int = 1) -> None:
     import torch
 
     from r2f.data import load_tofu
@@ -174,6 +174,8 @@ def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None)
     extra = {"lora.weighting": "uniform"} if proxy_key == "none" else {}
     if budget is not None:
         extra["unlearn.eta.retain_budget"] = budget
+    if steps > 1:
+        extra["unlearn.r2f_steps"] = steps
     cfg = real_cfg(args, extra)
     torch.manual_seed(cfg.unlearn.seed)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -186,6 +188,7 @@ def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None)
     model, tok = load_model(meta["target"])
     row = {"proxy": proxy_key if method == "r2f" else "-", "target": TARGET, "method": method, "eta": None,
            "retain_budget": cfg.unlearn.eta.retain_budget if method in ("r2f", "fullgrad") else None,
+           "steps": steps if method == "r2f" else None,
            "load_s": round(time.perf_counter() - t_load, 2)}
     if method != "target":
         decoder = None
@@ -215,12 +218,15 @@ def main() -> None:
     p.add_argument("--budget", type=float, help="child: eta's retain budget for this row")
     p.add_argument("--budgets", default="0.1,1.0",
                    help="retain budgets of the single-step rows (R2F with the same-family proxy and FullGrad)")
+    p.add_argument("--steps", type=int, default=1, help="child: R2F's decoded steps (unlearn.r2f_steps) for this row")
+    p.add_argument("--r2f-steps", default="5",
+                   help="extra multi-step R2F rows (same-family proxy) at the last retain budget; '' for none")
     p.add_argument("--proxies", default="smollm2-L10,tiny-default", help=f"R2F decoders, of {','.join(PROXIES)}")
     p.add_argument("--prepare-only", action="store_true", help="build the proxy and decoders (cached), then stop")
     args = p.parse_args()
     setup()
     if args.one:
-        one(args, args.one, args.proxy, args.meta, args.budget)
+        one(args, args.one, args.proxy, args.meta, args.budget, args.steps)
         return
     import torch
 
@@ -234,21 +240,24 @@ def main() -> None:
     meta_file.write_text(json.dumps(meta, default=str))
     budgets = [float(b) for b in args.budgets.split(",")]
     proxies = args.proxies.split(",")
-    plan: list[tuple[str, str, float | None]] = [("target", "-", None)]
+    plan: list[tuple[str, str, float | None, int]] = [("target", "-", None, 1)]
     for b in budgets:
         for m in args.methods.split(","):
             if m == "r2f":
-                plan += [("r2f", k, b) for k in (proxies if b == budgets[0] else proxies[:1])]
+                plan += [("r2f", k, b, 1) for k in (proxies if b == budgets[0] else proxies[:1])]
+                if b == budgets[-1]:
+                    plan += [("r2f", proxies[0], b, int(n)) for n in args.r2f_steps.split(",") if n.strip()]
             elif m == "fullgrad":
-                plan.append(("fullgrad", "-", b))
+                plan.append(("fullgrad", "-", b, 1))
             elif b == budgets[0]:
-                plan.append((m, "-", None))
+                plan.append((m, "-", None, 1))
     rows = []
-    for method, proxy_key, b in plan:
-        print(f"== {method} {proxy_key} {b}", flush=True)
-        extra = ["--one", method, "--proxy", proxy_key, "--meta", str(meta_file)]
+    for method, proxy_key, b, steps in plan:
+        print(f"== {method} {proxy_key} {b} steps={steps}", flush=True)
+        extra = ["--one", method, "--proxy", proxy_key, "--meta", str(meta_file), "--steps", str(steps)]
         res = run_child(Path(__file__), args, extra + (["--budget", str(b)] if b is not None else []))
         rows.append({"proxy": proxy_key, "target": TARGET, "method": method, **res})
+        print("   " + json.dumps(res, default=str), flush=True)
     for r in rows:  # ratios against FullGrad at the same retain budget, same run
         fg = next((f for f in rows if f["method"] == "fullgrad" and "error" not in f
                    and f.get("retain_budget") == r.get("retain_budget")), None)
@@ -259,7 +268,7 @@ def main() -> None:
         for k in ("usr", "gur", "usr_all"):
             if isinstance(r.get(k), float) and not math.isnan(r[k]):
                 r[k] = round(100 * r[k], 1)  # percent, as the paper reports them
-    cols = ["proxy", "target", "method", "retain_budget", "usr", "usr_all", "gur", "rap", "identity_drift", "cosine_mean", "eta",
+    cols = ["proxy", "target", "method", "retain_budget", "steps", "usr", "usr_all", "gur", "rap", "identity_drift", "cosine_mean", "eta",
             "wall_s", "peak_rss_mb", "ratio_time_vs_fullgrad", "ratio_mem_vs_fullgrad", "error"]
     notes = notes_for(meta, rows)
     write("real_models", args, rows, cols, notes, {"meta": meta, "settings": {**REAL, **sizes(args)}})

@@ -138,9 +138,14 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict:
 
 def token_nll(model, batch: dict) -> "torch.Tensor":
     """Per-sequence mean answer-token NLL (shape [batch]); differentiable."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return nll_from_logits(logits, batch)
+
+
+def nll_from_logits(logits: "torch.Tensor", batch: dict) -> "torch.Tensor":
+    """:func:`token_nll` from logits already computed."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
     nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     n_tok = (labels != -100).sum(1).clamp(min=1)
@@ -346,6 +351,16 @@ def peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's ``VmHWM`` to its current RSS (Linux: write 5 to /proc/self/clear_refs),
+    so :func:`peak_rss_mb` reports the peak from here on. False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def timed(fn, *args, **kwargs):

@@ -97,3 +97,55 @@ def test_factored_activation_grams_match_dense(tofu):
         f = fac[i.name]
         assert isinstance(f, GramFactor)
         assert torch.allclose(f.dense(), dense[i.name], rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_lora_gradients_equal_peft_per_group(tofu):
+    """One forward/backward for all items, hooks instead of a peft wrap per item: the same grad_B
+    as peft on each item alone (weighted by the item's share of the sequences)."""
+    from r2f.grads import grouped_lora_gradients, view_batches
+    from r2f.paraphrase import make_all_views
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, KINDS)
+    views = make_all_views(tofu.split("forget01")[:3], 3)
+    views[1] = type(views[1])(views[1].item_id, views[1].questions[:2], views[1].answer, views[1].repeated)
+    gen = torch.Generator().manual_seed(0)
+    bases = [{i.name: torch.linalg.qr(torch.randn(dict(model.named_modules())[i.name].in_features, 4,
+                                                   generator=gen))[0].T.contiguous() for i in infos}
+             for _ in views]
+    groups = [g for g, v in enumerate(views) for _ in v.questions]
+    batches = view_batches(tok, views, 64, chunk=4)  # batches straddle the groups
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    Y = grouped_lora_gradients(model, infos, batches, groups, bases)
+    n = len(groups)
+    for g, v in enumerate(views):
+        ref = lora_gradients(model, infos, view_batches(tok, [v], 64), 4, 8, A_init=bases[g])
+        for i in infos:
+            want = ref[i.name].grad_B / ref[i.name].scaling * len(v.questions) / n
+            got = Y[i.name][g]
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-12), i.name
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) and p.requires_grad and p.grad is None
+
+
+def test_one_pass_bases_and_gradients_equal_the_two_pass_path(tofu):
+    """R2F's one forward + one backward per batch gives the same per-item bases and LoRA gradients
+    as a Gram forward per item followed by the batched LoRA backward."""
+    from r2f.grads import group_batches, grouped_lora_gradients, one_pass_lora_gradients, top_bases, view_batches
+    from r2f.paraphrase import make_all_views
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, KINDS)
+    groups = [[v] for v in make_all_views(tofu.split("forget01")[:4], 3)]
+    weighting = (0.1, 1.0)
+    batches, seq_groups = group_batches(tok, groups, 64, chunk=7)  # 2 groups per batch at most
+    assert len(batches) == 2 and seq_groups == [g for g in range(4) for _ in range(3)]
+    Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, weighting)
+    ref_bases = [top_bases(activation_grams(model, infos, view_batches(tok, g, 64), weighting, factored=True), 4)
+                 for g in groups]
+    ref = grouped_lora_gradients(model, infos, batches, seq_groups, ref_bases)
+    for g in range(4):
+        for i in infos:  # the grad forward's activations differ from inference mode's by float noise
+            assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-3), (g, i.name)
+            got, want = Y[i.name][g] @ bases[g][i.name], ref[i.name][g] @ ref_bases[g][i.name]
+            assert float((got - want).norm() / want.norm()) < 1e-3, (g, i.name)

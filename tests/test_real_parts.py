@@ -109,3 +109,19 @@ def test_success_rates_are_conditioned_on_what_the_target_knew():
     assert _rate(before, after, still=True) == (1 / 3, 3)
     rate, n = _rate([False], [False], still=True)
     assert math.isnan(rate) and n == 0
+
+
+def test_low_rank_update_turns_dense_when_factors_are_bigger():
+    """A large request's update (k * (out + in) > out * in) is kept dense: never bigger than one
+    gradient-sized matrix per module, and the same update."""
+    from r2f.unlearn.apply import LowRank
+
+    g = torch.Generator().manual_seed(0)
+    lr, want = LowRank(), torch.zeros(6, 9)
+    for i in range(6):  # k = 2, 4, ...: dense from k = 4 (4 * 15 > 54)
+        u, v = torch.randn(6, 2, generator=g), torch.randn(2, 9, generator=g)
+        lr.add(0.5 + i, u, v)
+        want += (0.5 + i) * u @ v
+        assert lr.factored == (2 * (i + 1) * 15 <= 54)
+    assert not lr.factored and torch.allclose(lr.dense(), want, atol=1e-5)
+    assert math.isclose(lr.sq_norm(), float(want.double().pow(2).sum()), rel_tol=1e-5)

@@ -48,6 +48,9 @@ def test_calibration_respects_budget(tiny_cfg, tiny_models, tofu):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_raises_forget_nll(name, tiny_cfg, tiny_models, tofu):
+    if name == "fused":  # cannot calibrate: needs a fixed eta
+        eta = tiny_cfg.unlearn.eta.model_copy(update={"value": 0.003})
+        tiny_cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta})})
     ctx = _ctx(tiny_cfg, tiny_models, tofu)
     forget = ctx.forget
     before = mean_nll(ctx.model, ctx.tokenizer, forget, tiny_cfg.models.max_len)
@@ -71,3 +74,51 @@ def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tof
     if res.info["steps"] > 1:  # later steps are only taken within the budget of the original model
         r_after = mean_nll(res.model, ctx.tokenizer, retain, cfg.models.max_len)
         assert r_after <= r_before * (1 + cfg.unlearn.eta.retain_budget) + 1e-4
+
+
+def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu):
+    """R2F's fast path (all items in one backward, grads.grouped_lora_gradients) gives the same
+    decoded update as one peft LoRA backward per item decoded by the analytic decoder."""
+    from r2f.decoder import decode_factors, gram_weighting, make_sketch
+    from r2f.grads import activation_grams, lora_gradients, top_bases, view_batches
+    from r2f.unlearn.apply import LowRank, views_split
+    from r2f.unlearn.r2f import r2f_direction
+
+    cfg = tiny_cfg
+    ctx = _ctx(cfg, tiny_models, tofu)
+    ctx.forget = ctx.forget[:3]
+    fast = r2f_direction(ctx)
+    infos = target_modules(ctx.model, cfg.lora.target_modules)
+    grad_views, _ = views_split(ctx.forget, cfg)
+    total = sum(len(v.questions) for v in grad_views)
+    slow = {i.name: LowRank() for i in infos}
+    for v in grad_views:
+        b = view_batches(ctx.tokenizer, [v], cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
+                         key_only=cfg.unlearn.key_only)
+        grams = activation_grams(ctx.model, infos, b, gram_weighting(cfg, "analytic"), factored=True)
+        lg = lora_gradients(ctx.model, infos, b, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
+                            A_init=top_bases(grams, cfg.lora.rank))
+        for i in infos:
+            slow[i.name].add(len(v.questions) / total, *decode_factors("analytic", make_sketch(i, lg[i.name], grams[i.name])))
+    for i in infos:
+        want, got = slow[i.name].dense(), fast[i.name].dense()
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max())), i.name
+
+
+def test_fused_step_equals_fullgrad_at_the_same_eta(tiny_cfg, tiny_models, tofu):
+    """The fused exact step (update inside the backward, no gradient held) writes the same weights
+    as FullGrad's materialised gradient at the same eta; without a fixed eta it refuses."""
+    with pytest.raises(UnlearnError, match="unlearn.eta.value"):
+        get_method("fused").run(_ctx(tiny_cfg, tiny_models, tofu))
+    eta = tiny_cfg.unlearn.eta.model_copy(update={"value": 0.005})
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta})})
+    a = get_method("fullgrad").run(_ctx(cfg, tiny_models, tofu)).model
+    b = get_method("fused").run(_ctx(cfg, tiny_models, tofu)).model
+    orig, _ = load_model(tiny_models.path("target"))
+    pb, po = dict(b.named_parameters()), dict(orig.named_parameters())
+    moved = 0
+    for n, p in a.named_parameters():
+        step = (p - po[n]).abs().max()
+        moved += bool(step > 0)
+        assert torch.allclose(p, pb[n], rtol=0, atol=1e-3 * float(step) + 1e-7), n
+    assert moved > 0

@@ -1,5 +1,6 @@
 """Shared by the single-direction methods: calibrate the step size eta with forward passes only,
 then apply ``W <- W - eta * ||W|| * D / ||D||`` module by module, refusing non-finite updates.
+The weights are written once (the chosen eta) and never copied: trials run through forward hooks.
 
 eta is relative: the update's Frobenius norm over all adapted modules is ``eta`` times theirs.
 Calibration: for each eta in the grid (ascending), the forget NLL on *held-out views* (paraphrases
@@ -42,37 +43,53 @@ def _nll(model, batches) -> float:
 
 class LowRank:
     """A module's update kept as factors ``U @ V`` (out x k, k x in): R2F's decoded directions are
-    rank r per item, so the request's update never needs a dense gradient-sized tensor per module
-    except one at a time while it is applied."""
+    rank r per item, so a request's update needs (out + in) * k floats per module instead of a
+    dense gradient-sized tensor. Once k grows past ``out * in / (out + in)`` (a large request) the
+    factors would be bigger than the dense matrix, and the update is kept dense from then on."""
 
     def __init__(self) -> None:
         self.us: list = []
         self.vs: list = []
+        self.d = None  # the dense update, once it is the smaller form
 
     def add(self, weight: float, u: "torch.Tensor", v: "torch.Tensor") -> None:
+        import torch
+
+        if self.d is not None:
+            self.d += weight * (u @ v)
+            return
         self.us.append(weight * u)
         self.vs.append(v)
         if len(self.us) > 1:  # keep one concatenated pair: O(k) memory, no list of small tensors
-            import torch
-
             self.us, self.vs = [torch.cat(self.us, 1)], [torch.cat(self.vs, 0)]
+        (out, k), n_in = self.us[0].shape, self.vs[0].shape[1]
+        if k * (out + n_in) > out * n_in:
+            self.d, self.us, self.vs = self.us[0] @ self.vs[0], [], []
+
+    @property
+    def empty(self) -> bool:
+        return self.d is None and not self.us
+
+    @property
+    def factored(self) -> bool:
+        return self.d is None
 
     def dense(self) -> "torch.Tensor":
-        return self.us[0] @ self.vs[0]
+        return self.d if self.d is not None else self.us[0] @ self.vs[0]
 
     def sq_norm(self) -> float:
         """||U V||_F^2 = sum((U^T U) * (V V^T)), without forming U V."""
+        if self.d is not None:
+            return float(self.d.double().pow(2).sum())
         u, v = self.us[0].double(), self.vs[0].double()
         return float(((u.T @ u) * (v @ v.T)).sum())
 
     def finite(self) -> bool:
         import torch
 
+        if self.d is not None:
+            return bool(torch.isfinite(self.d).all())
         return bool(torch.isfinite(self.us[0]).all() and torch.isfinite(self.vs[0]).all())
-
-
-def _dense(d) -> "torch.Tensor":
-    return d.dense() if isinstance(d, LowRank) else d
 
 
 def _sq_norm(d) -> float:
@@ -83,22 +100,75 @@ def check_finite(direction: dict) -> None:
     import torch
 
     for name, d in direction.items():
-        if isinstance(d, LowRank) and not d.us:
+        if isinstance(d, LowRank) and d.empty:
             raise UnlearnError(f"update for module {name} is empty: refused, model left unchanged")
         if not (d.finite() if isinstance(d, LowRank) else torch.isfinite(d).all()):
             raise UnlearnError(f"update for module {name} contains NaN/Inf: refused, model left unchanged")
+
+
+class Trial:
+    """Forward hooks that make every adapted module compute ``x (W - c D)^T`` without writing W:
+    ``y - c * (x V^T) U^T`` for a :class:`LowRank` D (k extra columns), ``y - c * x D^T`` for a
+    dense one. Calibration therefore never copies or modifies the weights."""
+
+    def __init__(self, mods: dict, direction: dict) -> None:
+        self.c = 0.0
+        self._handles = [mods[n].register_forward_hook(self._hook(d)) for n, d in direction.items()]
+
+    def _hook(self, d):
+        import torch.nn.functional as F
+
+        def fn(_mod, inputs, out):
+            if self.c == 0.0:
+                return out
+            x = inputs[0]
+            if isinstance(d, LowRank) and d.factored:
+                delta = (x @ d.vs[0].T.to(x.dtype)) @ d.us[0].T.to(x.dtype)
+            else:
+                delta = F.linear(x, (d.dense() if isinstance(d, LowRank) else d).to(x.dtype))
+            return out - self.c * delta
+        return fn
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _new_weight(w: "torch.Tensor", d, c: float) -> "torch.Tensor":
+    """``w - c * d`` for one module (one dense gradient-sized tensor at a time)."""
+    import torch
+
+    if isinstance(d, LowRank) and d.factored:
+        return torch.addmm(w, d.us[0].to(w.dtype), d.vs[0].to(w.dtype), alpha=-c)
+    return torch.add(w, (d.dense() if isinstance(d, LowRank) else d).to(w.dtype), alpha=-c)
+
+
+def apply_update(mods: dict, direction: dict, c: float) -> None:
+    """``W <- W - c * D`` for every module, all or nothing: a first pass computes each new weight
+    (one module at a time) and refuses the whole update if any would hold NaN/Inf; only then does a
+    second pass (the same deterministic op) write them. No copy of the weights is kept."""
+    import torch
+
+    with torch.no_grad():
+        for n, d in direction.items():
+            w = _new_weight(mods[n].weight, d, c)
+            if not torch.isfinite(w).all():
+                raise UnlearnError(f"step {c:.3g}: module {n} would hold NaN/Inf: refused, model left unchanged")
+            del w
+        for n, d in direction.items():
+            mods[n].weight.copy_(_new_weight(mods[n].weight, d, c))
 
 
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
                         over_budget_fallback: bool = True, budget: float | None = None) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
+    The grid's trials run through :class:`Trial` hooks (the weights are never written, so nothing
+    has to be restored); the chosen eta is written once by :func:`apply_update`.
     ``base_retain``: the retain NLL the budget is measured from (default: the current model's);
     multi-step R2F passes the original model's so the budget holds for all steps together.
     ``over_budget_fallback`` False: when no eta keeps the budget, apply nothing and return eta 0.
     ``budget``: the retain budget for this call (default ``unlearn.eta.retain_budget``)."""
-    import torch
-
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
@@ -111,24 +181,9 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     if not d_norm > 0:
         raise UnlearnError("update direction is zero: nothing to apply, model left unchanged")
     scale = w_norm / d_norm
-    orig = {n: mods[n].weight.detach().clone() for n in direction}
 
     def set_eta(eta: float) -> None:
-        # module by module (one dense update at a time); a non-finite result restores every module
-        # already written, so the model is never left half-updated
-        with torch.no_grad():
-            for n in direction:
-                w = orig[n] - (eta * scale) * _dense(direction[n]).to(orig[n].dtype)
-                if not torch.isfinite(w).all():
-                    restore()
-                    raise UnlearnError(f"eta={eta}: module {n} would hold NaN/Inf: refused")
-                mods[n].weight.copy_(w)
-                del w
-
-    def restore() -> None:
-        with torch.no_grad():
-            for n in direction:
-                mods[n].weight.copy_(orig[n])
+        apply_update(mods, direction, eta * scale)
 
     ec = cfg.unlearn.eta
     budget = ec.retain_budget if budget is None else budget
@@ -150,9 +205,10 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         base_r = base_retain
     info.update(base_forget_nll=base_f, base_retain_nll=base_r)
     chosen = None
+    trial = Trial(mods, direction)
     try:
         for eta in sorted(ec.grid):
-            set_eta(eta)
+            trial.c = eta * scale
             f, r = _nll(model, fb), _nll(model, rb)
             ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + budget)
             info["trials"].append({"eta": eta, "forget_nll": f, "retain_nll": r, "within_budget": ok})
@@ -160,7 +216,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
                 break
             chosen = eta
     finally:
-        restore()
+        trial.remove()
     info["within_budget"] = chosen is not None
     if chosen is None and not over_budget_fallback:
         return 0.0, info

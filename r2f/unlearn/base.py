@@ -11,7 +11,7 @@ from ..config import Config
 from ..data import QA
 
 METHODS = {
-    "r2f": "r2f", "fullgrad": "fullgrad", "lora_sin": "lora_sin", "lora_mul": "lora_mul",
+    "r2f": "r2f", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin", "lora_mul": "lora_mul",
     "gradascent": "grad_ascent", "graddiff": "grad_diff", "npo": "npo", "retrain": "retrain",
 }
 

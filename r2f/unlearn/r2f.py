@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from ..decoder import decode_factors, gram_weighting, make_sketch
-from ..grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
+from ..grads import (activation_grams, group_batches, lora_gradients, one_pass_lora_gradients, target_modules,
+                     top_bases, view_batches)
 from .apply import LowRank, calibrate_and_apply, views_split
 from .base import UnlearnContext, UnlearnResult
 
@@ -14,6 +15,8 @@ from .base import UnlearnContext, UnlearnResult
 def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
     """Sum over basis groups of the decoded, view-averaged LoRA gradient (weighted by group size),
     per module as :class:`LowRank` factors (rank r per group)."""
+    import torch
+
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     decoder = decoder if decoder is not None else ctx.decoder
     if decoder is None:
@@ -28,22 +31,39 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
         # With A = the Gram's top eigenvectors, prior/learned decode exactly to the projection
         # (docs/method.md): use it directly and skip an eigendecomposition per module and item.
         decoder = "analytic"
-    tick = ctx.tick("r2f views", len(groups))
-    for g in groups:
-        batches = view_batches(tok, g, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals, key_only=cfg.unlearn.key_only)
-        if cfg.lora.init == "activation":
-            grams = activation_grams(model, infos, batches, weighting, factored=True)
-            A = top_bases(grams, cfg.lora.rank)
-            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
-                                cfg.unlearn.objective, A_init=A)
-        else:
-            grams = {}
-            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
-                                cfg.unlearn.objective, grams_out=grams, seed=cfg.unlearn.seed)
-        weight = sum(len(v.questions) for v in g) / total
-        for info in infos:
-            direction[info.name].add(weight, *decode_factors(decoder, make_sketch(info, lg[info.name], grams[info.name])))
+    tick = ctx.tick("r2f views", len(groups) if cfg.lora.init != "activation" or decoder != "analytic" else 1)
+    objective, key_only = cfg.unlearn.objective, cfg.unlearn.key_only
+
+    def batches_of(views):
+        return view_batches(tok, views, cfg.models.max_len, objective, ctx.refusals, key_only=key_only)
+
+    if cfg.lora.init == "activation" and decoder == "analytic":
+        # Fast path: every group's basis and LoRA gradient in one forward and one input-gradient-only
+        # backward per batch of whole groups (grads.one_pass_lora_gradients). With an orthonormal A
+        # the analytic decoder is (grad_B / s) @ A.
+        batches, seq_groups = group_batches(tok, groups, cfg.models.max_len, objective, ctx.refusals,
+                                            key_only=key_only)
+        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, objective)
         tick()
+        for info in infos:
+            y = Y[info.name]  # groups x out x r
+            direction[info.name].add(1.0, y.permute(1, 0, 2).reshape(y.shape[1], -1),
+                                     torch.cat([b[info.name] for b in bases]))
+    else:
+        for g in groups:
+            batches = batches_of(g)
+            if cfg.lora.init == "activation":
+                grams = activation_grams(model, infos, batches, weighting, factored=True)
+                lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, objective,
+                                    A_init=top_bases(grams, cfg.lora.rank))
+            else:
+                grams = {}
+                lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
+                                    objective, grams_out=grams, seed=cfg.unlearn.seed)
+            weight = sum(len(v.questions) for v in g) / total
+            for info in infos:
+                direction[info.name].add(weight, *decode_factors(decoder, make_sketch(info, lg[info.name], grams[info.name])))
+            tick()
     if cfg.unlearn.retain_weight > 0:
         from ..grads import qa_batches
 
