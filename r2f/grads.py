@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from .models import collate, encode_qa, nll_from_logits, token_nll
+from .models import answer_logits, collate, encode_qa, nll_from_logits, token_nll
 
 if TYPE_CHECKING:
     import torch
@@ -109,13 +109,15 @@ class GramHooks:
             h.remove()
 
 
-def token_weights(logits: "torch.Tensor", batch: dict, weighting: tuple[float, float] | None) -> "torch.Tensor":
+def token_weights(logits: "torch.Tensor", batch: dict, weighting: tuple[float, float] | None,
+                  positions: "torch.Tensor | None" = None) -> "torch.Tensor":
     """Per-token weights [B, T] for the activation Gram.
 
     ``None``: 1 on every non-pad token. ``(alpha, gamma)``: positions that predict an answer token get
     ``g_t ** gamma`` with ``g_t = ||softmax(logits_t) - onehot(y_t)||^2`` (the squared norm of the
     loss gradient w.r.t. that position's logits, available from the forward pass); prompt positions
     get ``alpha`` times the mean answer weight (they receive gradient only through attention).
+    ``positions``: the logits are those of these positions only (``models.answer_logits``).
     """
     import torch
 
@@ -126,11 +128,14 @@ def token_weights(logits: "torch.Tensor", batch: dict, weighting: tuple[float, f
     labels = batch["labels"]
     predicts = torch.zeros_like(mask)
     predicts[:, :-1] = labels[:, 1:] != -100
+    if positions is None:
+        positions = torch.arange(mask.shape[1] - 1)
+        logits = logits[:, :-1]
     probs = logits.float().softmax(-1)
-    target = labels[:, 1:].clamp(min=0)
-    p_y = torch.zeros(mask.shape)
-    p_y[:, :-1] = probs[:, :-1].gather(-1, target[..., None]).squeeze(-1)
-    g = probs.pow(2).sum(-1) - 2 * p_y + 1.0  # ||p - e_y||^2
+    target = labels[:, 1:][:, positions].clamp(min=0)
+    p_y = probs.gather(-1, target[..., None]).squeeze(-1)
+    g = torch.zeros(mask.shape)
+    g[:, positions] = probs.pow(2).sum(-1) - 2 * p_y + 1.0  # ||p - e_y||^2
     g = g.clamp(min=0).pow(gamma) * predicts
     mean_g = g.sum() / predicts.sum().clamp(min=1)
     return g + alpha * mean_g * (mask & ~predicts)
@@ -174,8 +179,8 @@ def activation_grams(model, infos: Sequence[ModuleInfo], batches,
     try:
         with torch.inference_mode():
             for b in batches:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                w = token_weights(logits, b, weighting).reshape(-1, 1)
+                logits, pos = answer_logits(model, b)
+                w = token_weights(logits, b, weighting, pos).reshape(-1, 1)
                 keep = w.squeeze(1) > 0
                 # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
                 groups: dict = {}
@@ -476,8 +481,8 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
             runs = [(gs[a], a, c) for a, c in zip(cuts, cuts[1:])]
             if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            w = token_weights(logits.detach(), b, weighting)  # B x T
+            logits, pos = answer_logits(model, b)
+            w = token_weights(logits.detach(), b, weighting, pos)  # B x T
             shared: dict = {}  # q/k/v (gate/up) read one input tensor: one basis per group of modules
             for name, x in state["x"].items():
                 key = (x.data_ptr(), tuple(x.shape))
@@ -495,7 +500,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                     bases[g][name] = a
                     state["xa"][name].append((g, s, e, (x[s:e].float() @ a.T).reshape(-1, rank)))
             state["x"] = {}
-            (_sign(objective) * nll_from_logits(logits, b).sum() / n).backward()
+            (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
             state["xa"] = {}
     finally:
         for h in handles:

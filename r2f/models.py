@@ -136,18 +136,40 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def loss_positions(batch: dict) -> "torch.Tensor":
+    """Positions whose logits predict a label in some row (``labels[:, t + 1] != -100``): the only
+    logits a loss needs. Prompt positions are skipped, and with them most of the vocabulary
+    projection (49 k x 576 on SmolLM2) and its [B, T, vocab] logits."""
+    return (batch["labels"][:, 1:] != -100).any(0).nonzero().squeeze(1)
+
+
+def answer_logits(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """``(logits, positions)``: the logits at :func:`loss_positions` only (transformers'
+    ``logits_to_keep``), or all of them (positions None) for a model without that argument."""
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    pos = loss_positions(batch)
+    try:
+        return model(**kw, logits_to_keep=pos).logits, pos
+    except TypeError:
+        return model(**kw).logits, None
+
+
 def token_nll(model, batch: dict) -> "torch.Tensor":
     """Per-sequence mean answer-token NLL (shape [batch]); differentiable."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return nll_from_logits(logits, batch)
+    return nll_from_logits(*answer_logits(model, batch), batch)
 
 
-def nll_from_logits(logits: "torch.Tensor", batch: dict) -> "torch.Tensor":
-    """:func:`token_nll` from logits already computed."""
+def nll_from_logits(logits: "torch.Tensor", positions: "torch.Tensor | None", batch: dict) -> "torch.Tensor":
+    """:func:`token_nll` from logits already computed: at ``positions`` (from
+    :func:`answer_logits`), or at every position when ``positions`` is None."""
     import torch.nn.functional as F
 
-    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    labels = batch["labels"][:, 1:]
+    if positions is None:
+        logits = logits[:, :-1]
+    else:
+        labels = labels[:, positions]
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     n_tok = (labels != -100).sum(1).clamp(min=1)
     return nll.sum(1) / n_tok
 

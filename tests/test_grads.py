@@ -149,3 +149,21 @@ def test_one_pass_bases_and_gradients_equal_the_two_pass_path(tofu):
             assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-3), (g, i.name)
             got, want = Y[i.name][g] @ bases[g][i.name], ref[i.name][g] @ ref_bases[g][i.name]
             assert float((got - want).norm() / want.norm()) < 1e-3, (g, i.name)
+
+
+def test_answer_logits_only_give_the_same_loss_and_token_weights(tofu):
+    """Computing the vocabulary projection at answer-predicting positions only (logits_to_keep)
+    changes neither the NLL nor the Gram's token weights."""
+    from r2f.grads import token_weights
+    from r2f.models import answer_logits, nll_from_logits
+
+    model, tok = tiny_random(tofu)
+    b = batches_for(tofu, tok)[0]
+    with torch.no_grad():
+        full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        part, pos = answer_logits(model, b)
+    assert pos is not None and 0 < len(pos) < b["input_ids"].shape[1] - 1
+    assert part.shape[1] == len(pos)
+    assert torch.allclose(nll_from_logits(part, pos, b), nll_from_logits(full, None, b), atol=1e-5)
+    for weighting in (None, (0.1, 1.0), (0.0, 2.0)):
+        assert torch.allclose(token_weights(part, b, weighting, pos), token_weights(full, b, weighting), atol=1e-6)
