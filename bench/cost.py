@@ -23,11 +23,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, load_cfg, parser, run_child, setup, write  # noqa: E402
 
-MODELS = ("tiny", "smollm2-135m", "random-360m")
-# SmolLM2-360M's published shape (config.json of HuggingFaceTB/SmolLM2-360M); random weights: cost
-# depends on the shapes, not on what the weights know.
-SHAPE_360M = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
-              "num_key_value_heads": 5}
+MODELS = ("tiny", "smollm2-135m", "random-360m", "random-1.7b")
+# SmolLM2-360M's and -1.7B's published shapes (config.json of HuggingFaceTB/SmolLM2-360M / -1.7B) with
+# random weights: cost depends on the shapes, not on what the weights know. No calibration on them
+# (a fixed eta): their forward passes would cost minutes and their eta means nothing.
+SHAPES = {
+    "random-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                    "num_attention_heads": 15, "num_key_value_heads": 5},
+    "random-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                    "num_attention_heads": 32, "num_key_value_heads": 32},
+}
+FIXED_ETA = 1e-4
 # the settings bench/real.py uses on SmolLM2 (eta grid for real models, key-word loss, NPO's lr)
 REAL = {"unlearn.loss_tokens": "key", "unlearn.eta.grid": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
         "unlearn.baseline_lr": 1e-5, "unlearn.baseline_batch": 8}
@@ -44,9 +50,9 @@ def model_path(cfg, key: str) -> Path:
     smol = materialize(cfg.state_dir, "smollm2-135m-instruct")
     if key == "smollm2-135m":
         return smol
-    if key != "random-360m":
+    if key not in SHAPES:
         raise ValueError(f"unknown model '{key}'; expected one of {MODELS}")
-    out = Path(cfg.state_dir) / "bench-cost" / "random-360m"
+    out = Path(cfg.state_dir) / "bench-cost" / key
     if not (out / "r2f_model.json").exists():
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -55,12 +61,12 @@ def model_path(cfg, key: str) -> Path:
 
         _, tok = load_model(smol)
         conf = AutoConfig.from_pretrained(smol, local_files_only=True)
-        for k, v in SHAPE_360M.items():
+        for k, v in SHAPES[key].items():
             setattr(conf, k, v)
         conf.head_dim = conf.hidden_size // conf.num_attention_heads
         torch.manual_seed(0)
         save_model(AutoModelForCausalLM.from_config(conf), tok, out,
-                   {"role": "cost benchmark only: random weights in SmolLM2-360M's shape", **SHAPE_360M})
+                   {"role": f"cost benchmark only: random weights in the shape of {key}", **SHAPES[key]})
     return out
 
 
@@ -68,6 +74,8 @@ def extra_for(key: str, views: int, eta: float | None) -> dict:
     extra = {"paraphrase.views": views, "unlearn.eta.calibration_items": 16}
     if key != "tiny":
         extra.update(REAL)
+    if key in SHAPES:
+        eta = FIXED_ETA
     if eta is not None:
         extra["unlearn.eta.value"] = eta
     return extra
@@ -187,7 +195,7 @@ def plan(args) -> list[dict]:
     models = args.models.split(",")
     views = [int(v) for v in args.views.split(",")]
     for m in models:
-        big = m == "random-360m"
+        big = m in SHAPES
         items = 1 if big else args.items
         for n in ([5] if big else views):
             out.append({"model": m, "method": "fullgrad", "views": n, "items": items})
@@ -206,7 +214,7 @@ def plan(args) -> list[dict]:
 
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS[:2]) + ",random-360m")
+    p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--views", default="1,3,5,8", help="R2F / FullGrad views per item")
     p.add_argument("--items", type=int, default=4, help="forget items per request in the main rows")
     p.add_argument("--scale-items", default="1,10,40,200", help="request sizes for the scaling rows (first model)")
@@ -237,13 +245,14 @@ def main() -> None:
             if eta is None:
                 rows.append({**c, "error": "no FullGrad eta to reuse"})
                 continue
-        big = c["model"] == "random-360m"
+        big = c["model"] in SHAPES
         repeats = 1 if (big or c["method"] == "npo" or c["items"] > 40) else args.repeats
         extra = ["--one", c["method"], "--model", c["model"], "--views", str(c["views"]),
                  "--items", str(c["items"]), "--repeats", str(repeats)]
         extra += ["--eta", str(eta)] if eta is not None else []
         heavy = c["method"] in ("npo", "lora_mul") and c["model"] != "tiny"  # training runs: time them only
-        extra += ["--no-counters"] if (c["items"] != args.items or heavy or big and c["method"] == "fused") else []
+        extra += ["--no-counters"] if (c["items"] != args.items or heavy or big and c["method"] == "fused"
+                                       or c["model"] == "random-1.7b") else []
         print(f"== {c}", flush=True)
         res = run_child(Path(__file__), args, extra)
         print("   " + json.dumps(res, default=str), flush=True)
@@ -257,7 +266,7 @@ def main() -> None:
     notes = notes_for(rows, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.out) / f"cost_scaling{'_quick' if args.quick else ''}.png", args.items)
-    write("cost", args, rows, cols, notes, {"settings": {"real_overrides": REAL, "shape_360m": SHAPE_360M}})
+    write("cost", args, rows, cols, notes, {"settings": {"real_overrides": REAL, "shapes": SHAPES, "fixed_eta": FIXED_ETA}})
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -305,8 +314,9 @@ def notes_for(rows: list[dict], args) -> list[str]:
         "r2f runs with the analytic decoder on the activation basis: the learned and prior decoders reduce to "
         "it there (docs/method.md), so the cost is the same; the token weighting is uniform (the fitted "
         "weighting costs the same forward).",
-        "random-360m: SmolLM2-360M's shape with random weights (no 360M model is installable offline); its "
-        "eta and NPO are meaningless, only its cost is.",
+        f"random-360m / random-1.7b: SmolLM2-360M's / -1.7B's shapes with random weights (no larger SmolLM2 is "
+        f"installable offline); 1 item, eta fixed to {FIXED_ETA} (no calibration: wall_s is the step itself), "
+        "1 run each; their unlearning effect is meaningless, only their cost is.",
     ]
 
 
@@ -328,15 +338,16 @@ def plot(rows: list[dict], path: Path, items: int) -> None:
                      if r["method"] == meth and r["model"] == first)
         if pts:
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, label=meth)
-        main = [r for r in ok if r["method"] == meth and r["items"] == (1 if r["model"] == "random-360m" else items)]
-        size = sorted((r["params_m"], r["wall_s_median"] / r["items"], r["peak_rss_mb"]) for r in main)
+        main = [r for r in ok if r["method"] == meth and r["items"] == (1 if r["model"] in SHAPES else items)]
+        size = sorted((r["params_m"], r["direction_s_median"] / r["items"], r["peak_rss_mb"]) for r in main
+                      if r.get("direction_s_median"))
         if size:
             axes[1].plot([s[0] for s in size], [s[1] for s in size], style, label=meth)
             axes[2].plot([s[0] for s in size], [s[2] for s in size], style, label=meth)
     axes[0].set(xscale="log", yscale="log", xlabel=f"forget items per request ({first})", ylabel="wall s",
                 title="cost vs request size (5 views)")
-    axes[1].set(xscale="log", yscale="log", xlabel="model params (M)", ylabel="wall s per item",
-                title="time vs model size")
+    axes[1].set(xscale="log", yscale="log", xlabel="model params (M)", ylabel="gradient part, s per item",
+                title="time vs model size (5 views)")
     axes[2].set(xscale="log", xlabel="model params (M)", ylabel="peak RSS MB", title="memory vs model size")
     for a in axes:
         a.legend()

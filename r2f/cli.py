@@ -84,7 +84,7 @@ def decoder_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
 
 @app.command()
 def unlearn(
-    method: str = typer.Option(None, "--method", "-m", help="r2f, fullgrad, lora_sin, lora_mul, gradascent, graddiff, npo, retrain."),
+    method: str = typer.Option(None, "--method", "-m", help="r2f, fullgrad, fused (needs unlearn.eta.value), lora_sin, lora_mul, gradascent, graddiff, npo, retrain."),
     forget: str = typer.Option(None, "--forget", "-f", help="Forget split: forget01, forget05, forget10."),
     model: Optional[Path] = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
     out: Optional[Path] = typer.Option(None, help="Write the unlearned model here (HF folder)."),
