@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load_cfg, parser, run_child, setup, write  # noqa: E402
+from common import load_cfg, parser, run_child, setup, write  # noqa: E402
+from real import REAL  # noqa: E402  bench/real.py's settings on SmolLM2 (eta grid, key-word loss, NPO lr)
 
 MODELS = ("tiny", "smollm2-135m", "random-360m", "random-1.7b")
 # SmolLM2-360M's and -1.7B's published shapes (config.json of HuggingFaceTB/SmolLM2-360M / -1.7B) with
@@ -34,9 +35,6 @@ SHAPES = {
                     "num_attention_heads": 32, "num_key_value_heads": 32},
 }
 FIXED_ETA = 1e-4
-# the settings bench/real.py uses on SmolLM2 (eta grid for real models, key-word loss, NPO's lr)
-REAL = {"unlearn.loss_tokens": "key", "unlearn.eta.grid": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
-        "unlearn.baseline_lr": 1e-5, "unlearn.baseline_batch": 8}
 
 
 def model_path(cfg, key: str) -> Path:
