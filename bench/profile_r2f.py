@@ -5,7 +5,6 @@ profiler (operators), next to FullGrad on the same request. Writes bench/results
 from __future__ import annotations
 
 import cProfile
-import json
 import pstats
 import sys
 import time

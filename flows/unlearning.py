@@ -22,7 +22,6 @@ RETRIES = {"prepare": 2, "promote": 2}  # I/O-bound: files, MLflow registry
 def _cache_key(context, parameters) -> str | None:
     """Model training and decoder fitting: cached by the hash of the config sections they read,
     as long as their outs are still on disk (otherwise run, the library's own cache makes it cheap)."""
-    from r2f.config import load_config
     from r2f.pipeline import STAGES, stage_dir
 
     name = parameters["name"]

@@ -61,8 +61,6 @@ def test_every_method_raises_forget_nll(name, tiny_cfg, tiny_models, tofu):
 
 
 def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tofu):
-    from r2f.unlearn.apply import _nll, views_split  # noqa: F401
-
     cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_steps": 3})})
     ctx = _ctx(cfg, tiny_models, tofu)
     retain = ctx.retain[:cfg.unlearn.eta.calibration_items]

@@ -3,9 +3,9 @@ then apply ``W <- W - eta * ||W|| * D / ||D||`` module by module, refusing non-f
 The weights are written once (the chosen eta) and never copied: trials run through forward hooks.
 
 eta is relative: the update's Frobenius norm over all adapted modules is ``eta`` times theirs.
-Calibration: for each eta in the grid (ascending), the forget NLL on *held-out views* (paraphrases
-not used for the gradient) and the NLL on calibration retain items are measured; the largest eta
-whose retain NLL stays within ``(1 + retain_budget)`` of the original is chosen.
+Calibration: the largest eta in the grid whose NLL on calibration retain items stays within
+``(1 + retain_budget)`` of the original is found by bisection (the retain NLL rises with eta); each
+trial also records the forget NLL on *held-out views* (paraphrases not used for the gradient).
 """
 
 from __future__ import annotations
@@ -204,19 +204,23 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     if base_retain is not None:
         base_r = base_retain
     info.update(base_forget_nll=base_f, base_retain_nll=base_r)
-    chosen = None
+    grid = sorted(ec.grid)
     trial = Trial(mods, direction)
+    # Bisection over the sorted grid for the largest eta within budget (the retain NLL rises with
+    # eta): ceil(log2(n + 1)) trials instead of up to n for an ascending scan (4 instead of 10
+    # for the 12-value grid on SmolLM2). Every trial above the chosen eta failed.
+    lo, hi = -1, len(grid)
     try:
-        for eta in sorted(ec.grid):
-            trial.c = eta * scale
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            trial.c = grid[mid] * scale
             f, r = _nll(model, fb), _nll(model, rb)
             ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + budget)
-            info["trials"].append({"eta": eta, "forget_nll": f, "retain_nll": r, "within_budget": ok})
-            if not ok:
-                break
-            chosen = eta
+            info["trials"].append({"eta": grid[mid], "forget_nll": f, "retain_nll": r, "within_budget": ok})
+            lo, hi = (mid, hi) if ok else (lo, mid)
     finally:
         trial.remove()
+    chosen = grid[lo] if lo >= 0 else None
     info["within_budget"] = chosen is not None
     if chosen is None and not over_budget_fallback:
         return 0.0, info
