@@ -10,6 +10,7 @@ Sign convention: every gradient here is of the *unlearning loss* ``L_u`` (to be 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -320,26 +321,57 @@ def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha
     return out
 
 
-def full_gradients(model, infos: Sequence[ModuleInfo], batches, objective: str = "ascent",
-                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, "torch.Tensor"]:
-    """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in)."""
+@contextmanager
+def grads_only_for(model, keep=()):
+    """Within: only the parameters in ``keep`` require grad (none by default) and no ``.grad`` is
+    left over; afterwards every parameter's ``requires_grad`` is restored and its ``.grad`` cleared."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    mods = dict(model.named_modules())
-    wanted = {id(mods[i.name].weight) for i in infos}
+    wanted = {id(p) for p in keep}
     try:
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
             p.grad = None
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+            p.grad = None
+
+
+def _runs(groups: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(group, start, end) for each run of consecutive equal group ids."""
+    k = len(groups)
+    cuts = [0] + [j for j in range(1, k) if groups[j] != groups[j - 1]] + [k]
+    return [(groups[a], a, b) for a, b in zip(cuts, cuts[1:])]
+
+
+@contextmanager
+def _input_gradients_only(model, infos: Sequence[ModuleInfo], fwd):
+    """All weights frozen, the embedding output made to require grad (so input gradients flow
+    through every module and no weight-gradient GEMM runs), ``fwd(name)`` as forward hook on each
+    adapted module."""
+    mods = dict(model.named_modules())
+    handles = [mods[i.name].register_forward_hook(fwd(i.name)) for i in infos]
+    handles.append(model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True)))
+    try:
+        with grads_only_for(model):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def full_gradients(model, infos: Sequence[ModuleInfo], batches, objective: str = "ascent",
+                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, "torch.Tensor"]:
+    """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in)."""
+    mods = dict(model.named_modules())
+    with grads_only_for(model, [mods[i.name].weight for i in infos]):
         _backward_over(model, batches, objective, retain_batches, retain_weight)
         out = {}
         for i in infos:  # hand over the .grad tensors themselves: no second gradient-sized copy
             w = mods[i.name].weight
             out[i.name], w.grad = w.grad.detach(), None
         return out
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-            p.grad = None
 
 
 def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int],
@@ -362,7 +394,6 @@ def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_grou
     n_groups = len(bases)
     A = {i.name: torch.stack([b[i.name] for b in bases]) for i in infos}  # groups x r x in
     Y = {i.name: torch.zeros(n_groups, mods[i.name].out_features, A[i.name].shape[1]) for i in infos}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     state: dict = {}
 
     def fwd(name):
@@ -380,29 +411,16 @@ def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_grou
             out.register_hook(on_grad)
         return fn
 
-    emb = model.get_input_embeddings()
-    handles = [mods[i.name].register_forward_hook(fwd(i.name)) for i in infos]
-    handles.append(emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True)))
     n = sum(b["input_ids"].shape[0] for b in batches)
     if n != len(seq_groups):
         raise ValueError(f"{len(seq_groups)} group ids for {n} sequences")
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with _input_gradients_only(model, infos, fwd):
         start = 0
         for b in batches:
             k = b["input_ids"].shape[0]
-            gs = list(seq_groups[start:start + k])
-            cuts = [0] + [j for j in range(1, k) if gs[j] != gs[j - 1]] + [k]
-            state["runs"] = [(gs[a], a, b) for a, b in zip(cuts, cuts[1:])]
+            state["runs"] = _runs(list(seq_groups[start:start + k]))
             start += k
             (_sign(objective) * token_nll(model, b).sum() / n).backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
-            p.grad = None
     return Y
 
 
@@ -450,7 +468,6 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
     n_groups = max(seq_groups) + 1 if seq_groups else 0
     Y = {i.name: torch.zeros(n_groups, mods[i.name].out_features, rank) for i in infos}
     bases: list[dict] = [dict() for _ in range(n_groups)]
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     state: dict = {"x": {}, "xa": {}}
 
     def fwd(name):
@@ -465,22 +482,15 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
             out.register_hook(on_grad)
         return fn
 
-    emb = model.get_input_embeddings()
-    handles = [mods[i.name].register_forward_hook(fwd(i.name)) for i in infos]
-    handles.append(emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True)))
     n = sum(b["input_ids"].shape[0] for b in batches)
     if n != len(seq_groups):
         raise ValueError(f"{len(seq_groups)} group ids for {n} sequences")
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with _input_gradients_only(model, infos, fwd):
         start = 0
         for b in batches:
             k = b["input_ids"].shape[0]
-            gs = list(seq_groups[start:start + k])
+            runs = _runs(list(seq_groups[start:start + k]))
             start += k
-            cuts = [0] + [j for j in range(1, k) if gs[j] != gs[j - 1]] + [k]
-            runs = [(gs[a], a, c) for a, c in zip(cuts, cuts[1:])]
             if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
             logits, pos = answer_logits(model, b)
@@ -504,10 +514,4 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
             state["x"] = {}
             (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
             state["xa"] = {}
-    finally:
-        for h in handles:
-            h.remove()
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
-            p.grad = None
     return Y, bases

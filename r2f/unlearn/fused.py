@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 
-from ..grads import _sign, qa_batches, target_modules, view_batches
+from ..grads import _sign, grads_only_for, qa_batches, target_modules, view_batches
 from ..models import token_nll
 from .apply import views_split
 from .base import UnlearnContext, UnlearnError, UnlearnResult
@@ -27,7 +27,6 @@ def _fused_backward(model, weights: dict, batch: dict, cfg, retain: dict | None,
     gradient, and the next forward would see half-updated weights.)"""
     import torch
 
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     wanted = {id(w): n for n, w in weights.items()}
 
     def hook(p):
@@ -35,22 +34,16 @@ def _fused_backward(model, weights: dict, batch: dict, cfg, retain: dict | None,
             on_grad(wanted[id(p)], p)
         p.grad = None
 
-    handles = []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(id(p) in wanted)
-            p.grad = None
+    with grads_only_for(model, weights.values()):
         handles = [w.register_post_accumulate_grad_hook(hook) for w in weights.values()]
-        loss = _sign(cfg.unlearn.objective) * token_nll(model, batch).mean()
-        if retain is not None:
-            loss = loss + cfg.unlearn.retain_weight * token_nll(model, retain).mean()
-        loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-            p.grad = None
+        try:
+            loss = _sign(cfg.unlearn.objective) * token_nll(model, batch).mean()
+            if retain is not None:
+                loss = loss + cfg.unlearn.retain_weight * token_nll(model, retain).mean()
+            loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
 
 
 class FusedStep:
