@@ -345,6 +345,18 @@ def _runs(groups: Sequence[int]) -> list[tuple[int, int, int]]:
     return [(groups[a], a, b) for a, b in zip(cuts, cuts[1:])]
 
 
+def _batches_with_runs(batches, seq_groups: Sequence[int]):
+    """Each batch with the :func:`_runs` of its sequences' group ids."""
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    if n != len(seq_groups):
+        raise ValueError(f"{len(seq_groups)} group ids for {n} sequences")
+    start = 0
+    for b in batches:
+        k = b["input_ids"].shape[0]
+        yield b, _runs(list(seq_groups[start:start + k]))
+        start += k
+
+
 @contextmanager
 def _input_gradients_only(model, infos: Sequence[ModuleInfo], fwd):
     """All weights frozen, the embedding output made to require grad (so input gradients flow
@@ -411,15 +423,9 @@ def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_grou
             out.register_hook(on_grad)
         return fn
 
-    n = sum(b["input_ids"].shape[0] for b in batches)
-    if n != len(seq_groups):
-        raise ValueError(f"{len(seq_groups)} group ids for {n} sequences")
+    n = len(seq_groups)
     with _input_gradients_only(model, infos, fwd):
-        start = 0
-        for b in batches:
-            k = b["input_ids"].shape[0]
-            state["runs"] = _runs(list(seq_groups[start:start + k]))
-            start += k
+        for b, state["runs"] in _batches_with_runs(batches, seq_groups):
             (_sign(objective) * token_nll(model, b).sum() / n).backward()
     return Y
 
@@ -482,15 +488,9 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
             out.register_hook(on_grad)
         return fn
 
-    n = sum(b["input_ids"].shape[0] for b in batches)
-    if n != len(seq_groups):
-        raise ValueError(f"{len(seq_groups)} group ids for {n} sequences")
+    n = len(seq_groups)
     with _input_gradients_only(model, infos, fwd):
-        start = 0
-        for b in batches:
-            k = b["input_ids"].shape[0]
-            runs = _runs(list(seq_groups[start:start + k]))
-            start += k
+        for b, runs in _batches_with_runs(batches, seq_groups):
             if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
             logits, pos = answer_logits(model, b)
