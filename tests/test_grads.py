@@ -102,7 +102,8 @@ def test_factored_activation_grams_match_dense(tofu):
 def test_grouped_lora_gradients_equal_peft_per_group(tofu):
     """One forward/backward for all items, hooks instead of a peft wrap per item: the same grad_B
     as peft on each item alone (weighted by the item's share of the sequences)."""
-    from r2f.grads import grouped_lora_gradients, view_batches
+    from r2f.grads import view_batches
+    from r2f.onepass import grouped_lora_gradients
     from r2f.paraphrase import make_all_views
 
     model, tok = tiny_random(tofu)
@@ -131,7 +132,8 @@ def test_grouped_lora_gradients_equal_peft_per_group(tofu):
 def test_one_pass_bases_and_gradients_equal_the_two_pass_path(tofu):
     """R2F's one forward + one backward per batch gives the same per-item bases and LoRA gradients
     as a Gram forward per item followed by the batched LoRA backward."""
-    from r2f.grads import group_batches, grouped_lora_gradients, one_pass_lora_gradients, top_bases, view_batches
+    from r2f.grads import top_bases, view_batches
+    from r2f.onepass import group_batches, grouped_lora_gradients, one_pass_lora_gradients
     from r2f.paraphrase import make_all_views
 
     model, tok = tiny_random(tofu)

@@ -75,7 +75,7 @@ def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tof
 
 
 def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu):
-    """R2F's fast path (all items in one backward, grads.grouped_lora_gradients) gives the same
+    """R2F's fast path (all items in one backward, onepass.one_pass_lora_gradients) gives the same
     decoded update as one peft LoRA backward per item decoded by the analytic decoder."""
     from r2f.decoder import decode_factors, gram_weighting, make_sketch
     from r2f.grads import activation_grams, lora_gradients, top_bases, view_batches

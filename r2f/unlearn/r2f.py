@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from ..decoder import decode_factors, gram_weighting, make_sketch
-from ..grads import (activation_grams, group_batches, lora_gradients, one_pass_lora_gradients, target_modules,
-                     top_bases, view_batches)
+from ..grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
+from ..onepass import group_batches, one_pass_lora_gradients
 from .apply import LowRank, calibrate_and_apply, views_split
 from .base import UnlearnContext, UnlearnResult
 
@@ -39,7 +39,7 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
 
     if cfg.lora.init == "activation" and decoder == "analytic":
         # Fast path: every group's basis and LoRA gradient in one forward and one input-gradient-only
-        # backward per batch of whole groups (grads.one_pass_lora_gradients). With an orthonormal A
+        # backward per batch of whole groups (onepass.one_pass_lora_gradients). With an orthonormal A
         # the analytic decoder is (grad_B / s) @ A.
         batches, seq_groups = group_batches(tok, groups, cfg.models.max_len, objective, ctx.refusals,
                                             key_only=key_only)
