@@ -31,13 +31,14 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
         # With A = the Gram's top eigenvectors, prior/learned decode exactly to the projection
         # (docs/method.md): use it directly and skip an eigendecomposition per module and item.
         decoder = "analytic"
-    tick = ctx.tick("r2f views", len(groups) if cfg.lora.init != "activation" or decoder != "analytic" else 1)
+    one_pass = cfg.lora.init == "activation" and decoder == "analytic"
+    tick = ctx.tick("r2f views", 1 if one_pass else len(groups))
     objective, key_only = cfg.unlearn.objective, cfg.unlearn.key_only
 
     def batches_of(views):
         return view_batches(tok, views, cfg.models.max_len, objective, ctx.refusals, key_only=key_only)
 
-    if cfg.lora.init == "activation" and decoder == "analytic":
+    if one_pass:
         # Fast path: every group's basis and LoRA gradient in one forward and one input-gradient-only
         # backward per batch of whole groups (onepass.one_pass_lora_gradients). With an orthonormal A
         # the analytic decoder is (grad_B / s) @ A.
