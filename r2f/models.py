@@ -147,11 +147,19 @@ def answer_logits(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor | N
     """``(logits, positions)``: the logits at :func:`loss_positions` only (transformers'
     ``logits_to_keep``), or all of them (positions None) for a model without that argument."""
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    pos = loss_positions(batch)
-    try:
-        return model(**kw, logits_to_keep=pos).logits, pos
-    except TypeError:
+    if not _keeps_logits(model):
         return model(**kw).logits, None
+    pos = loss_positions(batch)
+    return model(**kw, logits_to_keep=pos).logits, pos
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the (peft-unwrapped) model's forward takes ``logits_to_keep``. Checked on the
+    signature, so an error inside a forward is never mistaken for a missing argument."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def token_nll(model, batch: dict) -> "torch.Tensor":
