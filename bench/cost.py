@@ -68,8 +68,10 @@ def model_path(cfg, key: str) -> Path:
     return out
 
 
-def extra_for(key: str, views: int, eta: float | None) -> dict:
+def extra_for(key: str, views: int, eta: float | None, micro_batch: int | None = None) -> dict:
     extra = {"paraphrase.views": views, "unlearn.eta.calibration_items": 16}
+    if micro_batch:
+        extra["unlearn.micro_batch"] = micro_batch
     if key != "tiny":
         extra.update(REAL)
     if key in SHAPES:
@@ -133,7 +135,7 @@ def one(args) -> None:
     from r2f.unlearn import UnlearnContext, get_method
 
     torch.set_num_threads(2)
-    cfg = load_cfg(args, extra_for(args.model, args.views, args.eta))
+    cfg = load_cfg(args, extra_for(args.model, args.views, args.eta, args.micro_batch))
     path = model_path(cfg, args.model)
     tofu = load_tofu(cfg.data.tofu_dir)
     forget = tofu.split("forget10")[:args.items]
@@ -161,6 +163,7 @@ def one(args) -> None:
         del c, res
     peak = peak_rss_mb()
     row = {"model": args.model, "method": args.one, "views": args.views, "items": args.items,
+           "micro_batch": args.micro_batch or cfg.unlearn.micro_batch,
            "params_m": round(n_params / 1e6, 1), "repeats": args.repeats,
            "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
            "direction_s_median": statistics.median(direction) if None not in direction else None,
@@ -200,6 +203,9 @@ def plan(args) -> list[dict]:
             out.append({"model": m, "method": "r2f", "views": n, "items": items})
             if n == 5:
                 out.append({"model": m, "method": "fused", "views": n, "items": items})
+                if m != "tiny":  # low-memory mode: one sequence per forward + backward, both methods
+                    for meth in ("fullgrad", "r2f"):
+                        out.append({"model": m, "method": meth, "views": n, "items": items, "micro_batch": 1})
         if not big:
             out.append({"model": m, "method": "lora_mul", "views": 5, "items": items})
             out.append({"model": m, "method": "npo", "views": 5, "items": items})
@@ -221,6 +227,7 @@ def main() -> None:
     p.add_argument("--one")
     p.add_argument("--model")
     p.add_argument("--eta", type=float)
+    p.add_argument("--micro-batch", type=int, help="child: unlearn.micro_batch (default: params.yaml)")
     p.add_argument("--no-counters", action="store_true", help="child: skip the FLOP and tensor-memory runs")
     args = p.parse_args()
     setup()
@@ -238,7 +245,8 @@ def main() -> None:
         eta = None
         if c["method"] == "fused":
             fg = next((r for r in rows if r["method"] == "fullgrad" and r["model"] == c["model"]
-                       and r["views"] == c["views"] and r["items"] == c["items"] and "error" not in r), None)
+                       and r["views"] == c["views"] and r["items"] == c["items"] and "error" not in r
+                       and not r.get("low_memory")), None)
             eta = fg["eta"] if fg else None
             if eta is None:
                 rows.append({**c, "error": "no FullGrad eta to reuse"})
@@ -248,15 +256,16 @@ def main() -> None:
         extra = ["--one", c["method"], "--model", c["model"], "--views", str(c["views"]),
                  "--items", str(c["items"]), "--repeats", str(repeats)]
         extra += ["--eta", str(eta)] if eta is not None else []
+        extra += ["--micro-batch", str(c["micro_batch"])] if c.get("micro_batch") else []
         heavy = c["method"] in ("npo", "lora_mul") and c["model"] != "tiny"  # training runs: time them only
         extra += ["--no-counters"] if (c["items"] != args.items or heavy or big and c["method"] == "fused"
                                        or c["model"] == "random-1.7b") else []
         print(f"== {c}", flush=True)
         res = run_child(Path(__file__), args, extra)
         print("   " + json.dumps(res, default=str), flush=True)
-        rows.append({**c, **res})
+        rows.append({**c, **res, "low_memory": bool(c.get("micro_batch"))})
     add_ratios(rows)
-    cols = ["model", "params_m", "method", "views", "items", "wall_s_median", "wall_s_min", "wall_s_max",
+    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "wall_s_median", "wall_s_min", "wall_s_max",
             "direction_s_median", "peak_rss_mb", "peak_tensor_mb", "flops_step", "ratio_time_vs_fullgrad",
             "ratio_direction_time_vs_fullgrad", "ratio_flops_vs_fullgrad",
             "ratio_time_vs_fullgrad_1view", "ratio_mem_vs_fullgrad", "ratio_tensor_mem_vs_fullgrad",
@@ -270,7 +279,8 @@ def main() -> None:
 def add_ratios(rows: list[dict]) -> None:
     def find(method, r, views=None):
         return next((f for f in rows if f["method"] == method and f["model"] == r["model"] and "error" not in f
-                     and f["views"] == (views or r["views"]) and f["items"] == r["items"]), None)
+                     and f["views"] == (views or r["views"]) and f["items"] == r["items"]
+                     and f.get("low_memory") == r.get("low_memory")), None)
 
     for r in rows:
         if "error" in r:
@@ -315,6 +325,10 @@ def notes_for(rows: list[dict], args) -> list[str]:
         f"random-360m / random-1.7b: SmolLM2-360M's / -1.7B's shapes with random weights (no larger SmolLM2 is "
         f"installable offline); 1 item, eta fixed to {FIXED_ETA} (no calibration: wall_s is the step itself), "
         "1 run each; their unlearning effect is meaningless, only their cost is.",
+        "micro_batch: sequences per forward + backward (unlearn.micro_batch). Rows with micro_batch 1 are the "
+        "low-memory mode of both methods (FullGrad accumulates its gradient over one sequence at a time; R2F "
+        "runs a no-grad forward for the bases, then one sequence per forward + backward); their ratios compare "
+        "with FullGrad at micro_batch 1.",
     ]
 
 
@@ -326,7 +340,8 @@ def plot(rows: list[dict], path: Path, items: int) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    ok = [r for r in rows if "error" not in r and r["method"] in ("r2f", "fullgrad") and r["views"] == 5]
+    ok = [r for r in rows if "error" not in r and r["method"] in ("r2f", "fullgrad") and r["views"] == 5
+          and not r.get("low_memory")]
     if not ok:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))

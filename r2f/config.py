@@ -128,6 +128,10 @@ class UnlearnConfig(_Strict):
     eta: EtaConfig = EtaConfig()
     # R2F decoded steps (1 = the paper's single update); the retain budget holds for all together
     r2f_steps: int = Field(1, ge=1, le=50)
+    # Sequences per forward + backward of the single-step methods (r2f, fullgrad): fewer = less
+    # activation memory, same result. R2F below an item's view count adds one no-grad forward
+    # (low-memory mode, r2f.onepass; docs/performance.md).
+    micro_batch: int = Field(40, ge=1, le=4096)
     # Multi-step baselines (GradAscent, GradDiff, NPO): open-unlearning defaults scaled down.
     baseline_epochs: int = Field(5, ge=1)
     baseline_lr: float = Field(1e-3, gt=0)

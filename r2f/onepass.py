@@ -123,8 +123,35 @@ def group_batches(tokenizer, groups: Sequence[Sequence["Views"]], max_len: int, 
     return batches, seq_groups
 
 
+def _sub_batch(b: dict, s: int, e: int) -> dict:
+    """Rows ``s:e`` of a right-padded batch, trimmed to their longest sequence."""
+    n = int(b["attention_mask"][s:e].sum(1).max())
+    return {k: v[s:e, :n] for k, v in b.items()}
+
+
+def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
+    """Per module, the top-``rank`` basis of each run's weighted inputs (q/k/v, gate/up read one
+    input tensor: one eigendecomposition per group of modules)."""
+    shared: dict = {}
+    out = {}
+    for name, x in xs.items():
+        key = (x.data_ptr(), tuple(x.shape))
+        if key not in shared:
+            per_run = []
+            for g, s, e in runs:
+                xf = x[s:e].float().reshape(-1, x.shape[-1])
+                wr = w[s:e].reshape(-1, 1)
+                rows = (xf * wr.sqrt())[wr.squeeze(1) > 0]
+                gram = GramFactor(rows) if rows.shape[0] < rows.shape[1] else rows.T @ rows
+                per_run.append(top_basis(gram, rank))
+            shared[key] = per_run
+        out[name] = shared[key]
+    return out
+
+
 def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int], rank: int,
                             weighting: tuple[float, float] | None = None, objective: str = "ascent",
+                            micro_batch: int | None = None,
                             ) -> tuple[dict[str, "torch.Tensor"], list[dict]]:
     """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
     batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
@@ -134,20 +161,31 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
 
     Equal to :func:`activation_grams` + :func:`top_bases` per group followed by
     :func:`grouped_lora_gradients` (tested), without the separate Gram forward: the cost is one
-    forward and one input-gradient-only backward, i.e. a LoRA fwd+bwd. Returns (Y, bases)."""
+    forward and one input-gradient-only backward, i.e. a LoRA fwd+bwd. Returns (Y, bases).
+
+    ``micro_batch``: a batch of more sequences runs in low-memory mode instead: a no-grad forward
+    over the whole batch keeps only the modules' inputs (for the bases), then forward + backward
+    over ``micro_batch`` sequences at a time, so the activations a backward saves are those of one
+    micro-batch. Same result (tested), one more forward."""
     import torch
 
     mods = dict(model.named_modules())
     n_groups = max(seq_groups) + 1 if seq_groups else 0
     Y = {i.name: torch.zeros(n_groups, mods[i.name].out_features, rank) for i in infos}
     bases: list[dict] = [dict() for _ in range(n_groups)]
-    state: dict = {"x": {}, "xa": {}}
+    # mode "keep": store the input; "proj": project it on state["proj"] (bases known) for the backward
+    state: dict = {"x": {}, "xa": {}, "mode": "keep", "proj": {}}
 
     def fwd(name):
         def fn(_m, inputs, out):
+            if state["mode"] == "keep":
+                state["x"][name] = inputs[0].detach()
+            else:
+                x = inputs[0].detach()
+                state["xa"][name] = [(g, s, e, (x[s:e].float() @ a.T).reshape(-1, rank))
+                                     for g, s, e, a in state["proj"][name]]
             if not out.requires_grad:
                 return
-            state["x"][name] = inputs[0].detach()
 
             def on_grad(delta):
                 for g, s, e, xa in state["xa"][name]:
@@ -160,25 +198,36 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
         for b, runs in _batches_with_runs(batches, seq_groups):
             if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
-            logits, pos = answer_logits(model, b)
+            k = b["input_ids"].shape[0]
+            low_memory = micro_batch is not None and k > micro_batch
+            state["mode"] = "keep"
+            if low_memory:
+                with torch.no_grad():
+                    logits, pos = answer_logits(model, b)
+            else:
+                logits, pos = answer_logits(model, b)
             w = token_weights(logits.detach(), b, weighting, pos)  # B x T
-            shared: dict = {}  # q/k/v (gate/up) read one input tensor: one basis per group of modules
-            for name, x in state["x"].items():
-                key = (x.data_ptr(), tuple(x.shape))
-                if key not in shared:
-                    per_run = []
-                    for g, s, e in runs:
-                        xf = x[s:e].float().reshape(-1, x.shape[-1])
-                        wr = w[s:e].reshape(-1, 1)
-                        rows = (xf * wr.sqrt())[wr.squeeze(1) > 0]
-                        gram = GramFactor(rows) if rows.shape[0] < rows.shape[1] else rows.T @ rows
-                        per_run.append(top_basis(gram, rank))
-                    shared[key] = per_run
-                state["xa"][name] = []
-                for (g, s, e), a in zip(runs, shared[key]):
+            per_module = _run_bases(state["x"], runs, w, rank)
+            for name, per_run in per_module.items():
+                for (g, _, _), a in zip(runs, per_run):
                     bases[g][name] = a
-                    state["xa"][name].append((g, s, e, (x[s:e].float() @ a.T).reshape(-1, rank)))
-            state["x"] = {}
-            (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
+            if not low_memory:
+                # the inputs were kept by this forward: project them for its backward
+                state["xa"] = {name: [(g, s, e, (state["x"][name][s:e].float() @ a.T).reshape(-1, rank))
+                                      for (g, s, e), a in zip(runs, per_run)]
+                               for name, per_run in per_module.items()}
+                state["x"] = {}
+                (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
+            else:
+                del logits
+                state["x"], state["mode"] = {}, "proj"
+                for m0 in range(0, k, micro_batch):
+                    m1 = min(k, m0 + micro_batch)
+                    state["proj"] = {name: [(g, max(s, m0) - m0, min(e, m1) - m0, a)
+                                            for (g, s, e), a in zip(runs, per_run) if s < m1 and e > m0]
+                                     for name, per_run in per_module.items()}
+                    sub = _sub_batch(b, m0, m1)
+                    lg, ps = answer_logits(model, sub)
+                    (_sign(objective) * nll_from_logits(lg, ps, sub).sum() / n).backward()
             state["xa"] = {}
     return Y, bases

@@ -153,6 +153,28 @@ def test_one_pass_bases_and_gradients_equal_the_two_pass_path(tofu):
             assert float((got - want).norm() / want.norm()) < 1e-3, (g, i.name)
 
 
+def test_low_memory_micro_batches_give_the_one_pass_result(tofu):
+    """micro_batch below a group's size (a no-grad forward for the bases, then forward + backward
+    over a few sequences at a time) gives the one-pass bases and gradients, also when a micro-batch
+    straddles two groups."""
+    from r2f.onepass import group_batches, one_pass_lora_gradients
+    from r2f.paraphrase import make_all_views
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, KINDS)
+    groups = [[v] for v in make_all_views(tofu.split("forget01")[:3], 3)]
+    batches, seq_groups = group_batches(tok, groups, 64, chunk=9)
+    assert len(batches) == 1
+    ref_Y, ref_bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0))
+    for mb in (1, 2, 4):
+        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0), micro_batch=mb)
+        for g in range(3):
+            for i in infos:
+                assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-4), (mb, g, i.name)
+                got, want = Y[i.name][g], ref_Y[i.name][g]
+                assert float((got - want).norm() / want.norm()) < 1e-4, (mb, g, i.name)
+
+
 def test_answer_logits_only_give_the_same_loss_and_token_weights(tofu):
     """Computing the vocabulary projection at answer-predicting positions only (logits_to_keep)
     changes neither the NLL nor the Gram's token weights."""

@@ -36,15 +36,18 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
     objective, key_only = cfg.unlearn.objective, cfg.unlearn.key_only
 
     def batches_of(views):
-        return view_batches(tok, views, cfg.models.max_len, objective, ctx.refusals, key_only=key_only)
+        return view_batches(tok, views, cfg.models.max_len, objective, ctx.refusals,
+                            chunk=cfg.unlearn.micro_batch, key_only=key_only)
 
     if one_pass:
         # Fast path: every group's basis and LoRA gradient in one forward and one input-gradient-only
         # backward per batch of whole groups (onepass.one_pass_lora_gradients). With an orthonormal A
         # the analytic decoder is (grad_B / s) @ A.
+        mb = cfg.unlearn.micro_batch
         batches, seq_groups = group_batches(tok, groups, cfg.models.max_len, objective, ctx.refusals,
-                                            key_only=key_only)
-        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, objective)
+                                            chunk=mb, key_only=key_only)
+        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, objective,
+                                           micro_batch=mb)
         tick()
         for info in infos:
             y = Y[info.name]  # groups x out x r
