@@ -78,18 +78,29 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
     ``inbox_ids``: the inbox requests this run serves; each moves through its states
     (validated, unlearned, evaluated, promoted | rejected) as the stages finish."""
     from r2f.config import load_config
-    from r2f.inbox import advance
-    from r2f.pipeline import NAMES
-    from r2f.versioning import ensure_repo, find_root
+    from r2f.locks import pipeline_lock
 
     cfg = load_config(params, dict(overrides or {}))
+    with pipeline_lock(cfg.state_dir):  # one run per state folder: no interleaved outs, one promotion
+        return _run_stages(cfg, params, stages, inbox_ids)
+
+
+def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str] | None) -> dict:
+    from r2f.inbox import advance
+    from r2f.pipeline import NAMES, recover, results_on_disk
+    from r2f.versioning import ensure_repo, find_root
+
     config = cfg.model_dump(mode="json")
     root = find_root(Path(params).resolve().parent)
     version = bool(cfg.versioning.enabled and root)
     if version:
         ensure_repo(cfg, root)
     results, pending = {}, []
-    for name in stages or NAMES:
+    todo = list(stages or NAMES)
+    if stages is None and (left := recover(cfg, _logger().info)):
+        # an earlier run of this request died inside promote: finish that promotion only
+        todo, results = left, results_on_disk(cfg)
+    for name in todo:
         if name in NEEDS_LOCK:
             _wait(pending)
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}

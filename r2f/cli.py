@@ -183,8 +183,10 @@ def stage(name: Optional[str] = typer.Argument(None, help="Stage: prepare, valid
         _fail("a stage name is required (see r2f stage --help)")
     cfg = _cfg(params, set_)
     _state_env(cfg)
+    from .locks import pipeline_lock
+
     try:
-        with _ui() as (log, prog):
+        with pipeline_lock(cfg.state_dir), _ui() as (log, prog):
             res = run_stage(cfg, name, log, prog)
     except _pipeline_errors() as exc:
         _fail(str(exc))

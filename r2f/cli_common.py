@@ -95,4 +95,5 @@ def _pipeline_errors():
     from .validation import ValidationError
     from .versioning import VersioningError
     from .config import ConfigError
-    return (*_errors(), ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)
+    from .locks import Busy
+    return (*_errors(), Busy, ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -142,6 +142,15 @@ class UnlearnConfig(_Strict):
     graddiff_alpha: float = Field(1.0, ge=0)
     seed: int = 0  # batch order, LoRA init and the relearning attack (the models' seed is models.seed)
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from .unlearn.base import METHODS  # a name table, no torch
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method '{v}'; expected one of {', '.join(METHODS)}")
+        return v
+
     @property
     def key_only(self) -> bool:
         return self.loss_tokens == "key" and self.objective != "refusal"
@@ -226,6 +235,9 @@ class GateConfig(_Strict):
 
 class Config(_Strict):
     state_dir: str = ".r2f"
+    # Folders besides the project's and the state folder that data.tofu_dir and pipeline.request may
+    # point into (absolute paths; see confine_paths)
+    allowed_roots: tuple[str, ...] = ()
     data: DataConfig = DataConfig()
     models: ModelsConfig
     lora: LoraConfig = LoraConfig()
@@ -257,12 +269,16 @@ class Config(_Strict):
 def load_config(path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:
     """Load and validate ``params.yaml``; errors name the file and the dotted field path."""
     path = Path(path)
+    from .safeyaml import UnsafeYAML, load_file
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_file(path) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a folder, not a params file") from exc
+    except UnsafeYAML as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
@@ -270,11 +286,43 @@ def load_config(path: str | Path = "params.yaml", overrides: dict | None = None)
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: override {dotted}: '{key}' is not a section")
         node[leaf] = value
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         msgs = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"{path}: {msgs}") from exc
+    confine_paths(cfg, path.resolve().parent, str(path))
+    return cfg
+
+
+def _inside(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def confine_paths(cfg: Config, project: Path, source: str = "params.yaml") -> None:
+    """Path fields may not leave their allowed roots (checked on the normalised path as written,
+    so ``..`` cannot escape and a link the project itself holds, like data/tofu, still works).
+    ``state_dir``: relative paths stay inside the project (an absolute one is the operator's
+    choice). ``data.tofu_dir``, ``pipeline.request``: inside the project, the state folder or one of
+    ``allowed_roots``."""
+    proj = os.path.normpath(str(project))
+
+    def norm(p: str) -> str:
+        return os.path.normpath(p if os.path.isabs(p) else os.path.join(proj, p))
+
+    if not os.path.isabs(cfg.state_dir) and not _inside(norm(cfg.state_dir), proj):
+        raise ConfigError(f"{source}: state_dir: {cfg.state_dir!r} leaves the project folder {proj}; "
+                          "use an absolute path for a state folder elsewhere")
+    bad_roots = [r for r in cfg.allowed_roots if not os.path.isabs(r)]
+    if bad_roots:
+        raise ConfigError(f"{source}: allowed_roots: {bad_roots[0]!r} is not an absolute path")
+    roots = [proj, norm(cfg.state_dir), *(os.path.normpath(r) for r in cfg.allowed_roots)]
+    for field, value in (("data.tofu_dir", cfg.data.tofu_dir), ("pipeline.request", cfg.pipeline.request)):
+        if not any(_inside(norm(value), r) for r in roots):
+            raise ConfigError(f"{source}: {field}: {value!r} is outside the project folder, the state folder "
+                              "and allowed_roots; add its folder to allowed_roots if it is meant")

@@ -179,6 +179,18 @@ class LearnedDecoder:
         return dec
 
 
+def check_family(decoder, model) -> None:
+    """A learned decoder transfers across widths and depths (its features are scale-free), not
+    across model families: refuse a target whose ``model_type`` differs from the proxy's it was
+    trained on (recorded in decoder.json since the decoder has recorded it)."""
+    meta = getattr(decoder, "meta", None) or {}
+    trained = meta.get("model_type")
+    target = getattr(getattr(model, "config", None), "model_type", None)
+    if trained and target and trained != target:
+        raise DecoderError(f"decoder trained on a '{trained}' proxy cannot decode gradients of a '{target}' "
+                           "target; train one on a proxy of the target's family (`r2f decoder train`)")
+
+
 def decode(decoder: "str | LearnedDecoder", sk: Sketch) -> "torch.Tensor":
     u, v = decode_factors(decoder, sk)
     return u @ v

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config
+from .locks import Busy as PipelineBusy
 
 STATES = ("pending", "validated", "unlearned", "evaluated", "promoted", "rejected", "failed")
 FINAL = ("promoted", "rejected", "failed")
@@ -115,6 +116,9 @@ class Inbox:
             lines = "\n".join(f"  - {f.describe()}" for f in report.failures)
             raise ValidationError(f"{src}: request {req.request_id} is invalid, nothing was submitted:\n{lines}",
                                   report.failures, [report])
+        from .requests import eval_split, resolve
+
+        eval_split(resolve(req, tofu))  # rows the pipeline could never evaluate (retain authors): refused now
         at = now()
         rec = Record(req.request_id, "pending", sha, at, str(req.created_at), [{"state": "pending", "at": at}])
         self.root.mkdir(parents=True, exist_ok=True)
@@ -196,8 +200,13 @@ def process_pending(cfg: Config, run: Callable[[Path, list[str]], dict], log=pri
             else:
                 jobs = [(ib.path(r.request_id), [r.request_id]) for r in todo]
             for path, ids in jobs:
+                if finished_in_registry(cfg, ib, path, ids, log):
+                    continue
                 try:
                     run(path, ids)
+                except PipelineBusy as exc:  # a manual run holds the pipeline: try again next tick
+                    log(f"{exc}; request(s) {', '.join(ids)} stay pending")
+                    break
                 except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the others
                     reason = f"{type(exc).__name__}: {exc}"[:2000]
                     for rid in ids:
@@ -209,6 +218,31 @@ def process_pending(cfg: Config, run: Callable[[Path, list[str]], dict], log=pri
     except Busy as exc:
         log(str(exc))
         return {"processed": [], "busy": True}
+
+
+def finished_in_registry(cfg: Config, ib: Inbox, path: Path, ids: list[str], log) -> bool:
+    """After a crash between the promotion and the inbox update: when the registry already holds
+    the final decision on this job's request (a version tagged with its request id and
+    ``decision`` promoted | rejected), record it in the inbox instead of unlearning again."""
+    from .registry import versions
+    from .requests import read_request
+    from .tracking import make_tracker
+
+    tracker = make_tracker(cfg)
+    if not tracker.active:
+        return False
+    rid = read_request(path).request_id
+    done = [mv for mv in versions(tracker.client, cfg.tracking.target_model_name, request_id=rid)
+            if mv.tags.get("decision") in ("promoted", "rejected")]
+    if not done:
+        return False
+    mv = done[-1]
+    for i in ids:
+        if ib.get(i).state not in FINAL:
+            ib.transition(i, mv.tags["decision"], model_version=int(mv.version), recovered=True)
+    log(f"request(s) {', '.join(ids)}: already {mv.tags['decision']} as version {mv.version} "
+        "(recorded by a run that stopped before updating the inbox); not processed again")
+    return True
 
 
 def batch_request(cfg: Config, ib: Inbox, recs: list[Record]) -> Path:

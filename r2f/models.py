@@ -237,6 +237,24 @@ def train_model(model, data: Sequence[Encoded], train: "TrainConfig", pad_id: in
 
 
 # -- save / load -------------------------------------------------------------------------------
+def _remove_dead_leftovers(path: Path) -> None:
+    """Temp and old folders of :func:`atomic_dir` left by a killed process (its pid is gone)."""
+    for p in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, pid = p.name[len(path.name) + 2:].rpartition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temp folder next to ``path``; on success it replaces ``path`` in one rename.
@@ -245,6 +263,7 @@ def atomic_dir(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_leftovers(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -328,7 +347,8 @@ def load_model(path: str | Path, dtype: str = "float32"):
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model path does not exist")
-    kw = {"local_files_only": True}
+    # safe loading: local files only, never a model's own code, never pickle weights
+    kw = {"local_files_only": True, "trust_remote_code": False}
     if path.suffix == ".gguf":
         try:
             with _quiet_gguf():
@@ -341,8 +361,11 @@ def load_model(path: str | Path, dtype: str = "float32"):
             raise ModelError(f"{path}: no *.safetensors weights in the model folder")
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: no config.json in the model folder")
-        model = AutoModelForCausalLM.from_pretrained(path, **kw)
-        tok = AutoTokenizer.from_pretrained(path, **kw)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kw)
+            tok = AutoTokenizer.from_pretrained(path, **kw)
+        except Exception as e:  # corrupt weights, unknown architectures, remote code: fail naming the folder
+            raise ModelError(f"{path}: cannot load the model folder ({type(e).__name__}: {str(e)[:300]})") from e
         meta_p = path / "r2f_model.json"
         if meta_p.is_file():
             try:

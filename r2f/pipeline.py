@@ -164,33 +164,34 @@ def validate(cfg: Config, log: Log) -> dict:
     from .requests import read_request
     from .validation import ValidationError, check, validate_pipeline_data, validate_request
 
+    from .models import atomic_dir
+
     info = request_info(cfg)
     tofu = load_tofu(cfg.data.tofu_dir)
     out = stage_dir(cfg, "validate")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     req = read_request(cfg.pipeline.request).to_dict()
     full = tofu.split("full")
     reports = [validate_request(req, {q.id for q in full}, set(range(200)), tofu.authors_named)]
     items = forget_items(cfg)
-    try:
-        if items:  # an empty forget set is already a failure of the request suite
-            try:
-                reports += validate_pipeline_data(tofu, items, cfg.validation)
-            except ValidationError as exc:
-                reports += exc.reports
-        check(reports, out)
-    except ValidationError as exc:
-        _write(out / "result.json", {"passed": False, "request_id": info["request_id"],
+    failed = None
+    with atomic_dir(out) as tmp:  # the outs (reports + result.json) replace the old ones in one rename
+        try:
+            if items:  # an empty forget set is already a failure of the request suite
+                try:
+                    reports += validate_pipeline_data(tofu, items, cfg.validation)
+                except ValidationError as exc:
+                    reports += exc.reports
+            check(reports, tmp)
+        except ValidationError as exc:
+            failed = ValidationError(str(exc).replace(str(tmp), str(out)), exc.failures, exc.reports)
+        _write(tmp / "result.json", {"passed": failed is None, "request_id": info["request_id"],
                                      "suites": {r.suite: r.success for r in reports}})
+    if failed is not None:
         _track_rejected(cfg, info, out)
         raise ValidationError(f"request {info['request_id']}: data validation failed, nothing was changed "
-                              f"(GX results in {out}):\n{exc}", exc.failures, reports) from None
-    result = {"passed": True, "request_id": info["request_id"], "suites": {r.suite: r.success for r in reports}}
-    _write(out / "result.json", result)
+                              f"(GX results in {out}):\n{failed}", failed.failures, reports) from None
     log(f"validation passed: {len(reports)} suites")
-    return result
+    return _json(out / "result.json")
 
 
 def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
@@ -244,20 +245,20 @@ def unlearn(cfg: Config, log: Log, progress=None) -> dict:
     info = request_info(cfg)
     if not _json(stage_dir(cfg, "validate") / "result.json").get("passed"):
         raise PipelineError(f"request {info['request_id']}: validation did not pass; nothing unlearned")
+    from .models import atomic_dir
+
     out = stage_dir(cfg, "unlearn")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     tracker = make_tracker(cfg)
-    with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
+    # model + report replace the old outs in one rename: a run killed midway leaves the old ones
+    with atomic_dir(out) as new, tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         start = start_model(cfg, tracker, Path(tmp), log)
         rep = run(cfg, forget_split=info["eval_split"], model_path=start["path"],
-                  out=out / "model", log=log, progress=progress, forget_items=forget_items(cfg))
-    rep["request_id"] = info["request_id"]
-    rep["decoder_hash"] = decoder_dir(cfg).name
-    rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
-    rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
-    _write(out / "report.json", rep)
+                  out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg))
+        rep["request_id"] = info["request_id"]
+        rep["decoder_hash"] = decoder_dir(cfg).name
+        rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
+        rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
+        _write(new / "report.json", rep)
     return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
 
 
@@ -323,6 +324,56 @@ def promote(cfg: Config, log: Log) -> dict:
     with atomic_dir(stage_dir(cfg, "promote")) as tmp:
         _write(tmp / "promotion.json", res)
     return res
+
+
+def recover(cfg: Config, log: Log) -> list[str] | None:
+    """Before a full run of ``pipeline.request``, under the pipeline lock: tidy up after an earlier
+    run of the same request that was killed. Its MLflow runs left RUNNING are marked KILLED. If it
+    died inside ``promote`` (a registered version of this request without the final ``decision``
+    tag) and the stage outs on disk are that attempt's (same request, same MLflow run, same weights),
+    returns ``["promote"]``: only the promotion is finished, nothing is unlearned twice. Otherwise
+    such a version is tagged ``decision=abandoned`` and None says: run every stage."""
+    from .audit import weights_sha256
+    from .registry import versions
+    from .requests import read_request
+    from .tracking import make_tracker
+
+    tracker = make_tracker(cfg)
+    if not tracker.active:
+        return None
+    rid = read_request(cfg.pipeline.request).request_id
+    killed = tracker.close_stale_runs(cfg.tracking.unlearning_experiment, {"request_id": rid})
+    if killed:
+        log(f"request {rid}: {len(killed)} MLflow run(s) of a killed earlier run marked KILLED")
+    name = cfg.tracking.target_model_name
+    unfinished = [mv for mv in versions(tracker.client, name, request_id=rid) if "decision" not in mv.tags]
+    if not unfinished:
+        return None
+    mv = unfinished[-1]
+    try:
+        info, rep = request_info(cfg), _json(stage_dir(cfg, "unlearn") / "report.json")
+        _json(stage_dir(cfg, "gate") / "decision.json")
+        same = (info["request_id"] == rid and rep.get("mlflow_run_id") == mv.run_id
+                and weights_sha256(stage_dir(cfg, "unlearn") / "model") == mv.tags.get("weights_sha256"))
+    except (PipelineError, OSError, KeyError):
+        same = False
+    if same:
+        log(f"request {rid}: the promotion of version {mv.version} was cut short; finishing it")
+        return ["promote"]
+    for v in unfinished:
+        tracker.client.set_model_version_tag(name, v.version, "decision", "abandoned")
+    log(f"request {rid}: unfinished version(s) {', '.join(v.version for v in unfinished)} marked abandoned; "
+        "running every stage")
+    return None
+
+
+def results_on_disk(cfg: Config) -> dict:
+    """The results of prepare, unlearn and gate as their outs record them (for a resumed run)."""
+    info = request_info(cfg)
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    return {"prepare": {k: info[k] for k in ("request_id", "n_rows", "rows_sha256", "eval_split")},
+            "unlearn": {k: rep.get(k) for k in ("method", "eta", "wall_s", "mlflow_run_id")},
+            "gate": _json(stage_dir(cfg, "gate") / "decision.json")}
 
 
 FUNCS: dict[str, Callable] = {"prepare": prepare, "validate": validate, "train_models": train_models,

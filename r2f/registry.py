@@ -67,15 +67,17 @@ def log_pyfunc(folder: str, name: str, kind: str = "hf") -> str:
     return info.model_uri
 
 
-def register(client, model_uri: str, name: str, timeout_s: float = 60.0) -> int:
-    """Create ``name`` if needed and a new version from ``model_uri``; waits until READY."""
+def register(client, model_uri: str, name: str, timeout_s: float = 60.0, tags: dict | None = None) -> int:
+    """Create ``name`` if needed and a new version from ``model_uri`` (with ``tags`` from its
+    creation on, so a crash can never leave an untagged version); waits until READY."""
     try:
         try:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name)
         run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
-        mv = client.create_model_version(name, model_uri, run_id=run_id)
+        mv = client.create_model_version(name, model_uri, run_id=run_id,
+                                         tags={k: str(v) for k, v in (tags or {}).items()})
     except MlflowException as exc:
         raise RegistryError(f"cannot register {model_uri} as {name}: {exc}") from exc
     t0 = time.monotonic()
@@ -98,26 +100,45 @@ def set_alias(client, name: str, alias: str, version: int) -> None:
     client.set_registered_model_alias(name, alias, str(version))
 
 
+def versions(client, name: str, **tags) -> list:
+    """The versions of ``name`` whose tags include ``tags`` (oldest first; none when ``name`` is
+    not registered yet)."""
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    hits = [mv for mv in found if all(mv.tags.get(k) == str(v) for k, v in tags.items())]
+    return sorted(hits, key=lambda mv: int(mv.version))
+
+
 def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlearning") -> int:
-    """Register the untouched target as the first ``champion`` when ``name`` has none (idempotent)."""
+    """Register the untouched target as the first ``champion`` when ``name`` has none (idempotent,
+    also after a crash between registering it and setting the alias: the tagged version is reused)."""
     c = tracker.client
     current = get_alias_version(c, name, "champion")
     if current is not None:
         return current
-    with tracker.start_run(experiment, "base-target", {"role": "base_target"}):
-        _, version = tracker.log_model_dir(base_dir, "model", registered_name=name)
-    c.set_model_version_tag(name, str(version), "role", "base_target")
+    earlier = versions(c, name, role="base_target")
+    if earlier:
+        version = int(earlier[0].version)
+    else:
+        with tracker.start_run(experiment, "base-target", {"role": "base_target"}):
+            _, version = tracker.log_model_dir(base_dir, "model", registered_name=name,
+                                               tags={"role": "base_target"})
     set_alias(c, name, "champion", version)
     return version
 
 
 def promote(client, name: str, version: int, decision: dict) -> bool:
-    """Tag ``version`` with the gate decision; move ``champion`` to it only if it passed."""
+    """Tag ``version`` with the gate decision; move ``champion`` to it only if it passed; then, as
+    the very last write, tag ``decision`` (promoted | rejected): a version without that tag is an
+    unfinished promotion, which a rerun completes (``r2f.pipeline.recover``)."""
     reasons = "; ".join(decision.get("reasons") or [])[:5000]
     for k, v in {"gate.passed": str(bool(decision["passed"])).lower(), "gate.reasons": reasons or "-",
                  "gate.decided_at": decision.get("decided_at", "")}.items():
         client.set_model_version_tag(name, str(version), k, v)
-    if decision["passed"] is True:
+    passed = decision["passed"] is True
+    if passed:
         set_alias(client, name, "champion", version)
-        return True
-    return False
+    client.set_model_version_tag(name, str(version), "decision", "promoted" if passed else "rejected")
+    return passed

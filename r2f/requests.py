@@ -22,7 +22,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SPLITS = ("forget01", "forget05", "forget10")
 FIELDS = ("request_id", "subject", "selectors", "requester", "legal_basis", "created_at")
@@ -33,22 +33,78 @@ class RequestError(ValueError):
     """A deletion request is unreadable or invalid; the message names the file and the field."""
 
 
+MAX_BYTES = 64 * 1024  # a request file is a few hundred bytes; anything this large is not one
+MAX_SELECTORS = 4000  # TOFU's rows
+
+
+def _text(v: str) -> str:
+    """Free text: not blank, no control characters (tabs and line breaks aside)."""
+    if not v.strip():
+        raise ValueError("must not be empty or whitespace")
+    if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 127 for c in v):
+        raise ValueError("must not contain control characters")
+    return v
+
+
+def _unique(values: tuple) -> tuple:
+    seen, dup = set(), []
+    for v in values:
+        if v in seen and v not in dup:
+            dup.append(v)
+        seen.add(v)
+    if dup:
+        raise ValueError(f"{len(dup)} entr{'y' if len(dup) == 1 else 'ies'} listed twice (positions of "
+                         f"the first: {[values.index(d) for d in dup[:5]]})")
+    return values
+
+
 class Selectors(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    authors: tuple[int | str, ...] = ()
-    question_ids: tuple[str, ...] = ()
+    authors: tuple[int | str, ...] = Field((), max_length=MAX_SELECTORS)
+    question_ids: tuple[str, ...] = Field((), max_length=MAX_SELECTORS)
+
+    @field_validator("authors", mode="before")
+    @classmethod
+    def _no_bools(cls, v):
+        if isinstance(v, (list, tuple)) and any(isinstance(a, (bool, float)) for a in v):
+            raise ValueError("an author is a TOFU author name or an integer index")
+        return v
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, v: tuple) -> tuple:
+        for a in v:
+            if isinstance(a, str):
+                _text(a)
+                if len(a) > 200:
+                    raise ValueError("an author name is at most 200 characters")
+        return _unique(v)
+
+    @field_validator("question_ids")
+    @classmethod
+    def _qids(cls, v: tuple) -> tuple:
+        for q in v:
+            if not q.strip() or len(q) > 64:
+                raise ValueError("a question id is 1-64 characters, not blank")
+        return _unique(v)
 
 
 class DeletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    request_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # a folder name in the inbox: starts with a letter or digit (no ".", "..", hidden names)
+    request_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     subject: str = Field(min_length=1, max_length=500)
     selectors: Selectors
     requester: str = Field(min_length=1, max_length=500)
     legal_basis: str = Field(min_length=1, max_length=500)
     created_at: dt.datetime | dt.date
+
+    @field_validator("subject", "requester", "legal_basis")
+    @classmethod
+    def _free_text(cls, v: str) -> str:
+        return _text(v)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -85,14 +141,17 @@ def read_request(path: str | Path) -> DeletionRequest:
 
 
 def load_raw(path: Path):
-    import yaml
+    """The parsed file, through :mod:`r2f.safeyaml` (size, UTF-8, aliases, depth, duplicate keys)."""
+    from .safeyaml import UnsafeYAML, load_file
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_file(path, max_bytes=MAX_BYTES, max_depth=6)
     except FileNotFoundError as exc:
         raise RequestError(f"{path}: file not found") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RequestError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise RequestError(f"{path}: is a folder, not a request file") from exc
+    except UnsafeYAML as exc:
+        raise RequestError(str(exc)) from None
 
 
 def author_indices(req: DeletionRequest, tofu) -> list[int]:

@@ -63,6 +63,7 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
     items = decoder_train_items(cfg, load_tofu(cfg.data.tofu_dir))
     dec = fit_decoder(cfg, model, tok, items, log, progress)
     dec.meta["proxy"] = str(models.path("proxy"))
+    dec.meta["model_type"] = model.config.model_type  # the family it may decode for (decoder.check_family)
     dec.save(out)
     return {"decoder_dir": str(out), **dec.meta}
 

@@ -73,10 +73,11 @@ class NullTracker:
     def log_dict(self, obj, artifact_file): pass
     def log_artifact(self, path, artifact_path=None): pass
     def find_run(self, experiment, tags): return None
+    def close_stale_runs(self, experiment, tags): return []
     def champion_summary(self, name, split): return None
     def champion_model(self, name, dest, skip_roles=()): return None
 
-    def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf"):
+    def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf", tags=None):
         return None, None
 
     def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None):
@@ -196,9 +197,23 @@ class MlflowTracker:
         runs = self.client.search_runs([exp.experiment_id], flt, max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def close_stale_runs(self, experiment: str, tags: dict) -> list[str]:
+        """Mark the runs of ``experiment`` with ``tags`` that are still RUNNING as KILLED (tag
+        ``status=killed``): called under the pipeline lock, when no live run can own them."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        flt = " and ".join([f"tags.{k} = '{v}'" for k, v in tags.items()] + ["attributes.status = 'RUNNING'"])
+        out = []
+        for r in self.client.search_runs([exp.experiment_id], flt):
+            self.client.set_tag(r.info.run_id, "status", "killed")
+            self.client.set_terminated(r.info.run_id, "KILLED")
+            out.append(r.info.run_id)
+        return out
+
     # -- models and registry ------------------------------------------------------------------------
     def log_model_dir(self, model_dir: str, artifact_path: str, registered_name: str | None = None,
-                      kind: str = "hf") -> tuple[str, int | None]:
+                      kind: str = "hf", tags: dict | None = None) -> tuple[str, int | None]:
         """Log a folder as an MLflow pyfunc model in the active run (``kind`` hf: an HF causal LM
         answering questions; decoder: an R2F gradient decoder); register it when ``registered_name``
         is given. Returns (model_info.model_uri, version or None)."""
@@ -207,7 +222,7 @@ class MlflowTracker:
         self._need_run()
         with self._uris():
             uri = log_pyfunc(model_dir, artifact_path, kind)
-        version = register(self.client, uri, registered_name) if registered_name else None
+        version = register(self.client, uri, registered_name, tags=tags) if registered_name else None
         return uri, version
 
     def champion_summary(self, name: str, split: str) -> dict | None:
@@ -271,16 +286,22 @@ class MlflowTracker:
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning") -> dict:
         """Base target as version 1 / ``champion`` (once), then the unlearned model as a new
-        version with alias ``candidate``; ``champion`` moves only if ``decision['passed']``."""
-        from .registry import ensure_base, get_alias_version, promote
+        version (``tags`` from its creation on) with alias ``candidate``; ``champion`` moves only if
+        ``decision['passed']``. After a crash mid-promotion, a rerun reuses the version already
+        registered for the same request and weights (no ``decision`` tag yet) instead of adding one."""
+        from .registry import ensure_base, get_alias_version, promote, versions
 
         base = ensure_base(self, name, base_dir, experiment)
-        with self.start_run(None, run_id=run_id):
-            _, version = self.log_model_dir(model_dir, "model", registered_name=name)
-            self.set_tags({"registered_model": name, "registered_version": version})
         c = self.client
-        for k, v in tags.items():
-            c.set_model_version_tag(name, str(version), k, str(v))
+        same = [mv for mv in versions(c, name, request_id=tags.get("request_id"),
+                                      weights_sha256=tags.get("weights_sha256"))
+                if "decision" not in mv.tags and mv.run_id == run_id] if run_id else []
+        if same:
+            version = int(same[-1].version)
+        else:
+            with self.start_run(None, run_id=run_id):
+                _, version = self.log_model_dir(model_dir, "model", registered_name=name, tags=tags)
+                self.set_tags({"registered_model": name, "registered_version": version})
         c.set_registered_model_alias(name, "candidate", str(version))
         promote(c, name, version, decision)
         return {"version": version, "champion_version": get_alias_version(c, name, "champion"),

@@ -84,6 +84,12 @@ class LowRank:
         u, v = self.us[0].double(), self.vs[0].double()
         return float(((u.T @ u) * (v @ v.T)).sum())
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self.d is not None:
+            return tuple(self.d.shape)
+        return (self.us[0].shape[0], self.vs[0].shape[1]) if self.us else (0, 0)
+
     def finite(self) -> bool:
         import torch
 
@@ -104,6 +110,19 @@ def check_finite(direction: dict) -> None:
             raise UnlearnError(f"update for module {name} is empty: refused, model left unchanged")
         if not (d.finite() if isinstance(d, LowRank) else torch.isfinite(d).all()):
             raise UnlearnError(f"update for module {name} contains NaN/Inf: refused, model left unchanged")
+
+
+def check_shapes(mods: dict, direction: dict) -> None:
+    """Every update names a module of the target and has its weight's shape (a decoder or a
+    direction built for another model is refused before anything is written)."""
+    for name, d in direction.items():
+        if name not in mods or not hasattr(mods[name], "weight"):
+            raise UnlearnError(f"update for module {name}: the target has no such module: refused, "
+                               "model left unchanged")
+        want, got = tuple(mods[name].weight.shape), tuple(d.shape)
+        if got != want:
+            raise UnlearnError(f"update for module {name} has shape {got}, the target's weight is {want}: "
+                               "refused, model left unchanged")
 
 
 class Trial:
@@ -172,6 +191,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
+    check_shapes(mods, direction)
     names = [i.name for i in target_modules(model, cfg.lora.target_modules)]
     missing = set(direction) - set(names)
     if missing:

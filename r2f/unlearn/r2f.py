@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..decoder import decode_factors, gram_weighting, make_sketch
+from ..decoder import check_family, decode_factors, gram_weighting, make_sketch
 from ..grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
 from ..onepass import group_batches, one_pass_lora_gradients
 from .apply import LowRank, calibrate_and_apply, views_split
@@ -21,6 +21,7 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
     decoder = decoder if decoder is not None else ctx.decoder
     if decoder is None:
         raise ValueError("r2f needs a decoder (a LearnedDecoder or a fixed decoder name)")
+    check_family(decoder, model)
     infos = target_modules(model, cfg.lora.target_modules)
     grad_views, _ = views_split(ctx.forget, cfg)
     groups = [[v] for v in grad_views] if cfg.lora.basis == "item" else [grad_views]

@@ -1,0 +1,126 @@
+"""Bad input fails closed (issue #8): every case of tests/data/bad_inputs/cases.yaml is rejected by
+each of its real entry points with a message naming the problem, and nothing changes (registry,
+MLflow runs, DVC, inbox, stage outs). Plus a property-based test of the request parser."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import TINY
+from reliability_lib import cases, make_project, run_case
+
+CASES = cases()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("badproj"), TINY)
+
+
+def test_the_corpus_is_large_and_varied():
+    kinds = {c["kind"] for c in CASES}
+    assert len(CASES) >= 30 and kinds == {"request", "params", "tofu", "model"}
+    assert len({c["id"] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_bad_input_is_rejected_and_changes_nothing(case, project, tmp_path):
+    res = run_case(case, project, tmp_path)
+    assert res["rejected"], res["messages"]
+    assert res["message_ok"], (case["expect"], res["messages"])
+    assert res["state_changes"] == [], res
+    assert not os.path.exists("/tmp/pwned")  # the remote-code model case never ran its code
+
+
+def test_the_state_probe_sees_a_valid_request(tmp_path):
+    """Control: the same runner and probe on a valid request record an accepted input and a change
+    (the inbox gains it), so the zero-change assertions above can fail."""
+    from conftest import ROOT
+
+    proj = make_project(tmp_path / "p", TINY)
+    case = {"kind": "request", "file": str(ROOT / "requests/forget01-authors.yaml"), "expect": "", "why": "control",
+            "id": "control", "name": "control"}
+    res = run_case(case, proj, tmp_path / "w")
+    assert not res["rejected"] and "inbox" in res["state_changes"], res
+
+
+def test_messages_do_not_echo_the_subject(project, tmp_path):
+    """A rejected request's message names the file and field, never the free text it holds."""
+    from r2f.requests import RequestError, read_request
+
+    f = tmp_path / "r.yaml"
+    f.write_text("request_id: req-x\nsubject: Jane Q Secretperson\nselectors: {authors: [Jane Q Secretperson, 3.5]}\n"
+                 "requester: r\nlegal_basis: b\ncreated_at: 2026-01-01\n")
+    with pytest.raises(RequestError) as exc:
+        read_request(f)
+    assert str(f) in str(exc.value) and "selectors.authors" in str(exc.value)
+    assert "Secretperson" not in str(exc.value)
+
+
+# -- property-based: the parser accepts exactly the valid requests --------------------------------
+_id = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
+_text = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs", "Cc")),
+                min_size=1, max_size=60).filter(lambda s: s.strip())
+_value = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.booleans(), st.text(max_size=20),
+                   st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+@st.composite
+def requests_(draw):
+    qids = draw(st.lists(st.from_regex(r"tofu-[0-9]{4}", fullmatch=True), max_size=5, unique=True))
+    authors = draw(st.lists(st.integers(0, 199), max_size=3, unique=True))
+    return {"request_id": draw(_id), "subject": draw(_text), "requester": draw(_text), "legal_basis": draw(_text),
+            "created_at": draw(st.dates(dt.date(2000, 1, 1), dt.date(2100, 1, 1))).isoformat(),
+            "selectors": {"question_ids": qids, "authors": authors}}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests_())
+def test_valid_requests_parse_and_round_trip(raw):
+    from r2f.requests import RequestError, parse_request
+
+    empty = not raw["selectors"]["question_ids"] and not raw["selectors"]["authors"]
+    if empty:
+        with pytest.raises(RequestError, match="names nothing to forget"):
+            parse_request(raw, "prop.yaml")
+        return
+    req = parse_request(raw, "prop.yaml")
+    assert parse_request(req.to_dict(), "again.yaml") == req
+    assert req.request_id == raw["request_id"] and list(req.selectors.question_ids) == raw["selectors"]["question_ids"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests_(), st.sampled_from(["request_id", "subject", "requester", "legal_basis", "created_at", "selectors"]),
+       _value, st.booleans())
+def test_corrupted_requests_raise_request_error_only(raw, field, value, drop):
+    """Any field dropped or replaced by a value of another kind: either still a valid request or a
+    RequestError naming the source; never another exception."""
+    from r2f.requests import RequestError, parse_request
+
+    bad = dict(raw)
+    if drop:
+        bad.pop(field)
+    else:
+        bad[field] = value
+    try:
+        parse_request(bad, "prop.yaml")
+    except RequestError as exc:
+        assert str(exc).startswith("prop.yaml: ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_crash_the_reader(tmp_path_factory, data):
+    from r2f.requests import RequestError, read_request
+
+    f = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    f.write_bytes(data)
+    try:
+        read_request(f)
+    except RequestError as exc:
+        assert str(f) in str(exc)
