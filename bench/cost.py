@@ -146,22 +146,22 @@ def one(args) -> None:
         model, tok = load_model(path)
         return UnlearnContext(model, tok, c, forget, retain, tofu.idontknow(), "analytic")
 
-    walls, direction, info = [], [], {}
+    walls, direction, info, peaks = [], [], {}, []
     n_params = None
     rss0 = None
     for _ in range(args.repeats):
         c = ctx()
         n_params = sum(p.numel() for p in c.model.parameters())
-        if rss0 is None:
-            reset_peak_rss()
-            rss0 = peak_rss_mb()  # the loaded model and libraries: every method holds them
+        reset_peak_rss()  # after each load: the peak is the method's (loaded model and libraries included)
+        rss0 = rss0 or peak_rss_mb()  # the loaded model and libraries: every method holds them
         t0 = time.perf_counter()
         res = method.run(c)
         walls.append(time.perf_counter() - t0)
+        peaks.append(peak_rss_mb())
         direction.append(res.info.get("direction_s"))
         info = {"eta": res.eta}
         del c, res
-    peak = peak_rss_mb()
+    peak = max(peaks)
     row = {"model": args.model, "method": args.one, "views": args.views, "items": args.items,
            "micro_batch": args.micro_batch or cfg.unlearn.micro_batch,
            "params_m": round(n_params / 1e6, 1), "repeats": args.repeats,
@@ -312,8 +312,8 @@ def notes_for(rows: list[dict], args) -> list[str]:
         "wall_s: the method's run (gradient + eta calibration + writing the update), model already loaded; "
         "median of `repeats` runs (1 for NPO, the 360M model and >40 items). direction_s: the gradient part "
         "(for R2F: bases + LoRA gradients + decoding), the rest is eta calibration (forward passes only).",
-        "peak_rss_mb: the child's peak RSS during the runs (reset after the first load, so it includes the "
-        "loaded model and libraries, which every method holds). peak_tensor_mb: peak of tensors allocated "
+        "peak_rss_mb: the child's peak RSS during the method's runs (reset after each model load, so it includes "
+        "the loaded model and libraries, which every method holds, but not the load itself; max over repeats). peak_tensor_mb: peak of tensors allocated "
         "during one extra run and alive at once (weights and buffers excluded), eta fixed to the calibrated one. "
         "flops_step: torch.utils.flop_counter over one more run with eta fixed (the step without calibration "
         "trials).",

@@ -51,7 +51,9 @@ def _cfg(config: dict):
 def stage_task(config: dict, name: str) -> dict:
     from r2f.pipeline import run_stage
 
-    return run_stage(_cfg(config), name, log=_logger().info)
+    res = run_stage(_cfg(config), name, log=_logger().info)
+    _logger().info(f"stage {name} finished in {res['stage_wall_s']} s")
+    return res
 
 
 @task(name="version", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -95,11 +97,15 @@ def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str]
     version = bool(cfg.versioning.enabled and root)
     if version:
         ensure_repo(cfg, root)
-    results, pending = {}, []
+    results, pending, held = {}, [], []
     todo = list(stages or NAMES)
-    if stages is None and (left := recover(cfg, _logger().info)):
-        # an earlier run of this request died inside promote: finish that promotion only
-        todo, results = left, results_on_disk(cfg)
+    plan = recover(cfg, _logger().info) if stages is None else {}
+    if "done" in plan:  # already processed (exactly once): nothing to do
+        for rid in inbox_ids or ():
+            advance(cfg, rid, "promote", plan["done"])
+        return {"already_processed": plan["done"]}
+    if "stages" in plan:  # an earlier run of this request died inside promote: finish that only
+        todo, results = plan["stages"], results_on_disk(cfg)
     for name in todo:
         if name in NEEDS_LOCK:
             _wait(pending)
@@ -108,8 +114,15 @@ def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str]
         for rid in inbox_ids or ():
             advance(cfg, rid, name, results[name])
         if version:
-            pending.append(version_task.with_options(name=f"version-{name}")
-                           .submit(config, str(root), name, wait_for=pending[-1:]))
+            # a request is versioned only once its data passed validation: a rejected request
+            # leaves no DVC commit (its GX results stay in the validation folder for the operator)
+            held = held + [name] if name == "prepare" and "validate" in todo else held
+            if name in held:
+                continue
+            for n in held + [name]:
+                pending.append(version_task.with_options(name=f"version-{n}")
+                               .submit(config, str(root), n, wait_for=pending[-1:]))
+            held = []
     _wait(pending)
     return results
 

@@ -197,8 +197,11 @@ def stage(name: Optional[str] = typer.Argument(None, help="Stage: prepare, valid
 def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """The main job: the deletion request of pipeline.request through the whole pipeline (Prefect
     flow: prepare, validate, train models and decoder (cached), unlearn, evaluate, gate, promote),
-    versioned with DVC and tracked in MLflow. Exit 0: promoted; 3: the gate rejected the candidate;
-    2: bad input or a failed stage (nothing promoted)."""
+    versioned with DVC and tracked in MLflow. A request is processed once: when the registry already
+    holds its decision, nothing is done (pipeline.rerun=true runs it again); a run killed midway is
+    finished by the next one. One run per state folder at a time (others exit 2 at once).
+    Exit 0: promoted; 3: the gate rejected the candidate; 2: bad input, a failed stage or another
+    run busy (nothing promoted)."""
     _setup()
     cfg = _cfg(params, set_)
     _state_env(cfg)
@@ -209,6 +212,14 @@ def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
         results = unlearning_flow(str(params), overrides)
     except _pipeline_errors() as exc:
         _fail(str(exc))
+    if "already_processed" in results:
+        done = results["already_processed"]
+        typer.echo(f"request {done['request_id']} was already processed: {done['registered_model']} version "
+                   f"{done['version']} {done['decision']}. Nothing was done (set pipeline.rerun=true to run it "
+                   "again as a new candidate).")
+        if not done["passed"]:
+            raise typer.Exit(3)
+        return
     _print_run_summary(cfg, results)
     if not results["gate"]["passed"]:
         raise typer.Exit(3)

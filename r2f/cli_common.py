@@ -84,6 +84,9 @@ def _state_env(cfg) -> None:
     """Point Prefect and DVC state into the project's state folder (before they are imported)."""
     state = Path(cfg.state_dir).resolve()
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    # Prefect creates only the last folder of its home: without the parents its temporary server
+    # cannot open its database and the first flow times out
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
     # the temporary Prefect server can take long to start on a loaded 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

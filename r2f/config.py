@@ -215,6 +215,9 @@ class PipelineConfig(_Strict):
     # champion: unlearn from the registry's current champion (sequential deletions build on each
     # other); target: always from the embedded target (independent, reproducible by `dvc repro`)
     start_from: Literal["champion", "target"] = "champion"
+    # A request whose final decision is in the registry is not processed again (exactly once, also
+    # after a crash); true: run it again as a new candidate (comparing methods, a changed gate)
+    rerun: bool = False
 
 
 class ScheduleConfig(_Strict):

@@ -164,22 +164,33 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
     forward and one input-gradient-only backward, i.e. a LoRA fwd+bwd. Returns (Y, bases).
 
     ``micro_batch``: a batch of more sequences runs in low-memory mode instead: a no-grad forward
-    over the whole batch keeps only the modules' inputs (for the bases), then forward + backward
-    over ``micro_batch`` sequences at a time, so the activations a backward saves are those of one
-    micro-batch. Same result (tested), one more forward."""
+    over the whole batch computes every module's bases inside its forward hook (nothing is kept but
+    the bases; with a fitted token weighting one more no-grad forward gives the logits first), then
+    forward + backward over ``micro_batch`` sequences at a time, so the activations a backward saves
+    are those of one micro-batch. Same result (tested), one or two more forwards."""
     import torch
 
     mods = dict(model.named_modules())
     n_groups = max(seq_groups) + 1 if seq_groups else 0
     Y = {i.name: torch.zeros(n_groups, mods[i.name].out_features, rank) for i in infos}
     bases: list[dict] = [dict() for _ in range(n_groups)]
-    # mode "keep": store the input; "proj": project it on state["proj"] (bases known) for the backward
-    state: dict = {"x": {}, "xa": {}, "mode": "keep", "proj": {}}
+    # mode "keep": store the input; "basis": compute the bases from it at once (low-memory); "proj":
+    # project it on state["proj"] (bases known) for the backward; "off": nothing
+    state: dict = {"x": {}, "xa": {}, "mode": "keep", "proj": {}, "last": None}
 
     def fwd(name):
         def fn(_m, inputs, out):
+            if state["mode"] == "off":
+                return
             if state["mode"] == "keep":
                 state["x"][name] = inputs[0].detach()
+            elif state["mode"] == "basis":
+                x = inputs[0]
+                last = state["last"]  # q/k/v (gate/up) run one after another on one input tensor
+                if last is None or last[0] is not x:
+                    last = state["last"] = (x, _run_bases({name: x.detach()}, state["runs"], state["w"], rank)[name])
+                state["bases_now"][name] = last[1]
+                return
             else:
                 x = inputs[0].detach()
                 state["xa"][name] = [(g, s, e, (x[s:e].float() @ a.T).reshape(-1, rank))
@@ -200,14 +211,23 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
             k = b["input_ids"].shape[0]
             low_memory = micro_batch is not None and k > micro_batch
-            state["mode"] = "keep"
             if low_memory:
                 with torch.no_grad():
-                    logits, pos = answer_logits(model, b)
+                    if weighting is None:
+                        w = token_weights(None, b, None)  # uniform: the mask, no logits needed
+                    else:
+                        state["mode"] = "off"
+                        logits, pos = answer_logits(model, b)
+                        w = token_weights(logits, b, weighting, pos)
+                        del logits
+                    state.update(mode="basis", w=w, runs=runs, bases_now={})
+                    answer_logits(model, b)
+                per_module, state["last"] = state["bases_now"], None
             else:
+                state["mode"] = "keep"
                 logits, pos = answer_logits(model, b)
-            w = token_weights(logits.detach(), b, weighting, pos)  # B x T
-            per_module = _run_bases(state["x"], runs, w, rank)
+                w = token_weights(logits.detach(), b, weighting, pos)  # B x T
+                per_module = _run_bases(state["x"], runs, w, rank)
             for name, per_run in per_module.items():
                 for (g, _, _), a in zip(runs, per_run):
                     bases[g][name] = a
@@ -219,7 +239,6 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                 state["x"] = {}
                 (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
             else:
-                del logits
                 state["x"], state["mode"] = {}, "proj"
                 for m0 in range(0, k, micro_batch):
                     m1 = min(k, m0 + micro_batch)

@@ -73,7 +73,7 @@ class NullTracker:
     def log_dict(self, obj, artifact_file): pass
     def log_artifact(self, path, artifact_path=None): pass
     def find_run(self, experiment, tags): return None
-    def close_stale_runs(self, experiment, tags): return []
+    def close_stale_runs(self, experiment, tags, keep=None): return []
     def champion_summary(self, name, split): return None
     def champion_model(self, name, dest, skip_roles=()): return None
 
@@ -197,16 +197,23 @@ class MlflowTracker:
         runs = self.client.search_runs([exp.experiment_id], flt, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def close_stale_runs(self, experiment: str, tags: dict) -> list[str]:
-        """Mark the runs of ``experiment`` with ``tags`` that are still RUNNING as KILLED (tag
-        ``status=killed``): called under the pipeline lock, when no live run can own them."""
+    def close_stale_runs(self, experiment: str, tags: dict, keep: str | None = None) -> list[str]:
+        """Runs of ``experiment`` with ``tags`` that an earlier, killed attempt left behind: still
+        RUNNING, or finished without a registered model (and not a record of rejected data). They are
+        marked KILLED with tag ``status=abandoned``; ``keep`` (a run being resumed) is left alone.
+        Called under the pipeline lock, when no live run can own them."""
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             return []
-        flt = " and ".join([f"tags.{k} = '{v}'" for k, v in tags.items()] + ["attributes.status = 'RUNNING'"])
+        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
         out = []
         for r in self.client.search_runs([exp.experiment_id], flt):
-            self.client.set_tag(r.info.run_id, "status", "killed")
+            t = r.data.tags
+            stale = r.info.status == "RUNNING" or ("registered_version" not in t and t.get("status") not in (
+                "rejected_data", "abandoned"))
+            if r.info.run_id == keep or not stale:
+                continue
+            self.client.set_tag(r.info.run_id, "status", "abandoned")
             self.client.set_terminated(r.info.run_id, "KILLED")
             out.append(r.info.run_id)
         return out

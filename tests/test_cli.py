@@ -34,8 +34,11 @@ def test_subcommand_help():
 
 
 def _params(tmp_path, cfg):
+    """cfg as a params.yaml in tmp_path; its data folder (the repo's) declared an allowed root."""
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    d = cfg.model_dump(mode="json")
+    d["allowed_roots"] = [str(Path(cfg.data.tofu_dir).parent)]
+    p.write_text(yaml.safe_dump(d))
     return p
 
 

@@ -165,9 +165,9 @@ def test_low_memory_micro_batches_give_the_one_pass_result(tofu):
     groups = [[v] for v in make_all_views(tofu.split("forget01")[:3], 3)]
     batches, seq_groups = group_batches(tok, groups, 64, chunk=9)
     assert len(batches) == 1
-    ref_Y, ref_bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0))
-    for mb in (1, 2, 4):
-        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0), micro_batch=mb)
+    for weighting, mb in (((0.1, 1.0), 1), ((0.1, 1.0), 2), (None, 2), (None, 4)):
+        ref_Y, ref_bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, weighting)
+        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, weighting, micro_batch=mb)
         for g in range(3):
             for i in infos:
                 assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-4), (mb, g, i.name)

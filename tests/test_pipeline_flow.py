@@ -100,8 +100,13 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     assert "up to date" in status(cfg, project)
     assert any((project / ".r2f/dvc-remote").rglob("*"))
 
-    # 2. an impossible gate: the candidate is registered but champion stays where it was
-    hard = {**easy, "gate.min_usr": 1.0, "gate.min_forget_quality": 1.0}
+    # 2. the same request again: already processed (exactly once), nothing new in the registry
+    assert unlearning_flow(params, easy) == {"already_processed": {
+        "request_id": "req-0001-forget01", "version": 2, "decision": "promoted", "passed": True,
+        "registered_model": "r2f-target"}}
+    assert len(client.search_model_versions("name='r2f-target'")) == 2
+    # 3. rerun deliberately with an impossible gate: the candidate is registered but champion stays
+    hard = {**easy, "gate.min_usr": 1.0, "gate.min_forget_quality": 1.0, "pipeline.rerun": True}
     res = unlearning_flow(params, hard)
     assert res["gate"]["passed"] is False
     assert res["promote"]["version"] == 3 and _alias(client, "candidate") == 3
@@ -115,14 +120,16 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     assert rep["verified"], [c for c in rep["checks"] if not c["ok"]]
     assert rep["models"]["after"] == "3" and rep["gate"]["passed"] is False
 
-    # 3. bad data: a request naming a row that does not exist stops the flow before unlearning
+    # 4. bad data: a request naming a row that does not exist stops the flow before unlearning
     (project / "requests/bad.yaml").write_text(
         "request_id: req-bad\nsubject: s\nrequester: r\nlegal_basis: test\ncreated_at: 2026-01-01\n"
         "selectors: {question_ids: [tofu-3990, tofu-9999]}\n")
     before = (project / ".r2f/pipeline/unlearned/report.json").read_text()
+    dvc_before = (project / "dvc.lock").read_text()
     with pytest.raises(ValidationError, match="tofu-9999"):
         unlearning_flow(params, {**easy, "pipeline.request": "requests/bad.yaml"})
     assert (project / ".r2f/pipeline/unlearned/report.json").read_text() == before  # nothing unlearned
     assert json.loads((project / ".r2f/pipeline/validation/result.json").read_text())["passed"] is False
     assert list((project / ".r2f/pipeline/validation").glob("request-*.json"))  # the GX result is kept
     assert _alias(client, "champion") == 2 and len(client.search_model_versions("name='r2f-target'")) == 3
+    assert (project / "dvc.lock").read_text() == dvc_before  # the rejected request left no DVC commit

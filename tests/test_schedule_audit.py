@@ -24,12 +24,31 @@ def _write(root, name, rid, selectors, day=1, subject="a fictitious author"):
     return p
 
 
+def _place(ib, src):
+    """Put a request into the inbox as ``submit`` would, without its checks."""
+    import hashlib
+    import shutil
+
+    from r2f.inbox import Record, now
+    from r2f.requests import read_request
+
+    req = read_request(src)
+    d = ib.root / req.request_id
+    d.mkdir(parents=True)
+    shutil.copy(src, d / "request.yaml")
+    at = now()
+    rec = Record(req.request_id, "pending", hashlib.sha256(src.read_bytes()).hexdigest(), at, str(req.created_at),
+                 [{"state": "pending", "at": at}])
+    (d / "state.json").write_text(json.dumps(rec.to_dict()))
+
+
 def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noqa: F811
     from flows.unlearning import tick_flow
     from r2f.audit import audit
     from r2f.config import load_config
     from r2f.data import load_tofu
     from r2f.inbox import inbox
+    from r2f.requests import RequestError
     from r2f.validation import ValidationError
 
     project = make_project(tmp_path / "project")
@@ -60,8 +79,12 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     assert tick_flow(params, EASY)["processed"] == []
 
     # next tick: a failing request does not block the next one, which starts from the champion
-    _write(project, "c", "req-c-retain", "{authors: [3]}", day=2)  # a retain author: data check fails
-    ib.submit(project / "c.yaml", tofu)
+    # rows of a retain author overlap the retain set: submit refuses them at once
+    c = _write(project, "c", "req-c-retain", "{authors: [3]}", day=2)
+    with pytest.raises(RequestError, match="retain"):
+        ib.submit(c, tofu)
+    assert all(r.request_id != "req-c-retain" for r in ib.records())
+    _place(ib, c)  # in the inbox by other means (an older version accepted it): the data check fails
     ib.submit(_write(project, "d", "req-d", "{question_ids: [tofu-3960, tofu-3961]}", day=3), tofu)
     res = tick_flow(params, EASY)
     assert res["processed"] == [{"request_id": "req-c-retain", "state": "failed"},

@@ -34,6 +34,40 @@ def test_nan_update_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
         assert torch.equal(p, before[n])
 
 
+def test_update_for_another_model_is_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
+    """An update whose module names or shapes are not the target's (a direction or decoder made for
+    another model) is refused before anything is written."""
+    from r2f.unlearn.apply import LowRank
+
+    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+    infos = target_modules(ctx.model, tiny_cfg.lora.target_modules)
+    mods = dict(ctx.model.named_modules())
+    good = {i.name: torch.ones_like(mods[i.name].weight) for i in infos}
+    out, inn = mods[infos[0].name].weight.shape
+    wrong = LowRank()
+    wrong.add(1.0, torch.ones(out, 2), torch.ones(2, inn + 8))  # a wider model's input dimension
+    with pytest.raises(UnlearnError, match=r"has shape .* the target's weight is"):
+        calibrate_and_apply(ctx, {**good, infos[0].name: wrong})
+    with pytest.raises(UnlearnError, match="the target has no such module"):
+        calibrate_and_apply(ctx, {**good, "model.layers.99.mlp.up_proj": torch.ones(3, 3)})
+    for n, p in ctx.model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_decoder_of_another_model_family_is_refused(tiny_cfg, tiny_models, tofu):
+    from r2f.decoder import DecoderError, LearnedDecoder
+    from r2f.unlearn.r2f import r2f_direction
+
+    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    dec = LearnedDecoder(hidden=8)
+    dec.meta = {"model_type": "gpt_neox"}
+    with pytest.raises(DecoderError, match="trained on a 'gpt_neox' proxy cannot decode gradients of a 'llama'"):
+        r2f_direction(ctx, dec)
+    dec.meta = {"model_type": "llama"}  # same family: accepted (and still width-agnostic)
+    assert r2f_direction(ctx, dec)
+
+
 def test_calibration_respects_budget(tiny_cfg, tiny_models, tofu):
     ctx = _ctx(tiny_cfg, tiny_models, tofu)
     method = get_method("fullgrad")

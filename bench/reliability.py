@@ -1,0 +1,129 @@
+"""Reliability and security (issue #8): bad inputs, kill points, concurrent runs, forget-text copies.
+
+On a fresh tiny project (real Prefect, MLflow sqlite registry, DVC repo, GX suites):
+1. every case of tests/data/bad_inputs/cases.yaml through its real entry points: rejected? with a
+   message naming the problem? state changed (registry, MLflow runs, DVC, inbox, model outs)?
+2. kill points: `r2f run` SIGKILLed (its process group, Prefect server included) right after each
+   pipeline stage finishes, then run again; plus a promotion cut short inside `promote`. Recovered =
+   the rerun exits 0, the request has exactly one final decision in the registry, no MLflow run of it
+   is left RUNNING, and the champion alias resolves to a model that loads.
+3. concurrency: two `r2f run` started at once on the same project, `--races` times: promotions per
+   race (goal 1) and the other run's refusal.
+4. the forget set's questions, answers and the subject searched in the MLflow database and artifact
+   store, Prefect's state, the inbox, the run logs and the audit reports (goal 0 occurrences).
+Writes bench/results/reliability.json and .md. --quick: the request and params cases, 2 kill points,
+1 race.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, parser, setup, write
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--races", type=int, default=2)
+    args = p.parse_args()
+    setup()
+    from conftest import TINY
+    from reliability_lib import (EASY_GATE, FAST_EVAL, cases, check_request, cut_promotion, forget_text_hits,
+                                 forget_texts, make_project, r2f, registry, run_and_kill, run_case, run_to_end,
+                                 write_request)
+    from r2f.pipeline import NAMES
+
+    t_all = time.perf_counter()
+    rows, logs = [], {}
+    with tempfile.TemporaryDirectory(prefix="r2f-reliability-") as tmp:
+        tmp = Path(tmp)
+        # 1. bad inputs, on a project with nothing run yet
+        proj = make_project(tmp / "bad", TINY)
+        corpus = [c for c in cases() if not args.quick or c["kind"] in ("request", "params")]
+        bad = [run_case(c, proj, tmp / "work") for c in corpus]
+        for r in bad:
+            print(f"{r['id']}: rejected={r['rejected']} message_ok={r['message_ok']} changes={r['state_changes']}",
+                  flush=True)
+        rows.append({"check": "bad inputs", "tried": len(bad), "ok": sum(r["rejected"] and r["message_ok"] for r in bad),
+                     "rejected": sum(r["rejected"] for r in bad), "message_names_problem": sum(r["message_ok"] for r in bad),
+                     "state_changes": sum(bool(r["state_changes"]) for r in bad)})
+
+        # 2. kill points, on a project with a first request done (models, decoder, registry warm)
+        proj = make_project(tmp / "crash", {**TINY, **FAST_EVAL, **EASY_GATE})
+        rc, logs["warm-up"] = run_to_end(proj, "run")
+        if rc != 0:
+            raise SystemExit(f"warm-up run failed:\n{logs['warm-up'][-4000:]}")
+        stages = ["unlearn", "gate"] if args.quick else list(NAMES)
+        qids = [f"tofu-{3960 + i:04d}" for i in range(40)]
+        kills = []
+        for i, stage in enumerate(stages):
+            rid = f"req-kill-{stage}"
+            req = write_request(proj, rid, [qids[i]])
+            killed, logs[f"kill-{stage}"] = run_and_kill(proj, f"stage {stage} finished", "--set",
+                                                         f"pipeline.request={req}")
+            rc, logs[f"rerun-{stage}"] = run_to_end(proj, "run", "--set", f"pipeline.request={req}")
+            chk = check_request(proj, rid)
+            ok = killed and rc == 0 and chk["final_decisions"] == 1 and chk["running_runs"] == 0 and chk["champion_loads"]
+            kills.append({"point": f"after {stage}", "killed": killed, "rerun_rc": rc, **chk, "recovered": ok})
+            print(f"kill after {stage}: {kills[-1]}", flush=True)
+        cut = cut_promotion(proj, "req-kill-inside-promote", [qids[len(stages)]])
+        mine = [v for v in cut["after"] if v["request_id"] == "req-kill-inside-promote"]
+        ok = cut["rc"] == 0 and len(cut["after"]) == len(cut["before"]) and len(mine) == 1 and mine[0]["decision"]
+        kills.append({"point": "inside promote (version registered, nothing after)", "killed": True,
+                      "rerun_rc": cut["rc"], "versions": mine, "recovered": bool(ok)})
+        logs["cut-promote"] = cut["output"]
+        rows.append({"check": "kill points", "tried": len(kills), "ok": sum(k["recovered"] for k in kills)})
+
+        # 3. concurrency
+        races = []
+        for j in range(1 if args.quick else args.races):
+            reqs = [write_request(proj, f"req-race-{j}-{s}", [qids[30 + 2 * j + k]]) for k, s in enumerate("ab")]
+            before = registry(proj)
+            procs = [r2f(proj, "run", "--set", f"pipeline.request={r}") for r in reqs]
+            outs = [pr.communicate(timeout=1800)[0] for pr in procs]
+            for s, o in zip("ab", outs):
+                logs[f"race-{j}-{s}"] = o
+            new = [v for v in registry(proj) if v not in before and (v["request_id"] or "").startswith(f"req-race-{j}-")]
+            busy = sum("another process holds" in o for o in outs)
+            races.append({"race": j, "exit_codes": [pr.returncode for pr in procs], "promotions": sum(
+                v["decision"] == "promoted" for v in new), "refused_busy": busy})
+            print(f"race {j}: {races[-1]}", flush=True)
+        rows.append({"check": "concurrent runs", "tried": len(races),
+                     "ok": sum(r["promotions"] == 1 and r["refused_busy"] == 1 for r in races),
+                     "promotions": sum(r["promotions"] for r in races)})
+
+        # 4. no new copies of the forgotten text
+        for fmt in ("md", "json", "html"):
+            _, logs[f"audit-{fmt}"] = run_to_end(proj, "audit", "req-0001-forget01", "--format", fmt)
+        texts = forget_texts(proj, "requests/forget01-authors.yaml")
+        hits = forget_text_hits(proj, texts, logs)
+        rows.append({"check": "forget-text occurrences", "tried": len(texts), "ok": int(not hits),
+                     "occurrences": len(hits)})
+    meta = {"bad_inputs": bad, "kill_points": kills, "races": races, "forget_text_hits": hits,
+            "wall_s": round(time.perf_counter() - t_all, 1),
+            "goals": {"bad inputs": "all rejected, message names the problem, 0 state changes",
+                      "kill points": "all recovered", "concurrent runs": "exactly one promotion per race",
+                      "forget-text occurrences": "0"}}
+    notes = [
+        "bad inputs: tests/data/bad_inputs/cases.yaml (requests: inbox submit + prepare/validate stages; params: "
+        "params loading; tofu: TOFU loading + prepare; model: model loading + the unlearn stage). State = registry "
+        "versions/aliases/decisions, MLflow runs other than rejection records, dvc.lock and DVC cache, the inbox, "
+        "the model-bearing stage outs.",
+        "kill points: SIGKILL to `r2f run`'s process group when its log shows `stage <name> finished`; then `r2f run` "
+        "again on the same request. 'inside promote': the version registered with its tags and nothing after it.",
+        "concurrent runs: two `r2f run` (two requests) started together; the pipeline lock admits one, the other "
+        "exits 2 naming the lock.",
+        "forget-text occurrences: each question, answer (and 40-character prefix) and the subject, searched raw and "
+        "JSON-escaped; the versioned forget set itself (pipeline/request, DVC cache/remote) is not searched.",
+    ]
+    write("reliability", args, rows, ["check", "tried", "ok", "rejected", "message_names_problem", "state_changes",
+                                      "promotions", "occurrences"], notes, meta)
+
+
+if __name__ == "__main__":
+    main()
