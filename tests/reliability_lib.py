@@ -262,9 +262,10 @@ def run_to_end(project: Path, *args: str, timeout: float = 900) -> tuple[int, st
 
 
 def run_and_kill(project: Path, marker: str, *args: str, timeout: float = 900) -> tuple[bool, str]:
-    """Start ``r2f run``; SIGKILL its whole process group as soon as a line contains ``marker``.
-    Returns (killed, output); killed False when it ended before the marker."""
+    """Start ``r2f run``; SIGKILL its whole process group as soon as a line matches the regular
+    expression ``marker``. Returns (killed, output); killed False when it ended before the marker."""
     import os
+    import re
     import signal
     import threading
 
@@ -275,7 +276,7 @@ def run_and_kill(project: Path, marker: str, *args: str, timeout: float = 900) -
     try:
         for line in p.stdout:
             lines.append(line)
-            if marker in line:
+            if re.search(marker, line):
                 os.killpg(p.pid, signal.SIGKILL)
                 killed = True
                 break
