@@ -11,14 +11,11 @@ overhead share (goal <= 10 %) and the per-stage times of the flow.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-import yaml
 
 from common import ROOT, overrides_of, parser, peak_rss_mb, setup, write
 
@@ -27,20 +24,10 @@ SHARED = ("models", "decoders", "evals")  # caches the temp project borrows from
 
 def make_project(tmp: Path, overrides: dict) -> Path:
     """A throwaway project (git + DVC) whose caches are the main project's, so both runs are warm."""
-    subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
-    for f in ("dvc.yaml",):
-        shutil.copy(ROOT / f, tmp / f)
-    shutil.copytree(ROOT / "requests", tmp / "requests")
-    (tmp / "data").mkdir()
-    (tmp / "data/tofu").symlink_to(ROOT / "data/tofu")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, v in overrides.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = v
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reliability_lib import make_project as make
+
+    make(tmp, overrides)
     (tmp / ".r2f").mkdir()
     main_state = ROOT / ".r2f"
     for d in SHARED:

@@ -4,14 +4,11 @@ sqlite MLflow store and registry, a DVC repo with a local remote, GX suites."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, TINY
+from conftest import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -33,22 +30,9 @@ def project(tmp_path_factory):
 
 def make_project(root: Path) -> Path:
     """A fresh project folder: git + dvc.yaml + params.yaml (tiny) + requests + data link."""
-    root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    shutil.copytree(ROOT / "requests", root / "requests")
-    (root / "data").mkdir()
-    (root / "data/tofu").symlink_to(ROOT / "data/tofu")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, v in {**TINY, **FAST_EVAL}.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = v
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / ".gitignore").write_text(".r2f/\n")
-    return root
+    from reliability_lib import make_project as make
+
+    return make(root, {**TINY, **FAST_EVAL})
 
 
 def _registry(root):
