@@ -16,7 +16,7 @@ import time
 
 from ..grads import _sign, grads_only_for, qa_batches, target_modules, view_batches
 from ..models import token_nll
-from .apply import views_split
+from .apply import _sq_norm, views_split
 from .base import UnlearnContext, UnlearnError, UnlearnResult
 
 
@@ -71,7 +71,7 @@ class FusedStep:
             raise UnlearnError("fused: a weight is shared by two adapted modules (tied): not supported")
 
         def measure(name, p):
-            sq[name] = float(p.grad.double().pow(2).sum())
+            sq[name] = _sq_norm(p.grad)
 
         _fused_backward(ctx.model, weights, batch, cfg, retain, measure)  # pass 1: norms only
         g_norm = math.sqrt(sum(sq.values()))
@@ -79,7 +79,7 @@ class FusedStep:
             raise UnlearnError("fused: the gradient holds NaN/Inf: refused, model left unchanged")
         if not g_norm > 0:
             raise UnlearnError("fused: the gradient is zero: nothing to apply, model left unchanged")
-        w_norm = math.sqrt(sum(float(w.detach().double().pow(2).sum()) for w in weights.values()))
+        w_norm = math.sqrt(sum(_sq_norm(w.detach()) for w in weights.values()))
         c = eta * w_norm / g_norm
 
         def step(_name, p):
