@@ -33,9 +33,9 @@ def main() -> None:
     args = p.parse_args()
     setup()
     from conftest import TINY
-    from reliability_lib import (EASY_GATE, FAST_EVAL, cases, check_request, cut_promotion, forget_text_hits,
-                                 forget_texts, make_project, r2f, registry, run_and_kill, run_case, run_to_end,
-                                 write_request)
+    from bad_input_lib import cases, run_case
+    from reliability_lib import (EASY_GATE, FAST_EVAL, check_request, cut_promotion, forget_text_hits, forget_texts,
+                                 make_project, r2f, registry, run_and_kill, run_to_end, write_request)
     from r2f.pipeline import NAMES
 
     t_all = time.perf_counter()

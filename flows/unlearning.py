@@ -89,7 +89,8 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
 
 def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str] | None) -> dict:
     from r2f.inbox import advance
-    from r2f.pipeline import NAMES, recover, results_on_disk
+    from r2f.pipeline import NAMES
+    from r2f.recovery import recover, results_on_disk
     from r2f.versioning import ensure_repo, find_root
 
     config = cfg.model_dump(mode="json")

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
+
+from .atomic import atomic_dir  # noqa: F401 - models.atomic_dir: the name the package imports
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
@@ -237,48 +237,6 @@ def train_model(model, data: Sequence[Encoded], train: "TrainConfig", pad_id: in
 
 
 # -- save / load -------------------------------------------------------------------------------
-def _remove_dead_leftovers(path: Path) -> None:
-    """Temp and old folders of :func:`atomic_dir` left by a killed process (its pid is gone)."""
-    for p in path.parent.glob(f".{path.name}.*-*"):
-        kind, _, pid = p.name[len(path.name) + 2:].rpartition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temp folder next to ``path``; on success it replaces ``path`` in one rename.
-
-    On any error the temp folder is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_leftovers(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_model(model, tokenizer, path: str | Path, meta: dict | None = None) -> Path:
     """Write a standard HF folder (safetensors + config + tokenizer + r2f_model.json) atomically."""
     from transformers.utils import logging as hf_logging

@@ -136,7 +136,7 @@ def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlear
 def promote(client, name: str, version: int, decision: dict) -> bool:
     """Tag ``version`` with the gate decision; move ``champion`` to it only if it passed; then, as
     the very last write, tag ``decision`` (promoted | rejected): a version without that tag is an
-    unfinished promotion, which a rerun completes (``r2f.pipeline.recover``)."""
+    unfinished promotion, which a rerun completes (``r2f.recovery.recover``)."""
     reasons = "; ".join(decision.get("reasons") or [])[:5000]
     for k, v in {"gate.passed": str(bool(decision["passed"])).lower(), "gate.reasons": reasons or "-",
                  "gate.decided_at": decision.get("decided_at", "")}.items():

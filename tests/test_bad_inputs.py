@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY
-from reliability_lib import cases, make_project, run_case
+from bad_input_lib import cases, run_case
+from reliability_lib import make_project
 
 CASES = cases()
 
