@@ -224,19 +224,16 @@ def finished_in_registry(cfg: Config, ib: Inbox, path: Path, ids: list[str], log
     """After a crash between the promotion and the inbox update: when the registry already holds
     the final decision on this job's request (a version tagged with its request id and
     ``decision`` promoted | rejected), record it in the inbox instead of unlearning again."""
-    from .registry import versions
+    from .registry import final_version
     from .requests import read_request
     from .tracking import make_tracker
 
     tracker = make_tracker(cfg)
     if not tracker.active:
         return False
-    rid = read_request(path).request_id
-    done = [mv for mv in versions(tracker.client, cfg.tracking.target_model_name, request_id=rid)
-            if mv.tags.get("decision") in ("promoted", "rejected")]
-    if not done:
+    mv = final_version(tracker.client, cfg.tracking.target_model_name, read_request(path).request_id)
+    if mv is None:
         return False
-    mv = done[-1]
     for i in ids:
         if ib.get(i).state not in FINAL:
             ib.transition(i, mv.tags["decision"], model_version=int(mv.version), recovered=True)

@@ -12,13 +12,14 @@ def recover(cfg: Config, log: Log) -> dict:
     same request left. Returns ``{"done": {...}}`` when the registry already holds its final
     decision (a version tagged with its request id and ``decision`` promoted | rejected): the request
     is not processed again unless ``pipeline.rerun`` is set. Otherwise tidies up after a killed run:
-    its MLflow runs left RUNNING are marked KILLED; if it died inside ``promote`` (a version of this
+    its MLflow runs left RUNNING or finished without a registered model are marked KILLED
+    (``tracking.close_stale_runs``); if it died inside ``promote`` (a version of this
     request without the final ``decision`` tag) and the stage outs on disk are that attempt's (same
     request, MLflow run and weights), returns ``{"stages": ["promote"]}``: only the promotion is
     finished, nothing is unlearned twice; else such a version is tagged ``decision=abandoned`` and
     ``{}`` says: run every stage."""
     from .audit import weights_sha256
-    from .registry import versions
+    from .registry import final_version, versions
     from .requests import read_request
     from .tracking import make_tracker
 
@@ -27,15 +28,13 @@ def recover(cfg: Config, log: Log) -> dict:
         return {}
     rid = read_request(cfg.pipeline.request).request_id
     name = cfg.tracking.target_model_name
-    mine = versions(tracker.client, name, request_id=rid)
-    done = [mv for mv in mine if mv.tags.get("decision") in ("promoted", "rejected")]
-    if done and not cfg.pipeline.rerun:
-        mv = done[-1]
+    mv = final_version(tracker.client, name, rid)
+    if mv is not None and not cfg.pipeline.rerun:
         log(f"request {rid}: already processed, version {mv.version} {mv.tags['decision']}; not processed again "
             "(set pipeline.rerun=true to run it again as a new candidate)")
         return {"done": {"request_id": rid, "version": int(mv.version), "decision": mv.tags["decision"],
                          "passed": mv.tags["decision"] == "promoted", "registered_model": name}}
-    unfinished = [mv for mv in mine if "decision" not in mv.tags]
+    unfinished = [v for v in versions(tracker.client, name, request_id=rid) if "decision" not in v.tags]
     mv = unfinished[-1] if unfinished else None
     same = False
     try:

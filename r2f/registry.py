@@ -115,6 +115,17 @@ def versions(client, name: str, **tags) -> list:
     return sorted(hits, key=lambda mv: int(mv.version))
 
 
+FINAL_DECISIONS = ("promoted", "rejected")
+
+
+def final_version(client, name: str, request_id: str):
+    """The newest version of ``name`` that holds a final decision on ``request_id`` (tag
+    ``decision`` promoted | rejected, written last by :func:`promote`), or None."""
+    done = [mv for mv in versions(client, name, request_id=request_id)
+            if mv.tags.get("decision") in FINAL_DECISIONS]
+    return done[-1] if done else None
+
+
 def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlearning") -> int:
     """Register the untouched target as the first ``champion`` when ``name`` has none (idempotent,
     also after a crash between registering it and setting the alias: the tagged version is reused)."""
