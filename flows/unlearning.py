@@ -11,6 +11,7 @@ are cached by the library by input hash (config sections), so a rerun is cheap.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from prefect import flow, task
@@ -48,10 +49,17 @@ def _cfg(config: dict):
 
 
 @task(name="stage", cache_key_fn=_cache_key)
-def stage_task(config: dict, name: str) -> dict:
+def stage_task(config: dict, name: str, cluster: dict | None = None) -> dict:
+    """One stage; ``cluster`` ({address, workers}): the Dask scheduler its shards run on."""
     from r2f.pipeline import run_stage
 
-    res = run_stage(_cfg(config), name, log=_logger().info)
+    cfg = _cfg(config)
+    mapper = None
+    if cluster:
+        from flows.distributed import DaskMapper
+
+        mapper = DaskMapper(cluster["address"], cluster["workers"], cfg.scale.threads_per_worker)
+    res = run_stage(cfg, name, log=_logger().info, mapper=mapper)
     _logger().info(f"stage {name} finished in {res['stage_wall_s']} s")
     return res
 
@@ -88,9 +96,6 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
 
 
 def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str] | None) -> dict:
-    from r2f.inbox import advance
-    from r2f.pipeline import NAMES
-    from r2f.recovery import recover, results_on_disk
     from r2f.versioning import ensure_repo, find_root
 
     config = cfg.model_dump(mode="json")
@@ -98,7 +103,16 @@ def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str]
     version = bool(cfg.versioning.enabled and root)
     if version:
         ensure_repo(cfg, root)
-    results, pending, held = {}, [], []
+    with ExitStack() as stack:  # a Dask LocalCluster started for the run is closed at its end
+        return _run_todo(cfg, config, root, version, stages, inbox_ids, stack)
+
+
+def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: ExitStack) -> dict:
+    from r2f.inbox import advance
+    from r2f.pipeline import NAMES, SHARDED
+    from r2f.recovery import recover, results_on_disk
+
+    results, pending, held, cluster = {}, [], [], None
     todo = list(stages or NAMES)
     plan = recover(cfg, _logger().info) if stages is None else {}
     if "done" in plan:  # already processed (exactly once): nothing to do
@@ -111,7 +125,12 @@ def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str]
         if name in NEEDS_LOCK:
             _wait(pending)
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
-        results[name] = stage_task.with_options(**opts)(config, name)
+        if name in SHARDED and cfg.scale.executor == "dask" and cluster is None:
+            from flows.distributed import dask_cluster
+
+            address, workers = stack.enter_context(dask_cluster(cfg.scale, _logger().info))
+            cluster = {"address": address, "workers": workers}
+        results[name] = stage_task.with_options(**opts)(config, name, cluster if name in SHARDED else None)
         for rid in inbox_ids or ():
             advance(cfg, rid, name, results[name])
         if version:

@@ -206,6 +206,22 @@ class VersioningConfig(_Strict):
     enabled: bool = True
     remote_url: str | None = None
     push: bool = True
+    # `dvc remote modify` options of that remote (s3: endpointurl, region, ...); credentials come
+    # from the environment (AWS_ACCESS_KEY_ID, ...) or .dvc/config.local, never from params.yaml
+    remote_options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("remote_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for k in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", k):
+                raise ValueError(f"remote_options: {k!r} is not a DVC remote option name")
+            if any(s in k for s in ("secret", "password", "token", "access_key", "key_id", "credential")):
+                raise ValueError(f"remote_options: {k!r} is a credential; set it in the environment or "
+                                 "with `dvc remote modify --local`, not in params.yaml")
+        return v
 
 
 class PipelineConfig(_Strict):
@@ -225,6 +241,26 @@ class ScheduleConfig(_Strict):
 
     cron: str = "0 2 * * *"          # every night at 02:00
     mode: Literal["sequential", "batch"] = "sequential"  # one unlearning per request, or one for all pending
+
+
+class ScaleConfig(_Strict):
+    """Where the Prefect flow runs R2F's per-item gradient shards and the evaluation shards
+    (docs/deployment.md). ``serial``: in the stage's own process (as ``r2f stage`` always does).
+    ``dask``: as Prefect tasks on a ``DaskTaskRunner``: on the scheduler at ``address`` (None:
+    ``$DASK_SCHEDULER_ADDRESS`` if set, else a ``LocalCluster`` the flow starts for the run)."""
+
+    executor: Literal["serial", "dask"] = "serial"
+    address: str | None = None       # tcp://host:8786 of a running Dask scheduler
+    workers: int | None = Field(None, ge=1, le=256)   # LocalCluster workers; None: one per CPU core
+    threads_per_worker: int = Field(1, ge=1, le=64)   # torch threads in each worker process
+    shards: int | None = Field(None, ge=1, le=1024)   # gradient shards; None: one per worker
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("address must not be empty (null: a LocalCluster)")
+        return v
 
 
 class GateConfig(_Strict):
@@ -254,6 +290,7 @@ class Config(_Strict):
     gate: GateConfig = GateConfig()
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @field_validator("state_dir")
     @classmethod

@@ -56,7 +56,8 @@ def _nll_per_set(model, tok, cfg: Config, items, progress: Progress, label: str)
 
 def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, original=None,
              progress: Progress = None, paper: bool = True,
-             forget_ids: list[str] | None = None) -> dict[str, MetricResult]:
+             forget_ids: list[str] | None = None, mapper=None, model_path: str | Path | None = None,
+             original_path: str | Path | None = None) -> dict[str, MetricResult]:
     """All metrics of ``model`` on forget split ``split`` except GUR (see :func:`add_gur`).
 
     ``forget_ids``: score only these rows of the split's forget set (a deletion request's rows); the
@@ -65,60 +66,164 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
 
     ``retain_eval``: the retain model's ``TOFU_EVAL`` dict (forget quality, privleak); ``None`` only
     when evaluating the retain model itself (it is then its own reference). ``original``: the
-    untouched target model, for identity drift (``None`` when evaluating the target itself)."""
-    from .data import load_tofu
-    from .metrics.summary import split_metrics
-    from .metrics.tofu import forget_quality, model_utility, rouge_l_recall
-    from .metrics import exact_memorization, extraction_strength, privleak
-    from .scoring import generate, score
+    untouched target model, for identity drift (``None`` when evaluating the target itself).
+
+    The work is a list of jobs (:func:`eval_jobs`: each scored set, the MIA holdout, USR, RAP,
+    drift); the metrics are computed from their concatenated outputs. ``mapper``
+    (:mod:`r2f.parallel`) with more than one worker and ``model_path`` (``original_path`` for
+    drift) given: each set is cut into one shard per worker and the jobs run on the mapper, each
+    loading the model folders; otherwise they run here on the objects passed."""
+    from .parallel import distributed
 
     t0 = time.perf_counter()
-    phase: dict[str, float] = {}
+    remote = distributed(mapper) and model_path is not None and (original is None or original_path is not None)
+    jobs = eval_jobs(cfg, split, forget_ids, paper, mapper.workers if remote else 1)
+    if remote:
+        base = {"model": str(model_path), "original": str(original_path) if original is not None else None,
+                "config": cfg.model_dump(mode="json"), "split": split, "forget_ids": forget_ids}
+        outs = mapper.map(eval_job_remote, [{**base, "job": j} for j in jobs], "evaluation")
+    else:
+        outs = [run_eval_job(j, model, tok, cfg, split, forget_ids, original, progress) for j in jobs]
+    res = combine_eval(cfg, split, forget_ids, jobs, outs, retain_eval)
+    res["_meta"].extra.update(eval_s=round(time.perf_counter() - t0, 1), shards=len(jobs),
+                              workers=mapper.workers if remote else 1)
+    return res
 
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        phase[name] = round(now - t0 - sum(phase.values()), 1)
+
+def _set_items(tofu, cfg: Config, name: str, split: str, forget_ids: list[str] | None) -> list:
+    """The items of evaluation set ``name`` (``SETS``; ``holdout``: the MIA holdout of ``split``)."""
+    if name == "holdout":
+        return tofu.split(holdout_of(split))
+    sname = SETS[name]
+    items = tofu.split(sname or split)
+    if sname and cfg.eval.max_items:
+        items = items[:cfg.eval.max_items]
+    if not sname and forget_ids is not None:
+        items = _subset(items, forget_ids, split)
+    return items
+
+
+def eval_jobs(cfg: Config, split: str, forget_ids: list[str] | None, paper: bool, shards: int) -> list[tuple]:
+    """``(kind, set, start, stop)`` jobs of an evaluation: every set of ``SETS`` and the holdout cut
+    into up to ``shards`` contiguous item ranges, then the paper metrics (whole)."""
+    from .data import load_tofu
+    from .parallel import split_even
+
+    tofu = load_tofu(cfg.data.tofu_dir)
+    jobs = []
+    for name in (*SETS, "holdout"):
+        n = len(_set_items(tofu, cfg, name, split, forget_ids))
+        jobs += [("set", name, r.start, r.stop) for r in split_even(n, shards)]
+    if paper:
+        jobs += [(kind, "forget", 0, 0) for kind in ("usr", "rap", "drift")]
+    return jobs
+
+
+def run_eval_job(job: tuple, model, tok, cfg: Config, split: str, forget_ids: list[str] | None, original,
+                 progress: Progress = None) -> dict:
+    """One job of :func:`eval_jobs` on loaded models: raw scores and generations of a set's item range,
+    or a paper metric's result."""
+    from .data import load_tofu
+    from .paper_eval import rap_eval, usr_eval
+    from .scoring import generate, score
+
+    kind, name, a, b = job
+    tofu = load_tofu(cfg.data.tofu_dir)
+    t0 = time.perf_counter()
+    if kind == "set" and name == "holdout":
+        items = _set_items(tofu, cfg, name, split, forget_ids)[a:b]
+        gt = score(model, tok, [(q.question, q.answer) for q in items], cfg.models.max_len, cfg.eval.batch_size)
+        return {"gt": gt, "scoring_s": time.perf_counter() - t0}
+    if kind == "set":
+        items = _set_items(tofu, cfg, name, split, forget_ids)[a:b]
+        gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, name)
+        t1 = time.perf_counter()
+        gens = generate(model, tok, [q.question for q in items], cfg.models.max_len, cfg.eval.max_new_tokens,
+                        cfg.eval.batch_size, _tick(progress, f"{name}: generation", len(items)))
+        return {"gt": gt, "para": para, "pert": pert, "gens": gens, "scoring_s": t1 - t0,
+                "generation_s": time.perf_counter() - t1}
+    f_items = _set_items(tofu, cfg, "forget", split, forget_ids)
+    if kind == "usr":
+        out = usr_eval(model, tok, cfg, f_items, _tick(progress, "usr: generation", len(f_items) * 4))
+    elif kind == "rap":
+        out = rap_eval(model, tok, cfg, f_items)
+    elif kind == "drift":
+        out = _drift(model, tok, cfg, original, tofu)
+    else:
+        raise EvalError(f"unknown evaluation job {job}")
+    return {"result": out, "s": time.perf_counter() - t0}
+
+
+def _drift(model, tok, cfg: Config, original, tofu) -> MetricResult:
+    from .paper_eval import drift_eval
+
+    if original is None:
+        return MetricResult("drift_kl", 0.0, None, {"note": "the original model itself"})
+    general = [(q.question, q.answer) for s in ("real_authors", "world_facts") for q in tofu.split(s)]
+    return drift_eval(original, model, tok, cfg, general)
+
+
+def eval_job_remote(payload: dict) -> dict:
+    """Worker side of :func:`evaluate` (module level: pickled by reference); models by folder."""
+    from .parallel import load_cached
+
+    cfg = Config.model_validate(payload["config"])
+    model, tok = load_cached(payload["model"])
+    original = load_cached(payload["original"])[0] if payload["original"] else None
+    return run_eval_job(payload["job"], model, tok, cfg, payload["split"], payload["forget_ids"], original)
+
+
+def combine_eval(cfg: Config, split: str, forget_ids: list[str] | None, jobs: list[tuple], outs: list[dict],
+                 retain_eval: dict | None) -> dict[str, MetricResult]:
+    """The metrics from the jobs' outputs (in job order: a set's ranges concatenate in item order)."""
+    from .data import load_tofu
+    from .metrics import exact_memorization, extraction_strength, privleak
+    from .metrics.summary import split_metrics
+    from .metrics.tofu import forget_quality, model_utility, rouge_l_recall
 
     tofu = load_tofu(cfg.data.tofu_dir)
     res: dict[str, MetricResult] = {}
-    gt_by = {}
-    for name, sname in SETS.items():
-        items = tofu.split(sname or split)
-        if sname and cfg.eval.max_items:
-            items = items[:cfg.eval.max_items]
-        if not sname and forget_ids is not None:
-            items = _subset(items, forget_ids, split)
+    phase: dict[str, float] = {}
+    parts: dict[str, list[dict]] = {}
+    for job, out in zip(jobs, outs):
+        if job[0] == "set":
+            parts.setdefault(job[1], []).append(out)
+    joined = {}
+    for name, ps in parts.items():
+        items = _set_items(tofu, cfg, name, split, forget_ids)
+        gt = [g for p in ps for g in p["gt"]]
+        phase[f"{name}_scoring"] = round(sum(p["scoring_s"] for p in ps), 1)
+        joined[name] = (items, gt)
+        if name == "holdout":
+            continue
+        para = None if any(p["para"] is None for p in ps) else [x for p in ps for x in p["para"]]
+        pert = [x for p in ps for x in p["pert"]]
+        gens = [x for p in ps for x in p["gens"]]
         ids = [q.id for q in items]
-        gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, name)
-        lap(f"{name}_scoring")
-        gens = generate(model, tok, [q.question for q in items], cfg.models.max_len, cfg.eval.max_new_tokens,
-                        cfg.eval.batch_size, _tick(progress, f"{name}: generation", len(items)))
         rouge = rouge_l_recall(gens, [q.answer for q in items], ids=ids)
         res.update(split_metrics(name, gt_nll=[s.nll for s in gt], pert_nll=pert, para_nll=para,
                                  rouge_recall=list(rouge.per_item.values()), ids=ids))
-        gt_by[name] = (items, gt)
-        lap(f"{name}_generation")
-    f_items, f_gt = gt_by["forget"]
+        phase[f"{name}_generation"] = round(sum(p["generation_s"] for p in ps), 1)
+    f_items, f_gt = joined["forget"]
+    hold, h_gt = joined["holdout"]
     f_ids = [q.id for q in f_items]
     # token-wise metrics leave out the final (EOS) position, as open-unlearning does
     pred, labels = [s.argmax[:-1] for s in f_gt], [s.labels[:-1] for s in f_gt]
     res["exact_memorization"] = exact_memorization(pred, labels, ids=f_ids)
     res["extraction_strength"] = extraction_strength(pred, labels, ids=f_ids)
-    hold = tofu.split(holdout_of(split))
-    h_gt = score(model, tok, [(q.question, q.answer) for q in hold], cfg.models.max_len, cfg.eval.batch_size)
     res.update(mia_results(f_gt, h_gt, [q.answer for q in f_items], [q.answer for q in hold]))
     ref = retain_eval or {k: v.to_dict() for k, v in res.items()}
     ref_tr, ref_auc = reference_on(ref, f_ids)
     res["privleak"] = privleak(res["mia_min_k"].value, ref_auc)
     res["forget_quality"] = forget_quality(res["forget_truth_ratio"], ref_tr)
     res["model_utility"] = model_utility(res)
-    lap("mia_and_tofu")
-    if paper:
-        res.update(paper_metrics(model, tok, cfg, f_items, original, progress, lap))
-    res["_meta"] = MetricResult("_meta", None, None, {"split": split, "eval_s": round(time.perf_counter() - t0, 1),
-                                                      "n_forget": len(f_items), "forget_subset": forget_ids is not None,
-                                                      "max_items": cfg.eval.max_items,
-                                                      "phase_s": phase})
+    for job, out in zip(jobs, outs):
+        if job[0] != "set":
+            res[f"{job[0]}_kl" if job[0] == "drift" else job[0]] = out["result"]
+            phase[job[0]] = round(out["s"], 1)
+    res["_meta"] = MetricResult("_meta", None, None, {"split": split, "n_forget": len(f_items),
+                                                      "forget_subset": forget_ids is not None,
+                                                      "max_items": cfg.eval.max_items, "phase_s": phase})
     return res
 
 
@@ -186,26 +291,6 @@ def add_gur(res: dict[str, MetricResult], target_eval: dict | None) -> dict[str,
     value = 1.0 if target_eval is None else (gur(mine, ref) if ref > 0 else None)
     res["gur"] = MetricResult("gur", value, None, {"utility": mine, "target_utility": ref, "keys": GUR_KEYS})
     return res
-
-
-def paper_metrics(model, tok, cfg: Config, forget_items, original, progress: Progress,
-                  lap: Callable[[str], None] = lambda _: None) -> dict[str, MetricResult]:
-    """USR, RAP and identity drift (GUR needs the target's evaluation: :func:`add_gur`)."""
-    from .data import load_tofu
-    from .paper_eval import drift_eval, rap_eval, usr_eval
-
-    out = {"usr": usr_eval(model, tok, cfg, forget_items, _tick(progress, "usr: generation", len(forget_items) * 4))}
-    lap("usr")
-    out["rap"] = rap_eval(model, tok, cfg, forget_items)
-    lap("rap")
-    tofu = load_tofu(cfg.data.tofu_dir)
-    general = [(q.question, q.answer) for s in ("real_authors", "world_facts") for q in tofu.split(s)]
-    if original is not None:
-        out["drift_kl"] = drift_eval(original, model, tok, cfg, general)
-    else:
-        out["drift_kl"] = MetricResult("drift_kl", 0.0, None, {"note": "the original model itself"})
-    lap("drift")
-    return out
 
 
 def summarize(full: dict) -> dict:

@@ -151,7 +151,7 @@ def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
 
 def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int], rank: int,
                             weighting: tuple[float, float] | None = None, objective: str = "ascent",
-                            micro_batch: int | None = None,
+                            micro_batch: int | None = None, n_seqs: int | None = None,
                             ) -> tuple[dict[str, "torch.Tensor"], list[dict]]:
     """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
     batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
@@ -167,7 +167,10 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
     over the whole batch computes every module's bases inside its forward hook (nothing is kept but
     the bases; with a fitted token weighting one more no-grad forward gives the logits first), then
     forward + backward over ``micro_batch`` sequences at a time, so the activations a backward saves
-    are those of one micro-batch. Same result (tested), one or two more forwards."""
+    are those of one micro-batch. Same result (tested), one or two more forwards.
+
+    ``n_seqs``: the number of sequences the mean loss is over (default: these batches'); a shard of
+    a larger set passes the whole set's count, so the shards' results concatenate to the full one."""
     import torch
 
     mods = dict(model.named_modules())
@@ -204,7 +207,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
             out.register_hook(on_grad)
         return fn
 
-    n = len(seq_groups)
+    n = n_seqs or len(seq_groups)
     with _input_gradients_only(model, infos, fwd):
         for b, runs in _batches_with_runs(batches, seq_groups):
             if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
@@ -250,3 +253,23 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                     (_sign(objective) * nll_from_logits(lg, ps, sub).sum() / n).backward()
             state["xa"] = {}
     return Y, bases
+
+
+def shard_batches(batches: Sequence[dict], seq_groups: Sequence[int], k: int) -> list[dict]:
+    """The batches of :func:`group_batches` cut into at most ``k`` contiguous shards of whole batches
+    (a group never straddles two batches, so never two shards), each with its sequences' group ids
+    renumbered from 0 and its first group's index (``offset``)."""
+    from .parallel import split_even
+
+    starts, pos = [], 0
+    for b in batches:
+        starts.append(pos)
+        pos += b["input_ids"].shape[0]
+    starts.append(pos)
+    shards = []
+    for part in split_even(len(batches), k):
+        groups = list(seq_groups[starts[part.start]:starts[part.stop]])
+        offset = groups[0] if groups else 0
+        shards.append({"batches": list(batches[part.start:part.stop]),
+                       "seq_groups": [g - offset for g in groups], "offset": offset})
+    return shards

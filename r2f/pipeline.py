@@ -237,7 +237,7 @@ def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
     log_decoder_run(make_tracker(cfg), cfg, rep, stage_dir(cfg, "train_decoder"), log)
 
 
-def unlearn(cfg: Config, log: Log, progress=None) -> dict:
+def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
     from .stages import decoder_dir, unlearn as run
     from .lineage import start_unlearning_run
     from .tracking import make_tracker
@@ -253,7 +253,7 @@ def unlearn(cfg: Config, log: Log, progress=None) -> dict:
     with atomic_dir(out) as new, tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         start = start_model(cfg, tracker, Path(tmp), log)
         rep = run(cfg, forget_split=info["eval_split"], model_path=start["path"],
-                  out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg))
+                  out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg), mapper=mapper)
         rep["request_id"] = info["request_id"]
         rep["decoder_hash"] = decoder_dir(cfg).name
         rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
@@ -276,7 +276,7 @@ def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
     return {**champ, "source": "champion"}
 
 
-def evaluate(cfg: Config, log: Log, progress=None) -> dict:
+def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
     from .stages import evaluate_model
     from .lineage import log_evaluation
     from .tracking import make_tracker
@@ -286,7 +286,7 @@ def evaluate(cfg: Config, log: Log, progress=None) -> dict:
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
     with atomic_dir(stage_dir(cfg, "evaluate")) as tmp:
         res = evaluate_model(cfg, stage_dir(cfg, "unlearn") / "model", info["eval_split"], out=tmp,
-                             log=log, progress=progress, forget_ids=request_rows(cfg, info))
+                             log=log, progress=progress, forget_ids=request_rows(cfg, info), mapper=mapper)
     log_evaluation(make_tracker(cfg), cfg, rep.get("mlflow_run_id"), stage_dir(cfg, "evaluate"))
     return res["summary"]
 
@@ -331,12 +331,18 @@ FUNCS: dict[str, Callable] = {"prepare": prepare, "validate": validate, "train_m
                               "gate": gate, "promote": promote}
 
 
-def run_stage(cfg: Config, name: str, log: Log = print, progress=None) -> dict:
+SHARDED = ("unlearn", "evaluate")  # stages that take a mapper (r2f.parallel): their shards may run elsewhere
+
+
+def run_stage(cfg: Config, name: str, log: Log = print, progress=None, mapper=None) -> dict:
+    """Run one stage. ``mapper`` (:mod:`r2f.parallel`): where the shards of the ``SHARDED`` stages
+    run; None (``r2f stage``, DVC): in this process."""
     if name not in FUNCS:
         raise PipelineError(f"unknown stage '{name}'; expected one of {', '.join(NAMES)}")
     import time
 
     fn = FUNCS[name]
     t0 = time.perf_counter()
-    res = fn(cfg, log, progress) if "progress" in fn.__code__.co_varnames else fn(cfg, log)
+    kwargs = {"mapper": mapper} if name in SHARDED and mapper is not None else {}
+    res = fn(cfg, log, progress, **kwargs) if "progress" in fn.__code__.co_varnames else fn(cfg, log)
     return {**res, "stage_wall_s": round(time.perf_counter() - t0, 2)}

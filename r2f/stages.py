@@ -70,10 +70,11 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
 
 def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,
             model_path: str | Path | None = None, out: str | Path | None = None,
-            log: Log = _noop, progress=None, forget_items: list | None = None) -> dict:
+            log: Log = _noop, progress=None, forget_items: list | None = None, mapper=None) -> dict:
     """Apply one unlearning method to the target (default: the embedded target) and report the
     mean answer-token NLL on forget, retain and holdout before and after. ``forget_items``: the
-    rows of a deletion request (default: the whole ``forget_split``, which must contain them)."""
+    rows of a deletion request (default: the whole ``forget_split``, which must contain them).
+    ``mapper``: where R2F's gradient shards run (:mod:`r2f.parallel`; None: in this process)."""
 
     from .decoder import LearnedDecoder
     from .models import load_model, mean_nll, peak_rss_mb, save_model
@@ -101,7 +102,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     ml = cfg.models.max_len
     before = {k: mean_nll(model, tok, v, ml) for k, v in evalsets.items()}
     ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
-                         models.path("retain", forget_split), log, progress)
+                         models.path("retain", forget_split), log, progress, mapper)
     t0 = time.perf_counter()
     result = impl.run(ctx)
     wall = time.perf_counter() - t0
@@ -145,7 +146,7 @@ def eval_dir(cfg: Config, role: str, split: str) -> Path:
     return Path(cfg.state_dir) / "evals" / models_dir(cfg).name / f"{role}-{split}-{key}-s{cfg.unlearn.seed}"
 
 
-def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progress=None) -> dict:
+def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progress=None, mapper=None) -> dict:
     """The ``TOFU_EVAL`` of the embedded retain (forget-quality/privleak reference) or target (GUR
     and drift reference) model, computed when missing and cached; never skipped."""
     from .evaluation import EvalError, add_gur, evaluate, to_json, write
@@ -157,17 +158,18 @@ def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progres
         return json.loads(path.read_text())
     try:
         models = ensure_models(cfg, log, splits=(split,))
-        retain = None if role == "retain" else reference_eval(cfg, "retain", split, log, progress)
+        retain = None if role == "retain" else reference_eval(cfg, "retain", split, log, progress, mapper)
         if path.is_file():  # the retain evaluation produced this one on its way (GUR needs it)
             return json.loads(path.read_text())
         log(f"evaluating the reference {role} model on {split} (cached afterwards)")
         model, tok = load_model(models.path(role, split))
         original = load_model(models.path("target"))[0] if role == "retain" else None
-        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress)
+        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress,
+                       mapper=mapper, model_path=models.path(role, split), original_path=models.path("target"))
         target = None
         if role == "retain":  # the target's evaluation needs this one first (forget quality, privleak)
             write(res, path.parent)
-            target = reference_eval(cfg, "target", split, log, progress)
+            target = reference_eval(cfg, "target", split, log, progress, mapper)
         add_gur(res, target)
     except (OSError, ValueError) as exc:
         raise EvalError(f"cannot produce the {role} model's reference evaluation for {split}: {exc}") from exc
@@ -177,10 +179,11 @@ def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progres
 
 def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str | None = None,
                    out: str | Path | None = None, log: Log = _noop, progress=None,
-                   forget_ids: list[str] | None = None) -> dict:
+                   forget_ids: list[str] | None = None, mapper=None) -> dict:
     """TOFU + paper metrics of a model (default: the embedded target) on a forget split; writes
     ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary.
-    ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's)."""
+    ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's).
+    ``mapper``: where the evaluation shards run (:mod:`r2f.parallel`; None: in this process)."""
     from .evaluation import add_gur, evaluate, summarize, to_json
     from .models import load_model
     from .zoo import ensure_models
@@ -190,14 +193,15 @@ def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str
         if forget_ids is not None:
             raise ValueError("forget_ids: evaluate a model path (the target's reference is the whole split)")
         model_path = ensure_models(cfg, log, splits=(split,)).path("target")
-        full = reference_eval(cfg, "target", split, log, progress)
+        full = reference_eval(cfg, "target", split, log, progress, mapper)
     else:
         model, tok = load_model(model_path)  # fail fast on a bad path
-        retain = reference_eval(cfg, "retain", split, log, progress)
-        target = reference_eval(cfg, "target", split, log, progress)
-        original = load_model(ensure_models(cfg, log).path("target"))[0]
+        retain = reference_eval(cfg, "retain", split, log, progress, mapper)
+        target = reference_eval(cfg, "target", split, log, progress, mapper)
+        original_path = ensure_models(cfg, log).path("target")
+        original = load_model(original_path)[0]
         res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress,
-                       forget_ids=forget_ids)
+                       forget_ids=forget_ids, mapper=mapper, model_path=model_path, original_path=original_path)
         full = to_json(add_gur(res, target))[0]
     summary = summarize(full)
     if out:

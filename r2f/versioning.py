@@ -4,7 +4,8 @@ The project is a DVC repo whose ``dvc.yaml`` declares every stage's outs. Under 
 records them itself; under the Prefect runner each stage's outs are recorded with ``dvc commit``
 right after the stage, then pushed, so both runners leave the same ``dvc.lock`` and ``dvc repro``
 afterwards finds everything up to date. The default remote is a folder under the state directory;
-``versioning.remote_url`` points it anywhere DVC can reach. DVC's site cache is kept in the state
+``versioning.remote_url`` points it anywhere DVC can reach (``s3://`` with ``remote_options`` such as
+``endpointurl``: tests/test_remote_tracking.py runs the flow against an S3-compatible server). DVC's site cache is kept in the state
 directory (``DVC_SITE_CACHE_DIR``), so nothing is written to the system temp folder.
 """
 
@@ -76,6 +77,8 @@ def ensure_repo(cfg: Config, root: Path) -> None:
     url = remote_url(cfg, root)
     # --local: a machine's remote path stays out of the committed .dvc/config
     dvc(cfg, root, "remote", "add", "--local", "-f", "-d", REMOTE, url)
+    for key, value in sorted(cfg.versioning.remote_options.items()):
+        dvc(cfg, root, "remote", "modify", "--local", REMOTE, key, value)
 
 
 def commit(cfg: Config, root: Path, stage: str) -> None:

@@ -1,8 +1,10 @@
-"""Remote tracking by configuration only (issue #9): a real `mlflow server` on loopback (its own
-sqlite backend and artifact store) and two deletion requests through `r2f run` with nothing but
-`tracking.tracking_uri` set. The runs, the registered versions and the aliases are on the server;
-the second request starts from the champion downloaded through the server's artifact proxy; no
-local MLflow store is created."""
+"""Remote tracking and storage by configuration only (issue #9): a real `mlflow server` on loopback
+(its own sqlite backend and artifact store), an S3-compatible object store on loopback (moto's
+server, through DVC's real s3 remote: dvc-s3/s3fs/botocore), and two deletion requests through
+`r2f run` with nothing but `tracking.tracking_uri`, `versioning.remote_url` and the endpoint set
+(credentials in the environment). The runs, the registered versions and the aliases are on the
+server; the second request starts from the champion downloaded through the server's artifact proxy;
+every out recorded in dvc.lock is in the bucket; no local MLflow store or DVC remote is created."""
 
 from __future__ import annotations
 
@@ -54,11 +56,35 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_flow_against_a_tracking_server(server, tmp_path):
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3-compatible server on 127.0.0.1 (moto, in-memory) with one bucket; dummy credentials."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {"aws_access_key_id": "r2f-test", "aws_secret_access_key": "r2f-test-secret", "region_name": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=endpoint, **creds)
+    client.create_bucket(Bucket="r2f-dvc")
+    yield endpoint, client
+    srv.stop()
+
+
+def test_flow_against_a_tracking_server(server, s3, tmp_path, monkeypatch):
+    import yaml
     from mlflow import MlflowClient
 
     url, root = server
-    project = make_project(tmp_path / "p", {**TINY, **FAST_EVAL, **EASY_GATE, "tracking.tracking_uri": url})
+    endpoint, bucket = s3
+    for k, v in {"AWS_ACCESS_KEY_ID": "r2f-test", "AWS_SECRET_ACCESS_KEY": "r2f-test-secret",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)  # r2f's subprocesses inherit them (reliability_lib.env_for)
+    remote = {"versioning.remote_url": "s3://r2f-dvc/store", "versioning.remote_options": {"endpointurl": endpoint}}
+    project = make_project(tmp_path / "p", {**TINY, **FAST_EVAL, **EASY_GATE, "tracking.tracking_uri": url,
+                                            **remote})
     rc, out = run_to_end(project, "run")
     assert rc == 0, out[-4000:]
     req = write_request(project, "req-remote-2", ["tofu-3961"])
@@ -75,3 +101,14 @@ def test_flow_against_a_tracking_server(server, tmp_path):
     # artifacts went through the server into its store; nothing was tracked locally
     assert any((root / "artifacts").rglob("model.safetensors"))
     assert not (project / ".r2f/mlflow").exists()
+    # every out DVC recorded was pushed to the object store; no local remote folder
+    keys = {o["Key"] for page in bucket.get_paginator("list_objects_v2").paginate(Bucket="r2f-dvc")
+            for o in page.get("Contents", [])}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    outs = [o["md5"] for st in lock.values() for o in st.get("outs", [])]
+    assert len(outs) == 8 and keys
+    for md5 in outs:
+        assert f"store/files/md5/{md5[:2]}/{md5[2:]}" in keys, md5
+    assert not (project / ".r2f/dvc-remote").exists()
+    assert "endpointurl" in (project / ".dvc/config.local").read_text()
+    assert "r2f-test-secret" not in (project / ".dvc/config.local").read_text() + (project / "params.yaml").read_text()

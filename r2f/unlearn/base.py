@@ -34,6 +34,7 @@ class UnlearnContext:
     retain_model_path: Path | None = None
     log: Callable[[str], None] = lambda _msg: None
     progress: Callable[[str, int], Callable[[], None]] | None = None
+    mapper: Any = None  # r2f.parallel.Mapper: where gradient shards run (None: in this process)
 
     def tick(self, label: str, total: int) -> Callable[[], None]:
         return self.progress(label, total) if self.progress else (lambda: None)

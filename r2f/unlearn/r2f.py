@@ -7,7 +7,8 @@ import time
 
 from ..decoder import check_family, decode_factors, gram_weighting, make_sketch
 from ..grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
-from ..onepass import group_batches, one_pass_lora_gradients
+from ..onepass import group_batches, one_pass_lora_gradients, shard_batches
+from ..parallel import distributed, load_cached, model_snapshot
 from .apply import LowRank, calibrate_and_apply, views_split
 from .base import UnlearnContext, UnlearnResult
 
@@ -47,8 +48,11 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
         mb = cfg.unlearn.micro_batch
         batches, seq_groups = group_batches(tok, groups, cfg.models.max_len, objective, ctx.refusals,
                                             chunk=mb, key_only=key_only)
-        Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, objective,
-                                           micro_batch=mb)
+        if distributed(ctx.mapper):
+            Y, bases = sharded_one_pass(ctx, batches, seq_groups, weighting)
+        else:
+            Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting,
+                                               objective, micro_batch=mb)
         tick()
         for info in infos:
             y = Y[info.name]  # groups x out x r
@@ -79,6 +83,37 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
             direction[info.name].add(cfg.unlearn.retain_weight, *decode_factors(
                 decoder, make_sketch(info, lg[info.name], grams[info.name])))
     return direction
+
+
+def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting) -> tuple[dict, list]:
+    """:func:`one_pass_lora_gradients` over shards of whole batches on ``ctx.mapper`` (one per worker,
+    or ``scale.shards``); each shard loads a snapshot of the current weights. Every group lies in one
+    batch and the loss is normalised by the whole request's sequence count, so the shards' Y and
+    bases, concatenated in order, are the single-process result (same batches; tested)."""
+    import torch
+
+    cfg = ctx.cfg
+    shards = shard_batches(batches, seq_groups, cfg.scale.shards or ctx.mapper.workers)
+    ctx.log(f"r2f gradients: {len(seq_groups)} sequences in {len(shards)} shards on {ctx.mapper.workers} workers")
+    with model_snapshot(ctx.model, ctx.tokenizer, cfg.state_dir) as path:
+        payloads = [{"model": str(path), "config": cfg.model_dump(mode="json"), "batches": sh["batches"],
+                     "seq_groups": sh["seq_groups"], "weighting": weighting, "n_seqs": len(seq_groups)}
+                    for sh in shards]
+        outs = ctx.mapper.map(one_pass_shard, payloads, "r2f-gradients")
+    Y = {name: torch.cat([y[name] for y, _ in outs]) for name in outs[0][0]}
+    return Y, [b for _, bases in outs for b in bases]
+
+
+def one_pass_shard(payload: dict) -> tuple[dict, list]:
+    """Worker side of :func:`sharded_one_pass` (a module-level function: pickled by reference)."""
+    from ..config import Config
+
+    cfg = Config.model_validate(payload["config"])
+    model, _tok = load_cached(payload["model"])
+    infos = target_modules(model, cfg.lora.target_modules)
+    return one_pass_lora_gradients(model, infos, payload["batches"], payload["seq_groups"], cfg.lora.rank,
+                                   payload["weighting"], cfg.unlearn.objective,
+                                   micro_batch=cfg.unlearn.micro_batch, n_seqs=payload["n_seqs"])
 
 
 class R2F:

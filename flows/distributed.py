@@ -1,0 +1,99 @@
+"""Shards as Prefect tasks on a ``DaskTaskRunner`` (``scale.executor: dask``, docs/deployment.md).
+
+:func:`dask_cluster` gives the scheduler address for a flow run: ``scale.address``, else
+``$DASK_SCHEDULER_ADDRESS``, else a ``LocalCluster`` started for the run (``scale.workers``
+processes, default one per CPU core, ``scale.threads_per_worker`` torch threads each; its workers
+report to the flow's Prefect API). :class:`DaskMapper` is the :class:`r2f.parallel.Mapper` the
+stage tasks hand to the library: each ``map`` submits one ``shard-<label>`` task per payload to a
+``DaskTaskRunner`` on that scheduler, so every shard is a Prefect task run with its own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+QUIET = ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker", "distributed.core",
+         "distributed.http.proxy", "prefect.task_runner.dask", "bokeh", "tornado")
+
+
+def machine_workers() -> int:
+    """Worker processes of a default LocalCluster: one per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _quiet() -> None:
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _api_url() -> str | None:
+    """The Prefect API this process talks to (the flow's temporary server when none is configured),
+    so LocalCluster workers report there instead of starting servers of their own."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/")
+
+
+@contextmanager
+def dask_cluster(scale, log: Callable[[str], None] = lambda _m: None) -> Iterator[tuple[str, int]]:
+    """(scheduler address, workers) for this run; a LocalCluster is closed on exit."""
+    _quiet()
+    address = scale.address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            workers = len(client.scheduler_info(n_workers=-1)["workers"]) or 1
+        log(f"Dask scheduler {address}: {workers} workers")
+        yield address, workers
+        return
+    from distributed import LocalCluster
+
+    n = scale.workers or machine_workers()
+    env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(scale.threads_per_worker),
+           "MKL_NUM_THREADS": str(scale.threads_per_worker), "DASK_LOGGING__DISTRIBUTED": "warning"}
+    env.update({k: os.environ[k] for k in ("PREFECT_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DO_NOT_TRACK",
+                                           "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED",
+                                           "TOKENIZERS_PARALLELISM") if k in os.environ})
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.WARNING, env=env) as cluster:
+        log(f"Dask LocalCluster: {n} workers x {scale.threads_per_worker} threads at {cluster.scheduler_address}")
+        yield cluster.scheduler_address, n
+
+
+@task(name="shard", cache_policy=NO_CACHE)
+def shard_task(fn: Callable[[Any], Any], payload: Any, threads: int = 1) -> Any:
+    """One shard on a Dask worker (its torch threads set first)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return fn(payload)
+
+
+class DaskMapper:
+    """:class:`r2f.parallel.Mapper` on a Dask scheduler: each payload a ``shard-<label>`` Prefect task
+    submitted to a ``DaskTaskRunner`` connected to ``address`` (from inside the stage's task, so
+    the shards show in Prefect as its nested task runs); results in payload order."""
+
+    def __init__(self, address: str, workers: int, threads: int = 1) -> None:
+        self.address, self.workers, self.threads = address, workers, threads
+
+    def map(self, fn: Callable[[Any], Any], payloads: Sequence[Any], label: str) -> list:
+        from prefect_dask import DaskTaskRunner
+
+        _quiet()
+        shard = shard_task.with_options(name=f"shard-{label}")
+        with DaskTaskRunner(address=self.address) as runner:
+            futures = [runner.submit(shard, parameters={"fn": fn, "payload": p, "threads": self.threads})
+                       for p in payloads]
+            return [f.result() for f in futures]
