@@ -51,14 +51,17 @@ def main() -> None:
         f"{args.repeats} more calls (the gradient step snapshots the weights and the workers load them on "
         "every call, as a flow run does).",
         "speedup_vs_1worker: same-step warm time of 'dask 1x2' (1 worker, 2 torch threads: all cores) over "
-        "this row's; speedup_vs_inprocess: the in-process warm time (torch's default threads) over this row's.",
+        "this row's; speedup_vs_1x1: of 'dask 1x1' (1 worker, 1 thread) over this row's; speedup_vs_inprocess: "
+        "the in-process warm time (torch's default threads) over this row's.",
+        "8 empty shards: a map of 8 payloads that do nothing (Prefect task runs on the DaskTaskRunner + Dask "
+        "round trips): the orchestration cost a step pays on top of its compute.",
         "max_rel_diff: largest |dask - in-process| / |in-process| over the decoded direction's modules "
         "(gradient) or the summary metrics (evaluation).",
         f"machine: {meta['cpus']} CPU cores; request {meta['request']} ({meta['items']} rows x "
         f"{meta['views']} views = {meta['sequences']} sequences in {meta['batches']} batches).",
     ]
     cols = ["step", "config", "workers", "threads_per_worker", "shards", "wall_s_cold", "wall_s_warm",
-            "speedup_vs_1worker", "speedup_vs_inprocess", "max_rel_diff"]
+            "speedup_vs_1worker", "speedup_vs_1x1", "speedup_vs_inprocess", "max_rel_diff"]
     write("scale", args, rows, cols, notes, meta)
 
 
@@ -107,6 +110,9 @@ def run(args) -> tuple[list[dict], dict]:
         return evaluate(model, tok, cfg, split, retain_eval=retain_eval, original=None, forget_ids=forget_ids,
                         mapper=mapper, model_path=target_path)
 
+    def empty(mapper):  # the orchestration cost alone: 8 shards that do nothing
+        return mapper.map(_identity, list(range(8)), "empty")
+
     rows, ref = [], {}
     for label, workers, threads in CONFIGS:
         if workers is None:
@@ -119,11 +125,18 @@ def run(args) -> tuple[list[dict], dict]:
             mappers = [(DaskMapper(address, n, threads), threads)]
         try:
             mapper, thr = mappers[0]
-            for step, fn in (("gradient", grad), ("evaluation", ev)):
+            steps = [("gradient", grad), ("evaluation", ev)] + ([("8 empty shards", empty)] if mapper else [])
+            for step, fn in steps:
                 cold, warm, out = _timed(lambda: fn(mapper), args.repeats)
+                if step == "8 empty shards":
+                    rows.append({"step": step, "config": label, "workers": workers, "threads_per_worker": thr,
+                                 "shards": 8, "wall_s_cold": round(cold, 2),
+                                 "wall_s_warm": round(statistics.median(warm), 2)})
+                    print(rows[-1], flush=True)
+                    continue
                 if step == "gradient":
                     dense = {k: v.dense() for k, v in out.items()}
-                    shards = min(cfg.scale.shards or workers, len(batches)) if workers else 1
+                    shards = min(cfg.scale.shards or workers, len(forget)) if workers else 1
                 else:
                     dense = to_json(out)[1]
                     shards = out["_meta"].extra["shards"]
@@ -138,14 +151,22 @@ def run(args) -> tuple[list[dict], dict]:
             if ctxm is not None:
                 ctxm.__exit__(None, None, None)
     for r in rows:
+        if r["step"] == "8 empty shards":
+            continue
         base = next(x for x in rows if x["step"] == r["step"] and x["config"] == "dask 1x2")
+        one = next(x for x in rows if x["step"] == r["step"] and x["config"] == "dask 1x1")
         inproc = next(x for x in rows if x["step"] == r["step"] and x["config"] == "in-process")
         r["speedup_vs_1worker"] = round(base["wall_s_warm"] / r["wall_s_warm"], 3)
+        r["speedup_vs_1x1"] = round(one["wall_s_warm"] / r["wall_s_warm"], 3)
         r["speedup_vs_inprocess"] = round(inproc["wall_s_warm"] / r["wall_s_warm"], 3)
     meta = {"cpus": len(os.sched_getaffinity(0)), "request": req.request_id, "items": len(forget),
             "views": cfg.paraphrase.views, "sequences": len(seqs), "batches": len(batches), "split": split,
             "model_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     return rows, meta
+
+
+def _identity(x):
+    return x
 
 
 def _max_rel(ref: dict, got: dict, step: str) -> float:

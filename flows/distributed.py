@@ -44,6 +44,14 @@ def _api_url() -> str | None:
         return str(client.api_url).rstrip("/")
 
 
+def worker_environ(threads: int) -> dict:
+    """What a Dask nanny sets before starting a worker process: the BLAS/OpenMP threads of
+    ``scale.threads_per_worker`` and *not* Dask's default ``MALLOC_TRIM_THRESHOLD_=65536``, which
+    turns off glibc's dynamic mmap threshold so every activation-sized tensor is mmapped and
+    unmapped again: torch ran 1.7x slower in such a worker (measured, docs/deployment.md)."""
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+
+
 @contextmanager
 def dask_cluster(scale, log: Callable[[str], None] = lambda _m: None) -> Iterator[tuple[str, int]]:
     """(scheduler address, workers) for this run; a LocalCluster is closed on exit."""
@@ -52,21 +60,30 @@ def dask_cluster(scale, log: Callable[[str], None] = lambda _m: None) -> Iterato
     if address:
         from distributed import Client
 
-        with Client(address, timeout="30s") as client:
-            workers = len(client.scheduler_info(n_workers=-1)["workers"]) or 1
+        from r2f.pipeline import PipelineError
+
+        try:
+            with Client(address, timeout="15s") as client:
+                workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        except (OSError, TimeoutError, ValueError) as exc:
+            source = "scale.address" if scale.address else "$DASK_SCHEDULER_ADDRESS"
+            raise PipelineError(f"{source}: no Dask scheduler answered at {address!r}: {exc}") from None
+        if not workers:
+            raise PipelineError(f"Dask scheduler {address}: no workers connected")
         log(f"Dask scheduler {address}: {workers} workers")
         yield address, workers
         return
+    import dask
     from distributed import LocalCluster
 
     n = scale.workers or machine_workers()
-    env = {"PREFECT_API_URL": _api_url() or "", "OMP_NUM_THREADS": str(scale.threads_per_worker),
-           "MKL_NUM_THREADS": str(scale.threads_per_worker), "DASK_LOGGING__DISTRIBUTED": "warning"}
+    env = {"PREFECT_API_URL": _api_url() or "", "DASK_LOGGING__DISTRIBUTED": "warning"}
     env.update({k: os.environ[k] for k in ("PREFECT_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DO_NOT_TRACK",
                                            "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED",
                                            "TOKENIZERS_PARALLELISM") if k in os.environ})
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING, env=env) as cluster:
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(scale.threads_per_worker)}), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                         silence_logs=logging.WARNING, env=env) as cluster:
         log(f"Dask LocalCluster: {n} workers x {scale.threads_per_worker} threads at {cluster.scheduler_address}")
         yield cluster.scheduler_address, n
 
@@ -84,6 +101,8 @@ class DaskMapper:
     """:class:`r2f.parallel.Mapper` on a Dask scheduler: each payload a ``shard-<label>`` Prefect task
     submitted to a ``DaskTaskRunner`` connected to ``address`` (from inside the stage's task, so
     the shards show in Prefect as its nested task runs); results in payload order."""
+
+    local = False
 
     def __init__(self, address: str, workers: int, threads: int = 1) -> None:
         self.address, self.workers, self.threads = address, workers, threads

@@ -121,15 +121,16 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
         return {"already_processed": plan["done"]}
     if "stages" in plan:  # an earlier run of this request died inside promote: finish that only
         todo, results = plan["stages"], results_on_disk(cfg)
+    if cfg.scale.executor == "dask" and set(todo) & set(SHARDED):
+        # before any stage: an unreachable scheduler fails the run with nothing changed
+        from flows.distributed import dask_cluster
+
+        address, workers = stack.enter_context(dask_cluster(cfg.scale, _logger().info))
+        cluster = {"address": address, "workers": workers}
     for name in todo:
         if name in NEEDS_LOCK:
             _wait(pending)
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
-        if name in SHARDED and cfg.scale.executor == "dask" and cluster is None:
-            from flows.distributed import dask_cluster
-
-            address, workers = stack.enter_context(dask_cluster(cfg.scale, _logger().info))
-            cluster = {"address": address, "workers": workers}
         results[name] = stage_task.with_options(**opts)(config, name, cluster if name in SHARDED else None)
         for rid in inbox_ids or ():
             advance(cfg, rid, name, results[name])

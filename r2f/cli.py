@@ -200,6 +200,8 @@ def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     versioned with DVC and tracked in MLflow. A request is processed once: when the registry already
     holds its decision, nothing is done (pipeline.rerun=true runs it again); a run killed midway is
     finished by the next one. One run per state folder at a time (others exit 2 at once).
+    --set scale.executor=dask runs the gradient and evaluation shards as Prefect tasks on Dask (a
+    LocalCluster, or scale.address / $DASK_SCHEDULER_ADDRESS; docs/deployment.md).
     Exit 0: promoted; 3: the gate rejected the candidate; 2: bad input, a failed stage or another
     run busy (nothing promoted)."""
     _setup()

@@ -129,8 +129,9 @@ class UnlearnConfig(_Strict):
     # R2F decoded steps (1 = the paper's single update); the retain budget holds for all together
     r2f_steps: int = Field(1, ge=1, le=50)
     # Sequences per forward + backward of the single-step methods (r2f, fullgrad): fewer = less
-    # activation memory, same result. R2F below an item's view count adds one no-grad forward
-    # (low-memory mode, r2f.onepass; docs/performance.md).
+    # activation memory. R2F below an item's view count adds one no-grad forward (low-memory mode,
+    # r2f.onepass; docs/performance.md). It is also R2F's batch size, and with the fitted token
+    # weighting an item's basis depends slightly on the items batched with it (docs/performance.md).
     micro_batch: int = Field(40, ge=1, le=4096)
     # Multi-step baselines (GradAscent, GradDiff, NPO): open-unlearning defaults scaled down.
     baseline_epochs: int = Field(5, ge=1)

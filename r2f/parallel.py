@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 class Mapper(Protocol):
     workers: int  # how many shards can run at once
+    local: bool  # True: runs in this process (shards only pay off with workers > 1)
 
     def map(self, fn: Callable[[Any], Any], payloads: Sequence[Any], label: str) -> list: ...
 
@@ -26,6 +27,8 @@ class Mapper(Protocol):
 class SerialMapper:
     """Every payload in this process, in order. ``workers > 1`` makes callers build their shards
     anyway (tests of the sharding itself, without a cluster)."""
+
+    local = True
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = workers
@@ -35,9 +38,10 @@ class SerialMapper:
 
 
 def distributed(mapper: Mapper | None) -> bool:
-    """True when shards should be built (more than one worker); otherwise the caller runs its
-    ordinary in-process code path unchanged."""
-    return mapper is not None and mapper.workers > 1
+    """True when shards should be built: a mapper that runs elsewhere (even on one worker), or an
+    in-process one asked for more than one shard; otherwise the caller runs its ordinary in-process
+    code path unchanged."""
+    return mapper is not None and (not mapper.local or mapper.workers > 1)
 
 
 def split_even(n: int, k: int) -> list[range]:
