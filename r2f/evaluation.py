@@ -69,10 +69,10 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     untouched target model, for identity drift (``None`` when evaluating the target itself).
 
     The work is a list of jobs (:func:`eval_jobs`: each scored set, the MIA holdout, USR, RAP,
-    drift); the metrics are computed from their concatenated outputs. ``mapper``
-    (:mod:`r2f.parallel`) with more than one worker and ``model_path`` (``original_path`` for
-    drift) given: each set is cut into one shard per worker and the jobs run on the mapper, each
-    loading the model folders; otherwise they run here on the objects passed."""
+    drift); the metrics are computed from their concatenated outputs. With a ``mapper`` that shards
+    (:func:`r2f.parallel.distributed`) and ``model_path`` (``original_path`` for drift) given, each
+    set is cut into one item range per worker and the jobs run on the mapper, each loading the model
+    folders; otherwise they run here, in order, on the objects passed."""
     from .parallel import distributed
 
     t0 = time.perf_counter()
