@@ -206,7 +206,9 @@ def _square(x: int) -> tuple[int, int]:
 def test_scheduler_address_from_the_environment_and_default_sizing(harness, monkeypatch):
     """``$DASK_SCHEDULER_ADDRESS`` (no ``scale.address``): the flow's cluster is that scheduler with
     its workers; shards run there as Prefect tasks, results in payload order. Without either, the
-    LocalCluster has one worker per CPU core."""
+    LocalCluster has one worker per CPU core and leaves this process's environment as it was."""
+    import os
+
     import dask
     from distributed import LocalCluster
 
@@ -221,5 +223,8 @@ def test_scheduler_address_from_the_environment_and_default_sizing(harness, monk
             out = DaskMapper(address, workers).map(_square, list(range(6)), "test")
     assert [v for v, _ in out] == [x * x for x in range(6)]
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with dask_cluster(ScaleConfig()) as (address, workers):
         assert workers == machine_workers() and address != external.scheduler_address
+        # the nannies' worker environment does not leak into this process (torch would go 1-thread)
+        assert "OMP_NUM_THREADS" not in os.environ and "MALLOC_TRIM_THRESHOLD_" not in os.environ
