@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import ExitStack
 
 from common import load_cfg, parser, setup, write
 
@@ -115,41 +116,31 @@ def run(args) -> tuple[list[dict], dict]:
 
     rows, ref = [], {}
     for label, workers, threads in CONFIGS:
-        if workers is None:
-            mappers = [(None, torch.get_num_threads())]
-            ctxm = None
-        else:
-            scale = cfg.scale.model_copy(update={"workers": workers, "threads_per_worker": threads, "address": None})
-            ctxm = dask_cluster(scale, log)
-            address, n = ctxm.__enter__()
-            mappers = [(DaskMapper(address, n, threads), threads)]
-        try:
-            mapper, thr = mappers[0]
+        with ExitStack() as stack:  # a LocalCluster per configuration, closed after its rows
+            mapper, thr = None, torch.get_num_threads()
+            if workers is not None:
+                scale = cfg.scale.model_copy(update={"workers": workers, "threads_per_worker": threads,
+                                                     "address": None})
+                address, n = stack.enter_context(dask_cluster(scale, log))
+                mapper, thr = DaskMapper(address, n, threads), threads
             steps = [("gradient", grad), ("evaluation", ev)] + ([("8 empty shards", empty)] if mapper else [])
             for step, fn in steps:
                 cold, warm, out = _timed(lambda: fn(mapper), args.repeats)
-                if step == "8 empty shards":
-                    rows.append({"step": step, "config": label, "workers": workers, "threads_per_worker": thr,
-                                 "shards": 8, "wall_s_cold": round(cold, 2),
-                                 "wall_s_warm": round(statistics.median(warm), 2)})
-                    print(rows[-1], flush=True)
-                    continue
+                row = {"step": step, "config": label, "workers": workers or 0, "threads_per_worker": thr,
+                       "wall_s_cold": round(cold, 2), "wall_s_warm": round(statistics.median(warm), 2)}
                 if step == "gradient":
                     dense = {k: v.dense() for k, v in out.items()}
-                    shards = min(cfg.scale.shards or workers, len(forget)) if workers else 1
-                else:
+                    row["shards"] = min(cfg.scale.shards or workers, len(batches)) if workers else 1
+                elif step == "evaluation":
                     dense = to_json(out)[1]
-                    shards = out["_meta"].extra["shards"]
-                if label == "in-process":
-                    ref[step] = dense
-                rows.append({"step": step, "config": label, "workers": workers or 0, "threads_per_worker": thr,
-                             "shards": shards, "wall_s_cold": round(cold, 2),
-                             "wall_s_warm": round(statistics.median(warm), 2), "warm_all": [round(w, 2) for w in warm],
-                             "max_rel_diff": _max_rel(ref[step], dense, step)})
-                print(rows[-1], flush=True)
-        finally:
-            if ctxm is not None:
-                ctxm.__exit__(None, None, None)
+                    row["shards"] = out["_meta"].extra["shards"]
+                else:
+                    row["shards"] = len(out)
+                if step != "8 empty shards":
+                    ref.setdefault(step, dense)  # the in-process run comes first
+                    row.update(warm_all=[round(w, 2) for w in warm], max_rel_diff=_max_rel(ref[step], dense, step))
+                rows.append(row)
+                print(row, flush=True)
     for r in rows:
         if r["step"] == "8 empty shards":
             continue
