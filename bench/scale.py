@@ -77,6 +77,7 @@ def run(args) -> tuple[list[dict], dict]:
     from r2f.evaluation import evaluate, to_json
     from r2f.models import load_model
     from r2f.onepass import group_batches
+    from r2f.pipeline import request_rows
     from r2f.requests import eval_split, read_request, resolve
     from r2f.stages import reference_eval, train_decoder
     from r2f.unlearn.apply import views_split
@@ -99,9 +100,7 @@ def run(args) -> tuple[list[dict], dict]:
     grad_views, _ = views_split(forget, cfg)
     batches, seqs = group_batches(tok, [[v] for v in grad_views], cfg.models.max_len, cfg.unlearn.objective,
                                   tofu.idontknow(), chunk=cfg.unlearn.micro_batch)
-    ids = [q.id for q in forget]
-    split_ids = [q.id for q in tofu.split(split)]
-    forget_ids = None if set(ids) == set(split_ids) else ids
+    forget_ids = request_rows(cfg, {"item_ids": [q.id for q in forget], "eval_split": split})
 
     def grad(mapper):
         ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder, None, mapper=mapper)

@@ -108,10 +108,9 @@ def dask_cluster(scale, log: Callable[[str], None] = lambda _m: None) -> Iterato
     from distributed import LocalCluster
 
     n = scale.workers or machine_workers()
+    # the workers inherit this process's environment (offline/telemetry switches, PREFECT_HOME);
+    # they only need the API of the flow's temporary Prefect server, which is not in it
     env = {"PREFECT_API_URL": _api_url() or "", "DASK_LOGGING__DISTRIBUTED": "warning"}
-    env.update({k: os.environ[k] for k in ("PREFECT_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DO_NOT_TRACK",
-                                           "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED",
-                                           "TOKENIZERS_PARALLELISM") if k in os.environ})
     saved = dict(os.environ)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(scale.threads_per_worker)}), \
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",

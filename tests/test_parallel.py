@@ -178,18 +178,14 @@ def test_flow_on_a_two_worker_local_cluster_gives_the_single_process_update(tmp_
 def test_unreachable_scheduler_fails_the_run_before_any_stage(tmp_path, harness, monkeypatch):
     """``scale.address`` pointing at nothing: the flow stops before its first stage with an error
     naming the setting; no stage out, no registry entry."""
-    import socket
-
-    from reliability_lib import FAST_EVAL, make_project
+    from reliability_lib import FAST_EVAL, free_port, make_project
     from flows.unlearning import unlearning_flow
     from r2f.pipeline import PipelineError
 
     project = make_project(tmp_path, {**TINY, **FAST_EVAL})
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()
     with pytest.raises(PipelineError, match="scale.address: no Dask scheduler answered"):
         unlearning_flow(str(project / "params.yaml"), {"scale.executor": "dask",
                                                        "scale.address": f"tcp://127.0.0.1:{port}"})

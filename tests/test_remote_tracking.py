@@ -8,7 +8,6 @@ every out recorded in dvc.lock is in the bucket; no local MLflow store or DVC re
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -17,21 +16,15 @@ import urllib.request
 import pytest
 
 from conftest import TINY
-from reliability_lib import EASY_GATE, FAST_EVAL, env_for, make_project, run_to_end, write_request
+from reliability_lib import EASY_GATE, FAST_EVAL, env_for, free_port, make_project, run_to_end, write_request
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
@@ -62,7 +55,7 @@ def s3(tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     srv.start()
     endpoint = f"http://127.0.0.1:{port}"
