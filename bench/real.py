@@ -133,7 +133,8 @@ def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
     proxy's token weighting, and peft's random A with each proxy's trained spectral decoder."""
     from r2f.data import load_tofu
     from r2f.decoder import LearnedDecoder
-    from r2f.fidelity import collect_pairs, fidelity as fid, fit_decoder
+    from r2f.fidelity import collect_pairs, fit_decoder
+    from r2f.fidelity import fidelity as fid
     from r2f.models import load_model
     from r2f.stages import decoder_train_items, train_decoder
 
@@ -268,7 +269,8 @@ def main() -> None:
         for k in ("usr", "gur", "usr_all"):
             if isinstance(r.get(k), float) and not math.isnan(r[k]):
                 r[k] = round(100 * r[k], 1)  # percent, as the paper reports them
-    cols = ["proxy", "target", "method", "retain_budget", "steps", "usr", "usr_all", "gur", "rap", "identity_drift", "cosine_mean", "eta",
+    cols = ["proxy", "target", "method", "retain_budget", "steps", "usr", "usr_all", "gur", "rap", "identity_drift",
+            "cosine_mean", "eta",
             "wall_s", "peak_rss_mb", "ratio_time_vs_fullgrad", "ratio_mem_vs_fullgrad", "error"]
     notes = notes_for(meta, rows)
     write("real_models", args, rows, cols, notes, {"meta": meta, "settings": {**REAL, **sizes(args)}})

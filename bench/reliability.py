@@ -32,10 +32,23 @@ def main() -> None:
     p.add_argument("--races", type=int, default=2)
     args = p.parse_args()
     setup()
-    from conftest import TINY
     from bad_input_lib import cases, run_case
-    from reliability_lib import (EASY_GATE, FAST_EVAL, check_request, cut_promotion, forget_text_hits, forget_texts,
-                                 make_project, r2f, registry, run_and_kill, run_to_end, write_request)
+    from conftest import TINY
+    from reliability_lib import (
+        EASY_GATE,
+        FAST_EVAL,
+        check_request,
+        cut_promotion,
+        forget_text_hits,
+        forget_texts,
+        make_project,
+        r2f,
+        registry,
+        run_and_kill,
+        run_to_end,
+        write_request,
+    )
+
     from r2f.pipeline import NAMES
 
     t_all = time.perf_counter()
@@ -70,7 +83,8 @@ def main() -> None:
             rc, logs[f"rerun-{stage}"] = run_to_end(proj, "run", "--set", f"pipeline.request={req}")
             chk = check_request(proj, rid)
             # exit 0 promoted or 3 rejected by the gate: both are a finished request
-            ok = killed and rc in (0, 3) and chk["final_decisions"] == 1 and chk["running_runs"] == 0 and chk["champion_loads"]
+            ok = (killed and rc in (0, 3) and chk["final_decisions"] == 1 and chk["running_runs"] == 0
+                  and chk["champion_loads"])
             kills.append({"point": f"after {stage}", "killed": killed, "rerun_rc": rc, **chk, "recovered": ok})
             print(f"kill after {stage}: {kills[-1]}", flush=True)
         cut = cut_promotion(proj, "req-kill-inside-promote", [qids[len(stages)]])
@@ -118,7 +132,8 @@ def main() -> None:
         "the model-bearing stage outs.",
         "kill points: SIGKILL to `r2f run`'s process group when its log shows the stage's task finished (also when "
         "Prefect served it from its cache: train_models, train_decoder); then `r2f run` again on the same request "
-        "(recovered: exit 0 or 3, one final decision, no RUNNING run, the champion loads). 'inside promote': the version registered with its tags and nothing after it.",
+        "(recovered: exit 0 or 3, one final decision, no RUNNING run, the champion loads). "
+        "'inside promote': the version registered with its tags and nothing after it.",
         "concurrent runs: two `r2f run` (two requests) started together; the pipeline lock admits one, the other "
         "exits 2 naming the lock.",
         "forget-text occurrences: each question, answer (and 40-character prefix) and the subject, searched raw and "

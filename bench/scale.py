@@ -124,7 +124,7 @@ def run(args) -> tuple[list[dict], dict]:
                 mapper, thr = DaskMapper(address, n, threads), threads
             steps = [("gradient", grad), ("evaluation", ev)] + ([("8 empty shards", empty)] if mapper else [])
             for step, fn in steps:
-                cold, warm, out = _timed(lambda: fn(mapper), args.repeats)
+                cold, warm, out = _timed(lambda fn=fn, mapper=mapper: fn(mapper), args.repeats)
                 row = {"step": step, "config": label, "workers": workers or 0, "threads_per_worker": thr,
                        "wall_s_cold": round(cold, 2), "wall_s_warm": round(statistics.median(warm), 2)}
                 if step == "gradient":

@@ -1,7 +1,7 @@
 """Sequential deletions: 5 deletion requests (forget01-sized TOFU author pairs) submitted to the
 inbox and processed by one scheduled tick, each unlearned from the champion the previous one left.
 
-    python bench/sequential.py [--quick] [--requests 5] [--set gate.min_forget_quality=0 ...]
+    python bench/sequential.py [--quick] [--requests 5] [--default-gate] [--set gate.min_forget_quality=0 ...]
 
 The real pipeline runs (inbox, Prefect tick flow, GX, DVC, MLflow registry) in a throwaway project
 that borrows the main project's model / decoder / reference caches. After the tick, every model
@@ -13,8 +13,9 @@ Columns: ``request`` (in order), ``state``, ``version``, ``model_utility``, ``fo
 ``forget_Q_A_Prob`` / ``usr`` on the request's own rows right after it, and
 ``earlier_still_forgotten``: true when, for every earlier request, its rows' answer probability
 has not risen by more than 10 % over its value right after that request and its USR has not
-dropped by more than 0.05 (no "unforgetting"), and its forget quality still meets
-``gate.min_forget_quality``. Writes bench/results/sequential[_quick].json / .md / .png.
+dropped by more than 0.05 (no "unforgetting"), and its forget quality still meets the *default*
+gate's ``min_forget_quality`` (params.yaml, never the relaxed bench gate).
+Writes bench/results/sequential[_quick].json / .md / .png.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ PAIRS = ((198, 199), (196, 197), (194, 195), (192, 193), (190, 191))
 EVAL_SPLIT = "forget05"
 PROB_SLACK, USR_SLACK = 1.10, 0.05
 # the default gate rejects R2F on forget quality (docs/pipeline.md), and a rejected request leaves
-# the champion where it was: nothing would be sequential. The bench gates on utility only.
+# the champion where it was: nothing would be sequential. The bench gates on utility only, unless
+# --default-gate. "Still forgotten" is always judged by the default gate's forget-quality threshold.
 BENCH_GATE = {"gate.min_forget_quality": 0.0, "gate.min_usr": 0.0, "gate.max_abs_privleak": 1000.0,
               "gate.min_utility_ratio": 0.95}
 
@@ -59,11 +61,16 @@ def _per_request(ev: dict, ref: dict, ids: list[str]) -> dict:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--requests", type=int, default=len(PAIRS))
+    p.add_argument("--default-gate", action="store_true", help="gate every request with params.yaml's gate")
     args = p.parse_args()
     setup()
     from pipeline import temp_project  # bench/pipeline.py
 
-    overrides = overrides_of(args, {"data.world_split": "forget10", **BENCH_GATE})
+    from r2f.config import load_config as _load
+
+    hold_fq = _load(args.params, overrides_of(args)).gate.min_forget_quality
+    gate = {} if args.default_gate else BENCH_GATE
+    overrides = overrides_of(args, {"data.world_split": "forget10", **gate})
     pairs = PAIRS[:args.requests]
     with temp_project(overrides) as proj:
         from flows.unlearning import tick_flow
@@ -79,7 +86,7 @@ def main() -> None:
         for k, pair in enumerate(pairs, 1):
             ib.submit(_request(proj, k, pair), tofu)
         t0 = time.perf_counter()
-        tick = tick_flow(str(proj / "params.yaml"), {})
+        tick_flow(str(proj / "params.yaml"), {})
         tick_s = time.perf_counter() - t0
         ref = reference_eval(cfg, "retain", EVAL_SPLIT)
         tracker = make_tracker(cfg)
@@ -87,7 +94,6 @@ def main() -> None:
         history: list[dict] = []
         for k, pair in enumerate(pairs, 1):
             rec = ib.get(f"seq-{k}")
-            ids = [q.id for q in tofu.authors(list(pair))]
             version = rec.result.get("model_version")
             row = {"request": rec.request_id, "authors": list(pair), "state": rec.state, "version": version,
                    "champion_after": rec.result.get("champion_version")}
@@ -107,7 +113,7 @@ def main() -> None:
                 a, b = first[j], now[j]
                 held[f"seq-{j}"] = bool(b["forget_Q_A_Prob"] <= a["forget_Q_A_Prob"] * PROB_SLACK + 1e-6
                                         and b["usr"] >= a["usr"] - USR_SLACK
-                                        and (b["forget_quality"] or 0) >= cfg.gate.min_forget_quality)
+                                        and (b["forget_quality"] or 0) >= hold_fq)
             history.append({"after": rec.request_id, "per_request": now})
             row.update({"model_utility": ev["summary"]["model_utility"], **now[k],
                         "earlier_still_forgotten": all(held.values()) if held else None,
@@ -117,13 +123,14 @@ def main() -> None:
         f"{len(pairs)} requests (TOFU author pairs {', '.join(f'{a}-{b}' for a, b in pairs)}) submitted together "
         f"and processed by one scheduled tick (schedule.mode sequential), each from the champion the previous "
         f"one left; tick wall time {tick_s:.0f} s.",
-        "Gate for this bench: " + ", ".join(f"{k.split('.')[1]}={v}" for k, v in BENCH_GATE.items()) +
-        " (utility only: the default gate rejects R2F on forget quality, and a rejected request leaves the "
-        "champion unchanged, so nothing would be sequential).",
+        ("Gate: the default (params.yaml)." if args.default_gate else
+         "Gate for this bench: " + ", ".join(f"{k.split('.')[1]}={v}" for k, v in BENCH_GATE.items()) +
+         " (utility only: the default gate rejects R2F on forget quality, and a rejected request leaves the "
+         "champion unchanged, so nothing would be sequential; --default-gate uses params.yaml's gate)."),
         f"Metrics per request on its own rows, from one {EVAL_SPLIT} evaluation of the champion after it "
         "(forget quality vs the retain-forget05 model on the same rows). earlier_still_forgotten: every earlier "
         f"request's answer probability <= {PROB_SLACK:.2f}x its value right after it, USR >= its value - {USR_SLACK}, "
-        "and forget quality >= gate.min_forget_quality.",
+        f"and forget quality >= {hold_fq} (the default gate's min_forget_quality).",
     ]
     cols = ["request", "state", "version", "model_utility", "forget_quality", "forget_Q_A_Prob", "usr",
             "earlier_still_forgotten"]

@@ -308,7 +308,8 @@ def to_markdown(rep: dict) -> str:
                   "| rule | value | threshold | passed |", "|---|---|---|---|"]
         lines += [f"| {x['name']} | {x.get('value')} | {x.get('threshold')} | {x.get('passed')} |" for x in g["rules"]]
         lines.append("")
-    lines += ["## State history", ""] + [f"- {h['at']}: {h['state']}" + (f" ({h['reason'][:200]})" if h.get("reason") else "")
+    lines += ["## State history", ""] + [f"- {h['at']}: {h['state']}"
+                                         + (f" ({h['reason'][:200]})" if h.get("reason") else "")
                                           for h in rep.get("states") or []]
     lines += ["", "## Checks", "", "| check | ok | detail |", "|---|---|---|"]
     lines += [f"| {c['check']} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |" for c in rep["checks"]]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .cli_common import (ParamsOpt, SetOpt, _cfg, _errors, _fail, _overrides, _pipeline_errors, _setup,
-                         _state_env, _ui)
+from .cli_common import ParamsOpt, SetOpt, _cfg, _errors, _fail, _overrides, _pipeline_errors, _setup, _state_env, _ui
 from .cli_requests import register as register_requests
 
 app = typer.Typer(help="R2F: Recover-to-Forget LLM unlearning (TOFU default, offline, CPU).",
@@ -23,7 +21,7 @@ app.add_typer(decoder_app, name="decoder")
 
 
 @models_app.command("train")
-def models_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+def models_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Train (or load from the cache) the tokenizer and the target, proxy and retain models."""
     _setup()
     from .stages import train_models
@@ -53,7 +51,7 @@ def models_packaged() -> None:
 
 @models_app.command("convert")
 def models_convert(name: str = typer.Argument(..., help="A name from `r2f models packaged`."),
-                   params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+                   params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Check a packaged model's sha256 and convert it once to a cached HF folder; prints the folder
     (pass it to `r2f unlearn --model` / `r2f eval --model`)."""
     _setup()
@@ -70,7 +68,7 @@ def models_convert(name: str = typer.Argument(..., help="A name from `r2f models
 
 
 @decoder_app.command("train")
-def decoder_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+def decoder_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
                   force: bool = typer.Option(False, help="Retrain even if a cached decoder exists.")) -> None:
     """Train the learned gradient decoder on (LoRA-grad, full-grad) pairs from the proxy."""
     _setup()
@@ -84,16 +82,19 @@ def decoder_train(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
 
 @app.command()
 def unlearn(
-    method: str = typer.Option(None, "--method", "-m", help="r2f, fullgrad, fused (needs unlearn.eta.value), lora_sin, lora_mul, gradascent, graddiff, npo, retrain."),
+    method: str = typer.Option(None, "--method", "-m",
+                               help="r2f, fullgrad, fused (needs unlearn.eta.value), lora_sin, lora_mul, "
+                                    "gradascent, graddiff, npo, retrain."),
     forget: str = typer.Option(None, "--forget", "-f", help="Forget split: forget01, forget05, forget10."),
-    model: Optional[Path] = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
-    out: Optional[Path] = typer.Option(None, help="Write the unlearned model here (HF folder)."),
-    report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
-    params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+    model: Path | None = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
+    out: Path | None = typer.Option(None, help="Write the unlearned model here (HF folder)."),
+    report: Path | None = typer.Option(None, help="Write the JSON report here."),
+    params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
 ) -> None:
     """Unlearn a forget split from the target and report NLL before/after and the chosen eta."""
     _setup()
-    from .stages import unlearn as run_unlearn, write_json
+    from .stages import unlearn as run_unlearn
+    from .stages import write_json
 
     cfg = _cfg(params, set_, **{"data.forget_split": forget})
     try:
@@ -108,11 +109,11 @@ def unlearn(
 
 @app.command("eval")
 def eval_(
-    model: Optional[Path] = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
+    model: Path | None = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
     split: str = typer.Option(None, "--split", help="Forget split: forget01, forget05, forget10."),
-    out: Optional[Path] = typer.Option(None, help="Folder for TOFU_EVAL.json and TOFU_SUMMARY.json "
+    out: Path | None = typer.Option(None, help="Folder for TOFU_EVAL.json and TOFU_SUMMARY.json "
                                        "(default: <state_dir>/eval/<model name>-<split>)."),
-    params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+    params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
 ) -> None:
     """TOFU metrics (open-unlearning's keys) plus the paper's USR, GUR, RAP and identity drift.
 
@@ -166,9 +167,9 @@ def _print_report(rep: dict) -> None:
 
 
 @app.command()
-def stage(name: Optional[str] = typer.Argument(None, help="Stage: prepare, validate, train_models, "
+def stage(name: str | None = typer.Argument(None, help="Stage: prepare, validate, train_models, "
                                                "train_decoder, unlearn, evaluate, gate, promote."),
-          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+          params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
           dvc_yaml: bool = typer.Option(False, "--dvc-yaml", help="Print dvc.yaml generated from the stage list.")) -> None:
     """Run one pipeline stage (what dvc.yaml calls; the Prefect flow runs the same functions)."""
     _setup()
@@ -194,7 +195,7 @@ def stage(name: Optional[str] = typer.Argument(None, help="Stage: prepare, valid
 
 
 @app.command()
-def run(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+def run(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """The main job: the deletion request of pipeline.request through the whole pipeline (Prefect
     flow: prepare, validate, train models and decoder (cached), unlearn, evaluate, gate, promote),
     versioned with DVC and tracked in MLflow. A request is processed once: when the registry already
@@ -255,7 +256,7 @@ def _print_run_summary(cfg, results: dict) -> None:
 
 
 @app.command()
-def ui(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+def ui(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
        port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
     """Start the MLflow UI (mlflow server on 127.0.0.1) over the project's tracking store."""
     _setup()

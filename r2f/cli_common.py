@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,7 +24,7 @@ def _setup() -> None:
         os.environ.setdefault(k, v)
 
 
-def _overrides(sets: Optional[list[str]]) -> dict:
+def _overrides(sets: list[str] | None) -> dict:
     """``--set key=value`` options as a dict (values parsed as YAML)."""
     import yaml
 
@@ -38,7 +37,7 @@ def _overrides(sets: Optional[list[str]]) -> dict:
     return overrides
 
 
-def _cfg(params: Path, sets: Optional[list[str]], **extra):
+def _cfg(params: Path, sets: list[str] | None, **extra):
     from .config import ConfigError, load_config
 
     overrides = _overrides(sets)
@@ -93,10 +92,10 @@ def _state_env(cfg) -> None:
 
 
 def _pipeline_errors():
+    from .config import ConfigError
+    from .locks import Busy
     from .pipeline import PipelineError
     from .requests import RequestError
     from .validation import ValidationError
     from .versioning import VersioningError
-    from .config import ConfigError
-    from .locks import Busy
     return (*_errors(), Busy, ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)

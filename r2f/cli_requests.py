@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ request_app = typer.Typer(help="Deletion requests: submit to the inbox, list the
 
 @request_app.command("submit")
 def request_submit(file: Path = typer.Argument(..., help="Request file (YAML/JSON, docs/requests.md)."),
-                   params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+                   params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Validate a deletion request (schema + Great Expectations suite against the data) and put it
     in the inbox as pending. Invalid: exit 2, nothing is written."""
     _setup()
@@ -33,7 +32,7 @@ def request_submit(file: Path = typer.Argument(..., help="Request file (YAML/JSO
 
 
 @request_app.command("list")
-def request_list(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+def request_list(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
                  as_json: bool = typer.Option(False, "--json", help="JSON instead of a table.")) -> None:
     """Every request in the inbox with its state and the time it reached each state."""
     _setup()
@@ -57,8 +56,8 @@ def request_list(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
 
 
 @request_app.command("authors")
-def request_authors(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-                    contains: Optional[str] = typer.Option(None, help="Only names containing this text.")) -> None:
+def request_authors(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
+                    contains: str | None = typer.Option(None, help="Only names containing this text.")) -> None:
     """TOFU author indices and names, for the selectors.authors of a request."""
     _setup()
     from .data import load_tofu
@@ -69,8 +68,8 @@ def request_authors(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt
             typer.echo(f"{a:3d}  {n}")
 
 
-def serve(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-          cron: Optional[str] = typer.Option(None, help="Cron schedule (default: schedule.cron)."),
+def serve(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
+          cron: str | None = typer.Option(None, help="Cron schedule (default: schedule.cron)."),
           once: bool = typer.Option(False, "--once", help="Run one tick now and exit (no deployment).")) -> None:
     """Serve the scheduled deletion-request deployment (a Prefect flow.serve): every tick runs all
     pending inbox requests through the pipeline, each from the current champion. --once runs a
@@ -99,13 +98,14 @@ def serve(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
 
 def audit(request_id: str = typer.Argument(..., help="The request id."),
           fmt: str = typer.Option("md", "--format", "-f", help="md, json or html."),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here."),
-          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+          out: Path | None = typer.Option(None, "--out", "-o", help="Write the report here."),
+          params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Reconstruct and verify a request's lineage offline (request file → forget rows and their DVC
     md5 → decoder and proxy → model before/after → gate → who/when). Prints VERIFIED, or names what
     does not match (exit 4). Ids and hashes only, never the forgotten text."""
     _setup()
-    from .audit import AuditError, audit as run_audit, render
+    from .audit import AuditError, render
+    from .audit import audit as run_audit
 
     if fmt not in ("md", "json", "html"):
         _fail(f"--format {fmt}: expected md, json or html")
@@ -125,7 +125,7 @@ def audit(request_id: str = typer.Argument(..., help="The request id."),
         raise typer.Exit(4)
 
 
-def history(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+def history(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Processed deletion requests (promoted, rejected or failed), oldest first."""
     _setup()
     from .inbox import FINAL, inbox

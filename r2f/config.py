@@ -30,7 +30,7 @@ class DataConfig(_Strict):
     retain_authors: int = Field(20, ge=1, le=180)
 
     @model_validator(mode="after")
-    def _forget_within_world(self) -> "DataConfig":
+    def _forget_within_world(self) -> DataConfig:
         order = ["forget01", "forget05", "forget10"]
         if order.index(self.forget_split) > order.index(self.world_split):
             raise ValueError(f"forget_split {self.forget_split} is not contained in world_split "
@@ -46,7 +46,7 @@ class ArchConfig(_Strict):
     intermediate: int = Field(ge=8)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ArchConfig":
+    def _heads_divide(self) -> ArchConfig:
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ValueError("hidden must be divisible by heads and heads by kv_heads")
         return self
@@ -180,7 +180,7 @@ class ValidationConfig(_Strict):
     max_answer_chars: int = Field(4000, ge=1)
 
     @model_validator(mode="after")
-    def _bounds_ordered(self) -> "ValidationConfig":
+    def _bounds_ordered(self) -> ValidationConfig:
         for f in ("question", "answer"):
             if getattr(self, f"min_{f}_chars") > getattr(self, f"max_{f}_chars"):
                 raise ValueError(f"min_{f}_chars exceeds max_{f}_chars")

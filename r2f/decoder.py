@@ -42,7 +42,7 @@ class Sketch:
 
     info: ModuleInfo
     lora: LoraGrad
-    gram: "torch.Tensor"  # in x in
+    gram: torch.Tensor  # in x in
     _eig: tuple | None = None
 
     def _decompose(self) -> tuple:
@@ -56,21 +56,21 @@ class Sketch:
         return self._eig
 
     @property
-    def evals(self) -> "torch.Tensor":
+    def evals(self) -> torch.Tensor:
         """Eigenvalues of the activation Gram, descending (in,)."""
         return self._decompose()[0]
 
     @property
-    def evecs(self) -> "torch.Tensor":
+    def evecs(self) -> torch.Tensor:
         """Matching eigenvectors as columns (in x in)."""
         return self._decompose()[1]
 
 
-def make_sketch(info: ModuleInfo, lora: LoraGrad, gram: "torch.Tensor") -> Sketch:
+def make_sketch(info: ModuleInfo, lora: LoraGrad, gram: torch.Tensor) -> Sketch:
     return Sketch(info, lora, gram)
 
 
-def _prior_factors(sk: Sketch, f: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _prior_factors(sk: Sketch, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     A, Y = sk.lora.A, sk.lora.grad_B / sk.lora.scaling
@@ -81,7 +81,7 @@ def _prior_factors(sk: Sketch, f: "torch.Tensor") -> tuple["torch.Tensor", "torc
     return Y, torch.linalg.solve(M, AVf) @ sk.evecs.T
 
 
-def factors_fixed(kind: str, sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"]:
+def factors_fixed(kind: str, sk: Sketch) -> tuple[torch.Tensor, torch.Tensor]:
     """The untrained decoders, as rank-r factors (U: out x r, V: r x in) of the decoded gradient."""
     import torch
 
@@ -95,16 +95,16 @@ def factors_fixed(kind: str, sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"
     raise DecoderError(f"unknown decoder '{kind}'; expected one of {DECODERS}")
 
 
-def decode_fixed(kind: str, sk: Sketch) -> "torch.Tensor":
+def decode_fixed(kind: str, sk: Sketch) -> torch.Tensor:
     u, v = factors_fixed(kind, sk)
     return u @ v
 
 
-def _rel(evals: "torch.Tensor") -> "torch.Tensor":
+def _rel(evals: torch.Tensor) -> torch.Tensor:
     return evals / evals[0].clamp(min=1e-12) + 1e-6
 
 
-def _features(sk: Sketch) -> "torch.Tensor":
+def _features(sk: Sketch) -> torch.Tensor:
     import torch
 
     n = sk.evals.shape[0]
@@ -138,12 +138,12 @@ class LearnedDecoder:
         if sk.info.kind not in KINDS:
             raise DecoderError(f"module {sk.info.name}: kind '{sk.info.kind}' unknown to the decoder ({KINDS})")
 
-    def factors(self, sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def factors(self, sk: Sketch) -> tuple[torch.Tensor, torch.Tensor]:
         self.check(sk)
         g = self.net(_features(sk)).squeeze(1).clamp(-20, 20)
         return _prior_factors(sk, _rel(sk.evals) * g.exp())
 
-    def decode(self, sk: Sketch) -> "torch.Tensor":
+    def decode(self, sk: Sketch) -> torch.Tensor:
         u, v = self.factors(sk)
         return u @ v
 
@@ -160,7 +160,7 @@ class LearnedDecoder:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LearnedDecoder":
+    def load(cls, path: str | Path) -> LearnedDecoder:
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -191,12 +191,12 @@ def check_family(decoder, model) -> None:
                            "target; train one on a proxy of the target's family (`r2f decoder train`)")
 
 
-def decode(decoder: "str | LearnedDecoder", sk: Sketch) -> "torch.Tensor":
+def decode(decoder: str | LearnedDecoder, sk: Sketch) -> torch.Tensor:
     u, v = decode_factors(decoder, sk)
     return u @ v
 
 
-def decode_factors(decoder: "str | LearnedDecoder", sk: Sketch) -> tuple["torch.Tensor", "torch.Tensor"]:
+def decode_factors(decoder: str | LearnedDecoder, sk: Sketch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, V)`` with ``decode(decoder, sk) == U @ V``: every decoder's output has rank <= r, so
     R2F keeps its update as factors and never holds a dense gradient-sized tensor per module."""
     import torch
@@ -215,7 +215,7 @@ def gram_weighting(cfg, decoder) -> tuple[float, float] | None:
     return tuple(fitted) if fitted else None
 
 
-def pair_loss(pred: "torch.Tensor", true: "torch.Tensor", cosine_weight: float) -> "torch.Tensor":
+def pair_loss(pred: torch.Tensor, true: torch.Tensor, cosine_weight: float) -> torch.Tensor:
     """Scale-free MSE (||pred - G||^2 / ||G||^2) plus ``cosine_weight * (1 - cos)``."""
     import torch.nn.functional as F
 
@@ -225,7 +225,7 @@ def pair_loss(pred: "torch.Tensor", true: "torch.Tensor", cosine_weight: float) 
     return mse + cosine_weight * (1 - cos)
 
 
-def train_decoder(pairs: list[tuple[Sketch, "torch.Tensor"]], hidden: int, steps: int, lr: float,
+def train_decoder(pairs: list[tuple[Sketch, torch.Tensor]], hidden: int, steps: int, lr: float,
                   cosine_weight: float, seed: int = 0, batch: int = 16, progress=None) -> tuple[LearnedDecoder, list[float]]:
     """Adam on random minibatches of (sketch, true gradient) pairs. Returns decoder and loss curve."""
     import torch
@@ -248,7 +248,7 @@ def train_decoder(pairs: list[tuple[Sketch, "torch.Tensor"]], hidden: int, steps
     return dec, curve
 
 
-def cosine(a: "torch.Tensor", b: "torch.Tensor") -> float:
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     import torch.nn.functional as F
 
     return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))

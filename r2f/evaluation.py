@@ -12,8 +12,8 @@ ra = ``real_authors_perturbed``, wf = ``world_facts_perturbed``, MIA holdout = `
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .config import Config
 from .metrics.base import MetricResult
@@ -41,7 +41,8 @@ def _nll_per_set(model, tok, cfg: Config, items, progress: Progress, label: str)
     from .scoring import score
 
     ml, bs = cfg.models.max_len, cfg.eval.batch_size
-    gt = score(model, tok, [(q.question, q.answer) for q in items], ml, bs, True, _tick(progress, f"{label}: answers", len(items)))
+    gt = score(model, tok, [(q.question, q.answer) for q in items], ml, bs, True,
+               _tick(progress, f"{label}: answers", len(items)))
     para = None
     if all(q.paraphrased_answer for q in items):
         para = [s.nll for s in score(model, tok, [(q.question, q.paraphrased_answer) for q in items], ml, bs, False)]

@@ -10,9 +10,10 @@ Sign convention: every gradient here is of the *unlearning loss* ``L_u`` (to be 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .models import answer_logits, collate, encode_qa, token_nll
 
@@ -48,7 +49,7 @@ def target_modules(model, kinds: Sequence[str]) -> list[ModuleInfo]:
     return [ModuleInfo(n, k, layer, layer / max(1, n_layers - 1)) for n, k, layer in found]
 
 
-def view_batches(tokenizer, views: Sequence["Views"], max_len: int, objective: str = "ascent",
+def view_batches(tokenizer, views: Sequence[Views], max_len: int, objective: str = "ascent",
                  refusals: Sequence[str] = (), chunk: int = 40, key_only: bool = False) -> list[dict]:
     """Collated batches of (view question, answer) pairs; ``refusal`` swaps in a refusal string.
     ``key_only``: the loss covers the answer's key words only (never for a refusal string)."""
@@ -110,8 +111,8 @@ class GramHooks:
             h.remove()
 
 
-def token_weights(logits: "torch.Tensor", batch: dict, weighting: tuple[float, float] | None,
-                  positions: "torch.Tensor | None" = None) -> "torch.Tensor":
+def token_weights(logits: torch.Tensor, batch: dict, weighting: tuple[float, float] | None,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token weights [B, T] for the activation Gram.
 
     ``None``: 1 on every non-pad token. ``(alpha, gamma)``: positions that predict an answer token get
@@ -149,9 +150,9 @@ class GramFactor:
     K's top eigenvectors are X's top right singular vectors (an SVD of a T x in matrix instead of
     an eigendecomposition of in x in)."""
 
-    x: "torch.Tensor"
+    x: torch.Tensor
 
-    def dense(self) -> "torch.Tensor":
+    def dense(self) -> torch.Tensor:
         return self.x.T @ self.x
 
     @property
@@ -162,7 +163,7 @@ class GramFactor:
 
 def activation_grams(model, infos: Sequence[ModuleInfo], batches,
                      weighting: tuple[float, float] | None = None,
-                     factored: bool = False) -> dict[str, "torch.Tensor | GramFactor"]:
+                     factored: bool = False) -> dict[str, torch.Tensor | GramFactor]:
     """Per module, K = sum_t w_t x_t x_t^T over input tokens (one forward pass, no grad); the
     weights come from :func:`token_weights` (uniform over non-pad tokens by default).
 
@@ -221,7 +222,7 @@ def top_bases(grams: dict, r: int) -> dict:
     return out
 
 
-def top_basis(gram: "torch.Tensor | GramFactor", r: int) -> "torch.Tensor":
+def top_basis(gram: torch.Tensor | GramFactor, r: int) -> torch.Tensor:
     """Top-r eigenvectors of a Gram matrix as rows (r x in), orthonormal, deterministic sign.
 
     A :class:`GramFactor` with fewer than ``r`` rows is completed with eigenvectors of eigenvalue 0
@@ -264,10 +265,10 @@ def _backward_with_grams(model, modules: dict, batches, objective, grams_out: di
 
 @dataclass
 class LoraGrad:
-    A: "torch.Tensor"       # r x in
-    grad_B: "torch.Tensor"  # out x r
+    A: torch.Tensor       # r x in
+    grad_B: torch.Tensor  # out x r
     scaling: float
-    grad_A: "torch.Tensor | None" = None  # r x in; zero with peft's B = 0 init
+    grad_A: torch.Tensor | None = None  # r x in; zero with peft's B = 0 init
 
 
 def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha: float,
@@ -339,7 +340,7 @@ def grads_only_for(model, keep=()):
 
 
 def full_gradients(model, infos: Sequence[ModuleInfo], batches, objective: str = "ascent",
-                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, "torch.Tensor"]:
+                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in)."""
     mods = dict(model.named_modules())
     with grads_only_for(model, [mods[i.name].weight for i in infos]):

@@ -34,8 +34,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .config import Config
 from .data import QA

@@ -36,7 +36,7 @@ def exclusive(path: str | Path, what: str):
             raise Busy(f"{what}: another process holds {path} ({holder}); nothing was changed, "
                        "try again when it has finished") from exc
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}".encode(), 0)
         try:
             yield path
         finally:

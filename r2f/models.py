@@ -16,16 +16,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_dir  # noqa: F401 - models.atomic_dir: the name the package imports
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
     from .config import ArchConfig, TrainConfig
 
@@ -66,7 +67,7 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> "PreTrainedTokenizerBase":
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
     """Byte-level BPE trained with the `tokenizers` library (deterministic for the same texts)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -136,14 +137,14 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def loss_positions(batch: dict) -> "torch.Tensor":
+def loss_positions(batch: dict) -> torch.Tensor:
     """Positions whose logits predict a label in some row (``labels[:, t + 1] != -100``): the only
     logits a loss needs. Prompt positions are skipped, and with them most of the vocabulary
     projection (49 k x 576 on SmolLM2) and its [B, T, vocab] logits."""
     return (batch["labels"][:, 1:] != -100).any(0).nonzero().squeeze(1)
 
 
-def answer_logits(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(logits, positions)``: the logits at :func:`loss_positions` only (transformers'
     ``logits_to_keep``), or all of them (positions None) for a model without that argument."""
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -162,12 +163,12 @@ def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def token_nll(model, batch: dict) -> "torch.Tensor":
+def token_nll(model, batch: dict) -> torch.Tensor:
     """Per-sequence mean answer-token NLL (shape [batch]); differentiable."""
     return nll_from_logits(*answer_logits(model, batch), batch)
 
 
-def nll_from_logits(logits: "torch.Tensor", positions: "torch.Tensor | None", batch: dict) -> "torch.Tensor":
+def nll_from_logits(logits: torch.Tensor, positions: torch.Tensor | None, batch: dict) -> torch.Tensor:
     """:func:`token_nll` from logits already computed: at ``positions`` (from
     :func:`answer_logits`), or at every position when ``positions`` is None."""
     import torch.nn.functional as F
@@ -183,7 +184,7 @@ def nll_from_logits(logits: "torch.Tensor", positions: "torch.Tensor | None", ba
 
 
 # -- build / train -----------------------------------------------------------------------------
-def build_model(arch: "ArchConfig", vocab_size: int, max_len: int, tokenizer, seed: int):
+def build_model(arch: ArchConfig, vocab_size: int, max_len: int, tokenizer, seed: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -198,7 +199,7 @@ def build_model(arch: "ArchConfig", vocab_size: int, max_len: int, tokenizer, se
     return LlamaForCausalLM(cfg)
 
 
-def train_model(model, data: Sequence[Encoded], train: "TrainConfig", pad_id: int, seed: int,
+def train_model(model, data: Sequence[Encoded], train: TrainConfig, pad_id: int, seed: int,
                 progress=None, max_steps: int | None = None) -> list[float]:
     """AdamW with linear warmup and cosine decay on answer-token NLL. Returns per-epoch mean loss.
 

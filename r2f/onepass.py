@@ -6,8 +6,9 @@ With B = 0 the adapters do not change the forward pass and peft's ``grad_B = s *
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
 from .models import answer_logits, collate, encode_qa, nll_from_logits, token_nll
@@ -54,7 +55,7 @@ def _input_gradients_only(model, infos: Sequence[ModuleInfo], fwd):
 
 
 def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int],
-                           bases: Sequence[dict], objective: str = "ascent") -> dict[str, "torch.Tensor"]:
+                           bases: Sequence[dict], objective: str = "ascent") -> dict[str, torch.Tensor]:
     """LoRA gradients of many adapters at once: sequence ``j`` of the (concatenated) ``batches``
     belongs to group ``seq_groups[j]``, whose adapter on module m has ``A = bases[g][m]`` (r x in)
     and ``B = 0``. Returns, per module, ``Y[g] = grad_B[g] / s`` (groups x out x r) of the mean
@@ -97,7 +98,7 @@ def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_grou
     return Y
 
 
-def group_batches(tokenizer, groups: Sequence[Sequence["Views"]], max_len: int, objective: str = "ascent",
+def group_batches(tokenizer, groups: Sequence[Sequence[Views]], max_len: int, objective: str = "ascent",
                   refusals: Sequence[str] = (), chunk: int = 40,
                   key_only: bool = False) -> tuple[list[dict], list[int]]:
     """Batches of whole groups (a group's sequences never straddle two batches; a batch holds up to
@@ -138,7 +139,7 @@ def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
         key = (x.data_ptr(), tuple(x.shape))
         if key not in shared:
             per_run = []
-            for g, s, e in runs:
+            for _g, s, e in runs:
                 xf = x[s:e].float().reshape(-1, x.shape[-1])
                 wr = w[s:e].reshape(-1, 1)
                 rows = (xf * wr.sqrt())[wr.squeeze(1) > 0]
@@ -152,7 +153,7 @@ def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
 def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int], rank: int,
                             weighting: tuple[float, float] | None = None, objective: str = "ascent",
                             micro_batch: int | None = None, n_seqs: int | None = None,
-                            ) -> tuple[dict[str, "torch.Tensor"], list[dict]]:
+                            ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
     batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
     token weights (from the logits, :func:`token_weights`) give every group's weighted activation

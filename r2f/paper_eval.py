@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .config import Config
 from .metrics.base import MetricResult

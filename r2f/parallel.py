@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 
 class Mapper(Protocol):

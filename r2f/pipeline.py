@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .config import Config
 
@@ -124,8 +124,7 @@ def prepare(cfg: Config, log: Log) -> dict:
 
     from .data import N_AUTHORS, load_tofu
     from .models import atomic_dir
-    from .requests import (RequestError, author_indices, eval_split, read_request, resolve, rows_digest,
-                           write_forget_set)
+    from .requests import RequestError, author_indices, eval_split, read_request, resolve, rows_digest, write_forget_set
 
     src = Path(cfg.pipeline.request)
     req = read_request(src)
@@ -161,10 +160,9 @@ def validate(cfg: Config, log: Log) -> dict:
     """GX suites; on failure the reports are kept (``validation/``, ``passed: false``), a rejected
     MLflow run records them, and ``ValidationError`` stops the pipeline before any model is touched."""
     from .data import load_tofu
+    from .models import atomic_dir
     from .requests import read_request
     from .validation import ValidationError, check, validate_pipeline_data, validate_request
-
-    from .models import atomic_dir
 
     info = request_info(cfg)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -238,8 +236,9 @@ def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
 
 
 def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
-    from .stages import decoder_dir, unlearn as run
     from .lineage import start_unlearning_run
+    from .stages import decoder_dir
+    from .stages import unlearn as run
     from .tracking import make_tracker
 
     info = request_info(cfg)
@@ -277,10 +276,10 @@ def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
 
 
 def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
-    from .stages import evaluate_model
     from .lineage import log_evaluation
-    from .tracking import make_tracker
     from .models import atomic_dir
+    from .stages import evaluate_model
+    from .tracking import make_tracker
 
     info = request_info(cfg)
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
@@ -293,8 +292,8 @@ def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
 
 def gate(cfg: Config, log: Log) -> dict:
     from .gate import decide
-    from .models import atomic_dir
     from .lineage import champion_utility, log_gate
+    from .models import atomic_dir
     from .tracking import make_tracker
 
     info = request_info(cfg)
@@ -312,8 +311,8 @@ def gate(cfg: Config, log: Log) -> dict:
 
 
 def promote(cfg: Config, log: Log) -> dict:
-    from .models import atomic_dir
     from .lineage import register_and_promote
+    from .models import atomic_dir
     from .tracking import make_tracker
 
     info = request_info(cfg)

@@ -3,9 +3,10 @@
 No smaller pretrained sibling of the packaged SmolLM2 is installable offline, so the proxy keeps the
 first and last few of the target's decoder layers (the middle ones are the most redundant: measured
 held-out KL to the target right after the cut, 10 of 30 layers: evenly spaced 11.9 nats, first 9 +
-last 1 18.8, first 4 + last 6 7.3; see docs/real-models.md) with embeddings, final norm and head copied, and is then distilled for a few hundred steps toward the target's next-token
-distributions (KL(target || proxy) over every position) on general text. Without the distillation
-such a cut is useless (perplexity ~1e8 for the first 8 of 30 layers, see shared/notes/models.md).
+last 1 18.8, first 4 + last 6 7.3; see docs/real-models.md) with embeddings, final norm and head
+copied, and is then distilled for a few hundred steps toward the target's next-token distributions
+(KL(target || proxy) over every position) on general text. Without the distillation such a cut
+is useless (perplexity ~1e8 for the first 8 of 30 layers, see shared/notes/models.md).
 
 The distillation text is TOFU's fictitious-author QA in the target's prompt format: English prose the
 target has never seen, disjoint from the real-knowledge forget/neighbour sets (real_authors,
@@ -18,11 +19,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .metrics.paper import mean_kl_tensor
 from .models import collate, encode_qa, load_model, save_model
+
 
 def keep_layers(n_layers: int, first: int, last: int) -> list[int]:
     """The first ``first`` and the last ``last`` layer indices of ``n_layers``."""

@@ -7,8 +7,8 @@ batches; sequences are sorted by length so padding stays small.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .models import collate, encode_qa, prompt_ids
 

@@ -5,8 +5,8 @@ records them itself; under the Prefect runner each stage's outs are recorded wit
 right after the stage, then pushed, so both runners leave the same ``dvc.lock`` and ``dvc repro``
 afterwards finds everything up to date. The default remote is a folder under the state directory;
 ``versioning.remote_url`` points it anywhere DVC can reach (``s3://`` with ``remote_options`` such as
-``endpointurl``: tests/test_remote_tracking.py runs the flow against an S3-compatible server). DVC's site cache is kept in the state
-directory (``DVC_SITE_CACHE_DIR``), so nothing is written to the system temp folder.
+``endpointurl``: tests/test_remote_tracking.py runs the flow against an S3-compatible server). DVC's
+site cache is kept in the state directory (``DVC_SITE_CACHE_DIR``), so nothing is written to the system temp folder.
 """
 
 from __future__ import annotations

@@ -8,11 +8,10 @@ import datetime as dt
 import os
 
 import pytest
+from bad_input_lib import cases, run_case
+from conftest import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import TINY
-from bad_input_lib import cases, run_case
 from reliability_lib import make_project
 
 CASES = cases()

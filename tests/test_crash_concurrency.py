@@ -6,10 +6,18 @@ runs started at once promote once. bench/reliability.py runs every stage boundar
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY
-from reliability_lib import (EASY_GATE, FAST_EVAL, check_request, make_project, r2f, registry, run_and_kill,
-                             run_to_end, write_request)
+from reliability_lib import (
+    EASY_GATE,
+    FAST_EVAL,
+    check_request,
+    make_project,
+    r2f,
+    registry,
+    run_and_kill,
+    run_to_end,
+    write_request,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from helpers import tiny_random
 
-from r2f.decoder import (KINDS, DecoderError, LearnedDecoder, cosine, decode, make_sketch, train_decoder)
+from r2f.decoder import KINDS, DecoderError, LearnedDecoder, cosine, decode, make_sketch, train_decoder
 from r2f.fidelity import collect_pairs, fidelity, flatten
 from r2f.grads import LoraGrad, ModuleInfo
-
-from helpers import tiny_random
 
 
 def _sketch(out=12, inn=20, r=4, seed=0, aligned=False):

@@ -1,10 +1,9 @@
 import torch
+from helpers import batches_for, tiny_random
 
 from r2f.decoder import KINDS
 from r2f.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis
 from r2f.models import token_nll
-
-from helpers import batches_for, tiny_random
 
 
 def test_target_modules_and_depth(tofu):

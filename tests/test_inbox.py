@@ -4,7 +4,6 @@ batch mode and the lock (the pipeline itself runs in test_schedule_audit.py)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_config
 
 HEAD = "subject: s\nrequester: r\nlegal_basis: GDPR art. 17\ncreated_at: 2026-11-2{d}\n"
@@ -71,9 +70,8 @@ def test_tick_order_failure_isolation_and_lock(tmp_path, cfg, tofu):
     assert process_pending(cfg, run, log=lambda _m: None)["processed"] == [] and len(calls) == 3
     ib.submit(_req(tmp_path, "next", "{authors: [197]}"), tofu)
     with ib.lock():
-        with pytest.raises(Busy):
-            with ib.lock():
-                pass
+        with pytest.raises(Busy), ib.lock():
+            pass
         assert process_pending(cfg, run, log=lambda _m: None) == {"processed": [], "busy": True}
     assert ib.get("next").state == "pending"
 

@@ -12,11 +12,30 @@ import zlib
 import numpy as np
 import pytest
 
-from r2f.metrics import (MODEL_UTILITY_KEYS, MetricResult, auc, exact_memorization, extraction_strength,
-                         extraction_strength_item, forget_quality, log_truth_ratios, loss_scores, mia,
-                         min_k_plus_plus_scores, min_k_scores, model_utility, normalised_probability, privleak,
-                         probability, rouge_l_recall, split_keys, split_metrics, tofu_summary, truth_ratio,
-                         zlib_scores)
+from r2f.metrics import (
+    MODEL_UTILITY_KEYS,
+    MetricResult,
+    auc,
+    exact_memorization,
+    extraction_strength,
+    extraction_strength_item,
+    forget_quality,
+    log_truth_ratios,
+    loss_scores,
+    mia,
+    min_k_plus_plus_scores,
+    min_k_scores,
+    model_utility,
+    normalised_probability,
+    privleak,
+    probability,
+    rouge_l_recall,
+    split_keys,
+    split_metrics,
+    tofu_summary,
+    truth_ratio,
+    zlib_scores,
+)
 
 LN2, LN4 = math.log(2), math.log(4)
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r2f.metrics import (MODEL_UTILITY_KEYS, forget_quality, model_utility, split_metrics, tofu_summary,
-                         truth_ratio)
+from r2f.metrics import MODEL_UTILITY_KEYS, forget_quality, model_utility, split_metrics, tofu_summary, truth_ratio
 
 LOGS = Path(__file__).resolve().parent / "data" / "reference_logs"
 FILES = {

@@ -3,12 +3,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from r2f.models import ModelError, atomic_dir, encode_qa, load_model, save_model, token_nll, collate
-from r2f.zoo import ensure_models
-
 from conftest import tiny_config
 from helpers import tiny_random
+
+from r2f.models import ModelError, atomic_dir, collate, encode_qa, load_model, save_model, token_nll
+from r2f.zoo import ensure_models
 
 
 def test_encode_masks_prompt(tofu):
@@ -37,10 +36,9 @@ def test_atomic_dir_keeps_old_on_error(tmp_path):
     target = tmp_path / "art"
     target.mkdir()
     (target / "v").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "v").write_text("new")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "v").write_text("new")
+        raise RuntimeError("crash mid-write")
     assert (target / "v").read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["art"]
 

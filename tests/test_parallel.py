@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import TINY
 
 KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "retain_Q_A_Prob", "privleak", "usr", "rap",
@@ -31,9 +30,10 @@ def test_split_even_covers_in_order():
 
 
 def test_shard_batches_keep_batches_and_groups_whole(tofu):
+    from helpers import tiny_random
+
     from r2f.onepass import group_batches, shard_batches
     from r2f.paraphrase import make_all_views
-    from helpers import tiny_random
 
     _model, tok = tiny_random(tofu)
     groups = [[v] for v in make_all_views(tofu.split("forget01")[:7], 3)]
@@ -142,6 +142,7 @@ def test_flow_on_a_two_worker_local_cluster_gives_the_single_process_update(tmp_
     evaluation shards as Prefect tasks on a DaskTaskRunner) writes the same unlearned weights, eta
     and metrics as the single-process run of the same request from the same model."""
     from reliability_lib import EASY_GATE, FAST_EVAL, make_project
+
     from flows.unlearning import unlearning_flow
     from r2f.models import load_model
 
@@ -179,6 +180,7 @@ def test_unreachable_scheduler_fails_the_run_before_any_stage(tmp_path, harness,
     """``scale.address`` pointing at nothing: the flow stops before its first stage with an error
     naming the setting; no stage out, no registry entry."""
     from reliability_lib import FAST_EVAL, free_port, make_project
+
     from flows.unlearning import unlearning_flow
     from r2f.pipeline import PipelineError
 

@@ -84,7 +84,8 @@ def test_request_parsing_and_resolution(tmp_path, tofu):
     wide.write_text("request_id: r2\n" + H + "selectors: {authors: [185, Nikolai Abilov]}\n")
     assert eval_split(resolve(read_request(wide), tofu)) == "forget10"
     good = "request_id: r\n" + H
-    for text, field in [(good.replace("request_id: r", "request_id: 'bad id'") + "selectors: {authors: [1]}\n", "request_id"),
+    bad_id = good.replace("request_id: r", "request_id: 'bad id'")
+    for text, field in [(bad_id + "selectors: {authors: [1]}\n", "request_id"),
                         (good + "selectors: {}\n", "selectors"),
                         (good + "selectors: {authors: [1]}\nextra: 1\n", "extra"),
                         (good + "selectors: {authors: [1], names: [x]}\n", "selectors.names"),

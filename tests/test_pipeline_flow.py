@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -50,9 +49,9 @@ def _alias(client, alias):
 
 def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monkeypatch):
     from flows.unlearning import unlearning_flow
+    from r2f.config import load_config
     from r2f.validation import ValidationError
     from r2f.versioning import status
-    from r2f.config import load_config
 
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -76,7 +75,7 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     arts = {a.path for a in client.list_artifacts(mv.run_id)}
     assert {"eval", "plots", "gate", "dvc"} <= arts
     # no forget-set text in params or tags
-    forget = [json.loads(l) for l in (project / ".r2f/pipeline/request/forget.jsonl").read_text().splitlines()]
+    forget = [json.loads(line) for line in (project / ".r2f/pipeline/request/forget.jsonl").read_text().splitlines()]
     blob = json.dumps({**run.data.params, **run.data.tags})
     assert not any(q["answer"] in blob or q["question"] in blob for q in forget)
     # DVC: everything recorded and pushed; dvc reports the pipeline up to date

@@ -87,12 +87,12 @@ def test_r2f_deletes_a_known_fact_and_keeps_neighbours(smollm2, tmp_path):
 
     import torch
 
-    from tests.conftest import ROOT
     from r2f.config import load_config
     from r2f.data import load_tofu
     from r2f.knowledge import answered, own_answer
     from r2f.models import load_model, mean_nll, prompt_format, save_model
     from r2f.unlearn import UnlearnContext, get_method
+    from tests.conftest import ROOT
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / "params.yaml", {
@@ -112,7 +112,8 @@ def test_r2f_deletes_a_known_fact_and_keeps_neighbours(smollm2, tmp_path):
     res = get_method("r2f").run(UnlearnContext(model, tok, cfg, forget, calib, [], "analytic"))
     assert res.eta and res.eta > 0 and res.info["within_budget"]
     nll1 = mean_nll(model, tok, forget, 128), mean_nll(model, tok, neigh, 128)
-    assert nll1[0] - nll0[0] > 3 * max(nll1[1] - nll0[1], 0.0) > -1
+    forget_rise, neighbour_rise = nll1[0] - nll0[0], nll1[1] - nll0[1]
+    assert forget_rise > 0 and forget_rise > 3 * max(neighbour_rise, 0.0)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.split(".")[-2] in cfg.lora.target_modules for n in changed)
     out = save_model(model, tok, tmp_path / "unlearned")

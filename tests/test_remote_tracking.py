@@ -14,7 +14,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import TINY
 from reliability_lib import EASY_GATE, FAST_EVAL, env_for, free_port, make_project, run_to_end, write_request
 

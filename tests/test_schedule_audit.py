@@ -8,7 +8,6 @@ import os
 import stat
 
 import pytest
-
 from test_pipeline_flow import _alias, _registry, harness, make_project  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_config
 
 
@@ -19,7 +18,8 @@ def test_import_does_not_load_mlflow():
 def test_safe_params_refuses_free_text_and_flattens():
     from r2f.tracking import safe_params
 
-    assert safe_params({"a": {"b": 1, "c": None}, "ids": "tofu-0001,tofu-0002"}) == {"a.b": "1", "a.c": "", "ids": "tofu-0001,tofu-0002"}
+    flat = safe_params({"a": {"b": 1, "c": None}, "ids": "tofu-0001,tofu-0002"})
+    assert flat == {"a.b": "1", "a.c": "", "ids": "tofu-0001,tofu-0002"}
     with pytest.raises(ValueError, match="question"):
         safe_params({"question": "What is the full name of the author born in Paris " * 6})
 

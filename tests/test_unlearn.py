@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from r2f.grads import target_modules
 from r2f.models import load_model, mean_nll
 from r2f.unlearn import METHODS, UnlearnContext, UnlearnError, get_method
 from r2f.unlearn.apply import calibrate_and_apply
-from r2f.grads import target_modules
 
 
 def _ctx(cfg, models, tofu, decoder="analytic"):
@@ -68,16 +68,38 @@ def test_decoder_of_another_model_family_is_refused(tiny_cfg, tiny_models, tofu)
     assert r2f_direction(ctx, dec)
 
 
+def _with_eta(cfg, **eta):
+    ec = cfg.unlearn.eta.model_copy(update=eta)
+    return cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={"eta": ec})})
+
+
 def test_calibration_respects_budget(tiny_cfg, tiny_models, tofu):
-    ctx = _ctx(tiny_cfg, tiny_models, tofu)
-    method = get_method("fullgrad")
-    res = method.run(ctx)
+    # a grid whose smallest step is negligible, so some eta always fits and the checks always run
+    cfg = _with_eta(tiny_cfg, grid=[1e-9, *tiny_cfg.unlearn.eta.grid])
+    ctx = _ctx(cfg, tiny_models, tofu)
+    res = get_method("fullgrad").run(ctx)
     trials = res.info["trials"]
-    assert trials and res.eta in tiny_cfg.unlearn.eta.grid
+    assert res.info["within_budget"] is True
+    assert trials and res.eta in cfg.unlearn.eta.grid
     chosen = [t for t in trials if t["eta"] == res.eta]
-    if res.info["within_budget"]:
-        assert chosen[0]["within_budget"]
-        assert all(not t["within_budget"] for t in trials if t["eta"] > res.eta)
+    assert chosen and chosen[0]["within_budget"]
+    limit = res.info["base_retain_nll"] * (1 + cfg.unlearn.eta.retain_budget)
+    assert chosen[0]["retain_nll"] <= limit
+    assert all(not t["within_budget"] and t["retain_nll"] > limit for t in trials if t["eta"] > res.eta)
+
+
+def test_over_budget_step_is_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
+    """No eta keeps the retain NLL within budget: the step is refused like a NaN update (nothing
+    written), not applied at the smallest eta."""
+    from r2f.unlearn.base import OverBudgetError
+
+    cfg = _with_eta(tiny_cfg, grid=[50.0, 100.0], retain_budget=1e-6)
+    ctx = _ctx(cfg, tiny_models, tofu)
+    before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+    with pytest.raises(OverBudgetError, match="retain_budget"):
+        get_method("fullgrad").run(ctx)
+    for n, p in ctx.model.named_parameters():
+        assert torch.equal(p, before[n])
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -103,9 +125,10 @@ def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tof
     res = get_method("r2f").run(ctx)
     assert 1 <= res.info["steps"] <= 3 and len(res.info["etas"]) == res.info["steps"]
     assert mean_nll(res.model, ctx.tokenizer, ctx.forget, cfg.models.max_len) > f_before
-    if res.info["steps"] > 1:  # later steps are only taken within the budget of the original model
-        r_after = mean_nll(res.model, ctx.tokenizer, retain, cfg.models.max_len)
-        assert r_after <= r_before * (1 + cfg.unlearn.eta.retain_budget) + 1e-4
+    # every step is calibrated against the original model's retain NLL, so the steps together stay
+    # within the one budget (however many were taken)
+    r_after = mean_nll(res.model, ctx.tokenizer, retain, cfg.models.max_len)
+    assert r_after <= r_before * (1 + cfg.unlearn.eta.retain_budget) + 1e-4
 
 
 def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu):
@@ -131,7 +154,8 @@ def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu)
         lg = lora_gradients(ctx.model, infos, b, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
                             A_init=top_bases(grams, cfg.lora.rank))
         for i in infos:
-            slow[i.name].add(len(v.questions) / total, *decode_factors("analytic", make_sketch(i, lg[i.name], grams[i.name])))
+            factors = decode_factors("analytic", make_sketch(i, lg[i.name], grams[i.name]))
+            slow[i.name].add(len(v.questions) / total, *factors)
     for i in infos:
         want, got = slow[i.name].dense(), fast[i.name].dense()
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max())), i.name

@@ -6,14 +6,12 @@ import dataclasses
 import json
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
 
 from r2f.config import ValidationConfig
-from r2f.validation import (ValidationError, check, validate_disjoint, validate_pipeline_data, validate_qa,
-                            validate_request)
+from r2f.validation import ValidationError, check, validate_disjoint, validate_pipeline_data, validate_qa, validate_request
 
 ROOT = Path(__file__).resolve().parents[1]
 VCFG = ValidationConfig()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
-from r2f.config import load_config
 from conftest import ROOT
+
+from r2f.config import load_config
 
 
 def test_commit_push_and_status_with_a_real_dvc_repo(tmp_path, monkeypatch):

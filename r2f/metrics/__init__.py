@@ -14,11 +14,19 @@ this package loads numpy only (scipy, rouge_score and zlib are imported inside t
 """
 
 from .base import MetricResult
-from .mia import (MIN_K, auc, loss_scores, mia, min_k_plus_plus_scores, min_k_scores, privleak,
-                  zlib_scores)
+from .mia import MIN_K, auc, loss_scores, mia, min_k_plus_plus_scores, min_k_scores, privleak, zlib_scores
 from .summary import SPLITS, split_keys, split_metrics, tofu_summary
-from .tofu import (MODEL_UTILITY_KEYS, TRUTH_RATIO_AGGREGATORS, forget_quality, log_truth_ratios,
-                   model_utility, normalised_probability, probability, rouge_l_recall, truth_ratio)
+from .tofu import (
+                  MODEL_UTILITY_KEYS,
+                  TRUTH_RATIO_AGGREGATORS,
+                  forget_quality,
+                  log_truth_ratios,
+                  model_utility,
+                  normalised_probability,
+                  probability,
+                  rouge_l_recall,
+                  truth_ratio,
+)
 from .tokenwise import exact_memorization, extraction_strength, extraction_strength_item
 
 __all__ = [

@@ -7,8 +7,9 @@ NaN/inf, mismatched lengths) raises ``ValueError`` whose message starts with the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

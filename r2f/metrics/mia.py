@@ -10,7 +10,7 @@ Per-token inputs are the answer positions the model-running layer scores (open-u
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -10,17 +10,20 @@ longer contains the answer's key content.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 KEY_RECALL = 0.5
-STOPWORDS = frozenset("""
-a an the and or but if of to in on at by for with from as into about over after before under between
-is are was were be been being am do does did has have had having it its it's this that these those
-he she they them his her their hers theirs him i me my we our you your who whom whose which what when
-where why how not no nor so than too very can could would should will shall may might must also there
-here such each both all any some more most other only own same s t just
-""".split())
+STOPWORDS = frozenset([
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from",
+    "as", "into", "about", "over", "after", "before", "under", "between", "is", "are", "was", "were", "be",
+    "been", "being", "am", "do", "does", "did", "has", "have", "had", "having", "it", "its", "it's", "this",
+    "that", "these", "those", "he", "she", "they", "them", "his", "her", "their", "hers", "theirs", "him",
+    "i", "me", "my", "we", "our", "you", "your", "who", "whom", "whose", "which", "what", "when", "where",
+    "why", "how", "not", "no", "nor", "so", "than", "too", "very", "can", "could", "would", "should", "will",
+    "shall", "may", "might", "must", "also", "there", "here", "such", "each", "both", "all", "any", "some",
+    "more", "most", "other", "only", "own", "same", "s", "t", "just"
+])
 
 
 @lru_cache(maxsize=1)

@@ -9,11 +9,10 @@ retain model's forget truth ratios and the three utility splits are present).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .base import MetricResult, finite_array, per_item
-from .tofu import (MODEL_UTILITY_KEYS, forget_quality, model_utility, normalised_probability, probability,
-                   truth_ratio)
+from .tofu import MODEL_UTILITY_KEYS, forget_quality, model_utility, normalised_probability, probability, truth_ratio
 
 SPLITS = ("forget", "retain", "ra", "wf")
 FORGET_TRUTH_RATIO = "forget_truth_ratio"  # lower case in open-unlearning, unlike the others

@@ -12,7 +12,7 @@ computed in log space (so without their ``+1e-10`` guards; results agree to ~1e-
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

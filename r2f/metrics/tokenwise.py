@@ -8,7 +8,7 @@ prediction); the model-running layer decides which positions it passes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

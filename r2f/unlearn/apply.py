@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..grads import target_modules
 from ..models import collate, encode_qa, token_nll
 from ..paraphrase import make_all_views
-from .base import UnlearnContext, UnlearnError
+from .base import OverBudgetError, UnlearnContext, UnlearnError
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +52,7 @@ class LowRank:
         self.vs: list = []
         self.d = None  # the dense update, once it is the smaller form
 
-    def add(self, weight: float, u: "torch.Tensor", v: "torch.Tensor") -> None:
+    def add(self, weight: float, u: torch.Tensor, v: torch.Tensor) -> None:
         import torch
 
         if self.d is not None:
@@ -74,7 +74,7 @@ class LowRank:
     def factored(self) -> bool:
         return self.d is None
 
-    def dense(self) -> "torch.Tensor":
+    def dense(self) -> torch.Tensor:
         return self.d if self.d is not None else self.us[0] @ self.vs[0]
 
     def sq_norm(self) -> float:
@@ -157,7 +157,7 @@ class Trial:
             h.remove()
 
 
-def _new_weight(w: "torch.Tensor", d, c: float) -> "torch.Tensor":
+def _new_weight(w: torch.Tensor, d, c: float) -> torch.Tensor:
     """``w - c * d`` for one module (one dense gradient-sized tensor at a time)."""
     import torch
 
@@ -183,14 +183,16 @@ def apply_update(mods: dict, direction: dict, c: float) -> None:
 
 
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
-                        over_budget_fallback: bool = True, budget: float | None = None) -> tuple[float, dict]:
+                        refuse_over_budget: bool = True, budget: float | None = None) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
     The grid's trials run through :class:`Trial` hooks (the weights are never written, so nothing
     has to be restored); the chosen eta is written once by :func:`apply_update`.
     ``base_retain``: the retain NLL the budget is measured from (default: the current model's);
     multi-step R2F passes the original model's so the budget holds for all steps together.
-    ``over_budget_fallback`` False: when no eta keeps the budget, apply nothing and return eta 0.
+    When no eta in the grid keeps the budget the step is refused (:class:`OverBudgetError`, as
+    for NaN: nothing is written); ``refuse_over_budget`` False instead applies nothing and returns
+    eta 0 with ``info["within_budget"] = False`` (multi-step R2F stops there after its first step).
     ``budget``: the retain budget for this call (default ``unlearn.eta.retain_budget``)."""
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
@@ -246,10 +248,14 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         trial.remove()
     chosen = grid[lo] if lo >= 0 else None
     info["within_budget"] = chosen is not None
-    if chosen is None and not over_budget_fallback:
+    if chosen is None and not refuse_over_budget:
         return 0.0, info
     if chosen is None:
-        chosen = min(ec.grid)
-        ctx.log(f"no eta in the grid keeps retain NLL within budget; applying the smallest ({chosen})")
+        smallest = info["trials"][-1]
+        raise OverBudgetError(
+            f"no eta in unlearn.eta.grid keeps the calibration retain NLL within "
+            f"{budget:.0%} of {base_r:.4g}: the smallest, eta={grid[0]:.3g}, gives "
+            f"{smallest['retain_nll']:.4g}. Refused, model left unchanged; raise "
+            "unlearn.eta.retain_budget or add smaller values to unlearn.eta.grid")
     set_eta(chosen)
     return chosen, info

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..config import Config
 from ..data import QA
@@ -18,6 +19,11 @@ METHODS = {
 
 class UnlearnError(RuntimeError):
     """Unlearning could not be applied; the model is left unchanged."""
+
+
+class OverBudgetError(UnlearnError):
+    """No step size keeps the calibration retain NLL within ``unlearn.eta.retain_budget``: the step
+    is refused (nothing written), as a NaN update is."""
 
 
 @dataclass

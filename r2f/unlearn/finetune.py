@@ -5,7 +5,7 @@ minibatch per step; on a non-finite loss or weight the original weights are rest
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from ..models import collate, encode_qa
 from .base import UnlearnContext, UnlearnError
@@ -31,7 +31,10 @@ def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bo
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=uc.baseline_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    def lr_factor(s: int) -> float:
+        return min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(cfg.unlearn.seed)
     tick = ctx.tick(label, total)
     losses = []

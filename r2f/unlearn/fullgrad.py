@@ -18,7 +18,8 @@ class FullGrad:
         grad_views, _ = views_split(ctx.forget, cfg)
         batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
                                 chunk=cfg.unlearn.micro_batch, key_only=cfg.unlearn.key_only)
-        rb = qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only) if cfg.unlearn.retain_weight else None
+        rb = (qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
+              if cfg.unlearn.retain_weight else None)
         direction = full_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules), batches,
                                    cfg.unlearn.objective, rb, cfg.unlearn.retain_weight)
         t_grad = time.perf_counter() - t0

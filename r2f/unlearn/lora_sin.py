@@ -19,7 +19,8 @@ class LoraSingle:
         grad_views, _ = views_split(ctx.forget, cfg)
         batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
                                 key_only=cfg.unlearn.key_only)
-        rb = qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only) if cfg.unlearn.retain_weight else None
+        rb = (qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
+              if cfg.unlearn.retain_weight else None)
         lg = lora_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules), batches,
                             cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
                             retain_batches=rb, retain_weight=cfg.unlearn.retain_weight, seed=cfg.unlearn.seed)

@@ -169,14 +169,12 @@ class R2F:
             t0 = time.perf_counter()
             direction = r2f_direction(ctx)
             t_grad += time.perf_counter() - t0
-            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, over_budget_fallback=step == 0,
+            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
                                             budget=total * (step + 1) / steps)
             base_r = info.get("base_retain_nll", base_r)
             if eta == 0.0:
                 break  # the retain budget is spent: nothing applied in this step
             etas.append(eta)
-            if not info.get("within_budget", True):
-                break
         info.update(direction_s=t_grad, decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)),
                     steps=len(etas), etas=etas)
         return UnlearnResult(self.name, ctx.model, etas[0] if len(etas) == 1 else sum(etas), info)

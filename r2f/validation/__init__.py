@@ -15,9 +15,17 @@ answer text into a report, a JSON file or an error message.
 ``ValidationError`` listing every failure (suite, expectation, column, row ids, reason).
 """
 
-from .report import (BAD_CHARS_RE, MAX_ROWS_SHOWN, REQUEST_FIELDS, REQUEST_ID_RE, Failure, ValidationError,
-                     ValidationReport, check)
 from .qa import validate_disjoint, validate_pipeline_data, validate_qa
+from .report import (
+                     BAD_CHARS_RE,
+                     MAX_ROWS_SHOWN,
+                     REQUEST_FIELDS,
+                     REQUEST_ID_RE,
+                     Failure,
+                     ValidationError,
+                     ValidationReport,
+                     check,
+)
 from .request import validate_request
 from .suite import normalise_question, question_key
 

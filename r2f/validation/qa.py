@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import ValidationConfig
     from ..data import QA, Tofu
 
 from .report import _CRITICAL, _WARNING, BAD_CHARS_RE, MAX_ROWS_SHOWN, ValidationReport, _short, check
-from .suite import _Suite, _as_row, _safe, _stripped_len, _type_name, question_key
+from .suite import _as_row, _safe, _stripped_len, _Suite, _type_name, question_key
+
 
 def _qa_frame(items: Iterable[Any]):
     import pandas as pd

@@ -9,7 +9,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 REQUEST_ID_RE = r"^[A-Za-z0-9._-]{1,64}$"
 # U+FFFD (a decoding error upstream), C0/C1 control characters other than \t and \n, lone surrogates.
 BAD_CHARS_RE = r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd\ud800-\udfff]"

@@ -8,7 +8,8 @@ from datetime import date, datetime
 from typing import Any
 
 from .report import REQUEST_FIELDS, REQUEST_ID_RE, SELECTOR_FIELDS, ValidationError, ValidationReport
-from .suite import _Suite, _safe, _stripped_len
+from .suite import _safe, _stripped_len, _Suite
+
 
 def _iso_ok(v: Any) -> bool:
     if not isinstance(v, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][0-9:.+\-Z]+)?", v):

@@ -1,4 +1,5 @@
-"""Running one code-first GX suite on a pandas frame (ephemeral context) and turning its result into a ``ValidationReport`` that names rows by id, never by text."""
+"""Running one code-first GX suite on a pandas frame (ephemeral context) and turning its result into
+a ``ValidationReport`` that names rows by id, never by text."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-
 from .report import _CRITICAL, Failure, ValidationReport
+
 
 def normalise_question(q: str) -> str:
     """Whitespace normalisation used for duplicate / overlap checks (exact otherwise)."""
@@ -52,7 +53,10 @@ def _gx_context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
-        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
                                analytics_enabled=False,
