@@ -8,8 +8,9 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from provenance import ENGINE, PIPELINE, Recorder  # noqa: F401  (re-exported for the benches)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -24,7 +25,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+_RECORDER: Recorder | None = None
+
+
 def setup() -> None:
+    """Offline/quiet environment, the project on sys.path, and the provenance recorder started (the
+    machine's load before the bench)."""
+    global _RECORDER
+    _RECORDER = Recorder()
     for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                  "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -87,30 +95,51 @@ def peak_rss_mb() -> float:
 def env_info() -> dict:
     import torch
 
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=False).stdout.strip()
-    except OSError:
-        sha = ""
-    return {"git_sha": sha, "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
 
 
-def write(name: str, args, rows: list[dict], columns: list[str], notes: list[str], meta: dict) -> Path:
+def write(name: str, args, rows: list[dict], columns: list[str], notes: list[str], meta: dict,
+          deps: list[str] | tuple[str, ...] = ENGINE, cfg=None) -> Path:
+    """Write ``bench/results/<name>[_quick].json`` (rows + provenance: commit, dirty, command, hash of
+    the effective parameters, date, CPUs, load before/after, hash of ``deps``, the code measured) and
+    the markdown table. ``cfg``: the effective Config (default: params file + --quick + --set).
+    A hand-written reading in ``<stem>.reading.md`` is appended (bench/report.py keeps it there)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}_quick" if args.quick else name
-    payload = {"benchmark": name, "quick": args.quick, "env": env_info(), **meta, "rows": rows}
+    script = Path(sys.argv[0]).resolve()
+    deps = list(dict.fromkeys([*deps, str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script)]))
+    if cfg is None:
+        try:
+            cfg = load_cfg(args)
+        except Exception:  # noqa: BLE001 - a bench's own parameters may not be a Config
+            cfg = None
+    params = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else {"overrides": overrides_of(args)}
+    recorder = _RECORDER or Recorder()
+    payload = {"benchmark": name, "quick": args.quick, "provenance": recorder.record(deps, params),
+               "env": env_info(), "columns": columns, "notes": notes, **meta, "rows": rows}
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
-    lines = [f"# {name}{' (quick)' if args.quick else ''}", ""]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
-    lines += [""] + [f"- {n}" for n in notes] + [""]
-    (out / f"{stem}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    md = out / f"{stem}.md"
+    md.write_text(render_md(payload, stem))
+    if out.resolve().is_relative_to(RESULTS.resolve()):
+        from report import render_page  # status line and the hand-written reading, if any
+
+        md.write_text(render_page(md))
+    print(md.read_text())
     return out / f"{stem}.json"
+
+
+def render_md(payload: dict, stem: str) -> str:
+    """The result's markdown: title, table, notes; bench/report.py adds the status line and the reading."""
+    columns = payload["columns"]
+    title = payload["benchmark"] + (" (quick)" if payload.get("quick") else "")
+    lines = [f"# {title}", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in payload["rows"]:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    lines += [""] + [f"- {n}" for n in payload["notes"]] + [""]
+    return "\n".join(lines)
 
 
 def _fmt(v) -> str:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_cfg, parser, run_child, setup, write  # noqa: E402
+from common import ENGINE, load_cfg, parser, run_child, setup, write  # noqa: E402
 from real import REAL  # noqa: E402  bench/real.py's settings on SmolLM2 (eta grid, key-word loss, NPO lr)
 
 MODELS = ("tiny", "smollm2-135m", "random-360m", "random-1.7b")
@@ -273,7 +273,8 @@ def main() -> None:
     notes = notes_for(rows, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.out) / f"cost_scaling{'_quick' if args.quick else ''}.png", args.items)
-    write("cost", args, rows, cols, notes, {"settings": {"real_overrides": REAL, "shapes": SHAPES, "fixed_eta": FIXED_ETA}})
+    write("cost", args, rows, cols, notes, {"settings": {"real_overrides": REAL, "shapes": SHAPES, "fixed_eta": FIXED_ETA}},
+          deps=[*ENGINE, "bench/real.py"])
 
 
 def add_ratios(rows: list[dict]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from common import load_cfg, parser, peak_rss_mb, setup, write
+from common import ENGINE, load_cfg, parser, peak_rss_mb, setup, write
 
 DECODERS = ("learned", "prior", "analytic", "lora_only")
 
@@ -63,7 +63,7 @@ def main() -> None:
         "The learned decoder is trained on the proxy only (retain-author prompts) and applied to the target unchanged.",
     ]
     cols = ["a_init", "model", "decoder", "cosine_mean", "cosine_p10", "module_cosine_mean", "n_prompts", "width", "layers"]
-    write("fidelity", args, rows, cols, notes, meta)
+    write("fidelity", args, rows, cols, notes, meta, deps=ENGINE)
 
 
 if __name__ == "__main__":

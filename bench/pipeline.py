@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import ROOT, overrides_of, parser, peak_rss_mb, setup, write
+from common import PIPELINE, ROOT, overrides_of, parser, peak_rss_mb, setup, write
 
 SHARED = ("models", "decoders", "evals")  # caches the temp project borrows from the main state folder
 
@@ -123,7 +123,8 @@ def main() -> None:
     cols = ["split", "flow_s", "direct_ml_s", "overhead_s", "overhead_share", "flow_server_up_s",
             "overhead_share_server_up", "ml_stages_in_flow_s",
             "other_in_flow_s", "gate_passed", "peak_rss_mb"]
-    write("pipeline", args, [row], cols, notes, {"stages": stage_s})
+    write("pipeline", args, [row], cols, notes, {"stages": stage_s},
+          deps=[*PIPELINE, "tests/reliability_lib.py"])
 
 
 if __name__ == "__main__":

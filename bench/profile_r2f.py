@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_cfg, parser, setup, write  # noqa: E402
+from common import ENGINE, load_cfg, parser, setup, write  # noqa: E402
 from cost import extra_for, model_path  # noqa: E402
 
 # R2F's stages, by the function that implements each (cumulative time in cProfile)
@@ -98,7 +98,7 @@ def main() -> None:
              "torch.profiler (operator self time; share_of_op_time is of all operators' self time).",
              "Stages overlap where one calls the other (apply_update is inside calibrate_and_apply)."]
     write("profile", args, rows, ["method", "part", "seconds", "share_of_wall", "share_of_op_time"], notes,
-          {"model": model, "items": args.items, "views": args.views, "profiles": out})
+          {"model": model, "items": args.items, "views": args.views, "profiles": out}, deps=ENGINE)
 
 
 if __name__ == "__main__":

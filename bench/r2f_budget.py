@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import ROOT, parser, setup, write
+from common import ENGINE, ROOT, parser, setup, write
 
 GRID = ((0.1, 1), (0.1, 5), (0.3, 5), (0.6, 1), (0.6, 5), (1.0, 1), (1.0, 5), (1.0, 10))
 KEYS = ("forget_quality", "model_utility", "gur", "usr", "forget_Q_A_Prob", "forget_truth_ratio", "privleak",
@@ -59,7 +59,7 @@ def main() -> None:
         "harmonic mean (noisy on this model: near-zero real-author ROUGE).",
     ]
     cols = ["retain_budget", "r2f_steps", *KEYS]
-    write(f"r2f_budget_{args.split}", args, rows, cols, notes, {"grid": GRID})
+    write(f"r2f_budget_{args.split}", args, rows, cols, notes, {"grid": GRID}, deps=[*ENGINE, "bench/tofu.py"])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import math
 import time
 from pathlib import Path
 
-from common import load_cfg, parser, peak_rss_mb, run_child, setup, write
+from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, write
 
 TARGET = "smollm2-135m-instruct"
 PROXY_LAYERS = (4, 6)  # first, last
@@ -273,7 +273,8 @@ def main() -> None:
             "cosine_mean", "eta",
             "wall_s", "peak_rss_mb", "ratio_time_vs_fullgrad", "ratio_mem_vs_fullgrad", "error"]
     notes = notes_for(meta, rows)
-    write("real_models", args, rows, cols, notes, {"meta": meta, "settings": {**REAL, **sizes(args)}})
+    write("real_models", args, rows, cols, notes, {"meta": meta, "settings": {**REAL, **sizes(args)}},
+          deps=ENGINE)
 
 
 def notes_for(meta: dict, rows: list[dict]) -> list[str]:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, parser, setup, write
+from common import PIPELINE, ROOT, parser, setup, write
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -140,7 +140,8 @@ def main() -> None:
         "JSON-escaped; the versioned forget set itself (pipeline/request, DVC cache/remote) is not searched.",
     ]
     write("reliability", args, rows, ["check", "tried", "ok", "rejected", "message_names_problem", "state_changes",
-                                      "promotions", "occurrences"], notes, meta)
+                                      "promotions", "occurrences"], notes, meta,
+          deps=[*PIPELINE, "tests/reliability_lib.py", "tests/bad_input_lib.py", "tests/data/bad_inputs"])
 
 
 if __name__ == "__main__":

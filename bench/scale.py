@@ -17,7 +17,7 @@ import statistics
 import time
 from contextlib import ExitStack
 
-from common import load_cfg, parser, setup, write
+from common import PIPELINE, load_cfg, parser, setup, write
 
 CONFIGS = (  # (label, workers, threads per worker); None workers = in process
     ("in-process", None, None), ("dask 1x2", 1, 2), ("dask 1x1", 1, 1), ("dask 2x1", 2, 1))
@@ -63,7 +63,7 @@ def main() -> None:
     ]
     cols = ["step", "config", "workers", "threads_per_worker", "shards", "wall_s_cold", "wall_s_warm",
             "speedup_vs_1worker", "speedup_vs_1x1", "speedup_vs_inprocess", "max_rel_diff"]
-    write("scale", args, rows, cols, notes, meta)
+    write("scale", args, rows, cols, notes, meta, deps=PIPELINE)
 
 
 def run(args) -> tuple[list[dict], dict]:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import overrides_of, parser, peak_rss_mb, setup, write
+from common import PIPELINE, overrides_of, parser, peak_rss_mb, setup, write
 
 PAIRS = ((198, 199), (196, 197), (194, 195), (192, 193), (190, 191))
 EVAL_SPLIT = "forget05"
@@ -136,7 +136,8 @@ def main() -> None:
             "earlier_still_forgotten"]
     out = write("sequential", args, rows, cols, notes,
                 {"tick_s": round(tick_s, 1), "overrides": overrides, "history": history,
-                 "peak_rss_mb": peak_rss_mb()})
+                 "peak_rss_mb": peak_rss_mb()},
+                deps=[*PIPELINE, "bench/pipeline.py", "tests/reliability_lib.py"], cfg=cfg)
     _plot(history, rows, out.with_suffix(".png"))
 
 

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import load_cfg, parser, peak_rss_mb, run_child, setup, write
+from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, write
 
 QUICK_EVAL_ITEMS = 40
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
@@ -142,7 +142,8 @@ def main() -> None:
     cols = ["method", "forget_quality", "model_utility", "mu_vs_target", "forget_truth_ratio", "forget_Q_A_Prob",
             "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
             "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]
-    write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs})
+    write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs},
+          deps=ENGINE, cfg=cfg)
 
 
 def argparse_hidden():

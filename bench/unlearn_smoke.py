@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import load_cfg, parser, peak_rss_mb, run_child, setup, write
+from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, write
 
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
 
@@ -67,7 +67,7 @@ def main() -> None:
     ]
     cols = ["method", "eta", "forget_nll_before", "forget_nll_after", "retain_nll_before", "retain_nll_after",
             "holdout_nll_after", "wall_s", "peak_rss_mb", "ratio_time_vs_fullgrad", "ratio_mem_vs_fullgrad"]
-    write("unlearn_smoke", args, rows, cols, notes, {"forget_split": cfg.data.forget_split})
+    write("unlearn_smoke", args, rows, cols, notes, {"forget_split": cfg.data.forget_split}, deps=ENGINE)
 
 
 def argparse_hidden():

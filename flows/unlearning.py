@@ -52,15 +52,17 @@ def _cfg(config: dict):
 def stage_task(config: dict, name: str, cluster: dict | None = None) -> dict:
     """One stage; ``cluster`` ({address, workers}): the Dask scheduler its shards run on."""
     from r2f.pipeline import run_stage
+    from r2f.progress import PlainProgress
 
     cfg = _cfg(config)
+    _say(f"stage {name} started")
     mapper = None
     if cluster:
         from flows.distributed import DaskMapper
 
         mapper = DaskMapper(cluster["address"], cluster["workers"], cfg.scale.threads_per_worker)
-    res = run_stage(cfg, name, log=_logger().info, mapper=mapper)
-    _logger().info(f"stage {name} finished in {res['stage_wall_s']} s")
+    res = run_stage(cfg, name, log=_say, progress=PlainProgress(_say), mapper=mapper)
+    _say(f"stage {name} finished in {res['stage_wall_s']} s")
     return res
 
 
@@ -71,6 +73,11 @@ def version_task(config: dict, root: str, name: str) -> None:
     cfg = _cfg(config)
     commit(cfg, Path(root), name)
     push(cfg, Path(root), name)
+
+
+def _say(msg: str) -> None:
+    """A line of R2F's own (marked ``r2f``, so the CLI can show it apart from Prefect's lines)."""
+    _logger().info(msg, extra={"r2f": True})
 
 
 def _logger():
@@ -114,7 +121,7 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
 
     results, pending, held, cluster = {}, [], [], None
     todo = list(stages or NAMES)
-    plan = recover(cfg, _logger().info) if stages is None else {}
+    plan = recover(cfg, _say) if stages is None else {}
     if "done" in plan:  # already processed (exactly once): nothing to do
         for rid in inbox_ids or ():
             advance(cfg, rid, "promote", plan["done"])
@@ -125,7 +132,7 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
         # before any stage: an unreachable scheduler fails the run with nothing changed
         from flows.distributed import dask_cluster
 
-        address, workers = stack.enter_context(dask_cluster(cfg.scale, _logger().info))
+        address, workers = stack.enter_context(dask_cluster(cfg.scale, _say))
         cluster = {"address": address, "workers": workers}
     for name in todo:
         if name in NEEDS_LOCK:
@@ -168,9 +175,8 @@ def tick_flow(params: str = "params.yaml", overrides: dict | None = None) -> dic
     from r2f.inbox import process_pending
 
     cfg = load_config(params, dict(overrides or {}))
-    log = _logger()
     return process_pending(cfg, lambda request, ids: unlearning_flow(
-        params, {**(overrides or {}), "pipeline.request": str(request)}, inbox_ids=ids), log.info)
+        params, {**(overrides or {}), "pipeline.request": str(request)}, inbox_ids=ids), _say)
 
 
 def tick_deployment(params: str = "params.yaml", overrides: dict | None = None, cron: str = "0 2 * * *"):

@@ -8,7 +8,20 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import ParamsOpt, SetOpt, _cfg, _errors, _fail, _overrides, _pipeline_errors, _setup, _state_env, _ui
+from .cli_common import (
+    ParamsOpt,
+    SetOpt,
+    _cfg,
+    _errors,
+    _fail,
+    _overrides,
+    _pipeline_errors,
+    _setup,
+    _state_env,
+    _ui,
+    flow_console,
+    quiet_prefect_env,
+)
 from .cli_requests import register as register_requests
 
 app = typer.Typer(help="R2F: Recover-to-Forget LLM unlearning (TOFU default, offline, CPU).",
@@ -208,11 +221,14 @@ def run(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     _setup()
     cfg = _cfg(params, set_)
     _state_env(cfg)
+    quiet_prefect_env()
     overrides = _overrides(set_)
     try:
         from flows.unlearning import unlearning_flow
 
-        results = unlearning_flow(str(params), overrides)
+        with flow_console(cfg, "run") as log_path:
+            typer.echo(f"r2f run: request {cfg.pipeline.request}; Prefect's log lines go to {log_path}", err=True)
+            results = unlearning_flow(str(params), overrides)
     except _pipeline_errors() as exc:
         _fail(str(exc))
     if "already_processed" in results:

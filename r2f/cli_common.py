@@ -3,11 +3,16 @@ Heavy libraries load inside the functions, so ``r2f --help`` stays instant."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+
+from .progress import PlainProgress
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -59,11 +64,16 @@ def _fail(msg: str):
 
 @contextmanager
 def _ui():
-    """(log, progress_factory) printing through one rich Progress."""
+    """(log, progress_factory): one rich Progress on a terminal, plain progress lines otherwise."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        def write(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
+        yield write, PlainProgress(write)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as prog:
         def factory(label: str, total: int):
@@ -89,6 +99,52 @@ def _state_env(cfg) -> None:
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))
     # the temporary Prefect server can take long to start on a loaded 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+class _StageEcho(logging.Handler):
+    """Shows the person what a flow is doing: R2F's own lines (stages, what each does; records
+    marked ``r2f`` by flows/unlearning.py), and anything at WARNING or above. Prefect's engine lines
+    (task created, finished in state ...) stay in the log file."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            print(f"{record.levelname.lower()}: {msg}", file=sys.stderr, flush=True)
+        elif getattr(record, "r2f", False):
+            print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def quiet_prefect_env() -> None:
+    """Before Prefect is imported: its console handler shows warnings and errors only (its INFO
+    lines still reach Prefect's own run log and the file of :func:`flow_console`); MLflow's
+    INFO notices (database set-up) are not shown either."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+@contextmanager
+def flow_console(cfg, command: str):
+    """While a Prefect flow runs: every flow and task log line (INFO and up) goes to
+    ``<state_dir>/logs/<command>-<time>.log``; the console gets the stage lines and warnings.
+    Yields the log file's path."""
+    folder = Path(cfg.state_dir) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    file = logging.FileHandler(path, encoding="utf-8")
+    file.setLevel(logging.INFO)
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    echo = _StageEcho(logging.INFO)
+    loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
+    for lg in loggers:
+        lg.addHandler(file)
+        lg.addHandler(echo)
+    try:
+        yield path
+    finally:
+        for lg in loggers:
+            lg.removeHandler(file)
+            lg.removeHandler(echo)
+        file.close()
 
 
 def _pipeline_errors():

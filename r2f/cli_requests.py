@@ -8,7 +8,19 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import ParamsOpt, SetOpt, _cfg, _errors, _fail, _overrides, _pipeline_errors, _setup, _state_env
+from .cli_common import (
+    ParamsOpt,
+    SetOpt,
+    _cfg,
+    _errors,
+    _fail,
+    _overrides,
+    _pipeline_errors,
+    _setup,
+    _state_env,
+    flow_console,
+    quiet_prefect_env,
+)
 
 request_app = typer.Typer(help="Deletion requests: submit to the inbox, list their states, find author names.",
                           no_args_is_help=True)
@@ -77,10 +89,13 @@ def serve(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
     _setup()
     cfg = _cfg(params, set_)
     _state_env(cfg)
+    quiet_prefect_env()
     from flows.unlearning import tick_flow
 
     if once:
-        res = tick_flow(str(params), _overrides(set_))
+        with flow_console(cfg, "serve-once") as log_path:
+            typer.echo(f"r2f serve --once: Prefect's log lines go to {log_path}", err=True)
+            res = tick_flow(str(params), _overrides(set_))
         for p in res["processed"]:
             typer.echo(f"{p['request_id']}: {p['state']}")
         if not res["processed"]:

@@ -53,9 +53,29 @@ def log_decoder_run(tracker, cfg: Config, rep: dict, decoder_dir: Path, log) -> 
         for i, v in enumerate(curve):
             tracker.log_metrics({"train_loss": v}, step=i)
         tracker.log_metrics({k: v for k, v in rep.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        note = decoder_note(key, rep)
+        tracker.describe_run(note)
         tracker.log_model_dir(str(decoder_dir), "decoder", registered_name=cfg.tracking.decoder_model_name,
-                              kind="decoder")
+                              kind="decoder", description=note)
     log(f"decoder logged to MLflow experiment {cfg.tracking.decoder_experiment}")
+
+
+def decoder_note(key: str, rep: dict) -> str:
+    """What a decoder version is, honestly: trained weights or not."""
+    pairs, steps = rep.get("pairs", 0), rep.get("steps", 0)
+    text = (f"R2F gradient decoder {key[:12]} (LoRA A init: {rep.get('a_init')}, proxy "
+            f"{rep.get('proxy_layers')} layers x hidden {rep.get('proxy_hidden')}); training pairs {pairs}, steps {steps}.")
+    if not steps:
+        text += (" No trained weights: with this LoRA init the decode is the rank-r projection onto the "
+                 "item's activation directions; only the token weighting was fitted on the proxy.")
+    return text
+
+
+def run_note(info: dict, rep: dict) -> str:
+    start = rep.get("start_model") or {}
+    return (f"Deletion request {info['request_id']}: {info['n_rows']} forget rows (sha256 "
+            f"{info['rows_sha256'][:12]}), method {rep['method']}, eta {rep['eta']}, unlearned from "
+            f"{start.get('source', 'target')} version {start.get('version')}; evaluated on {info['eval_split']}.")
 
 
 def start_unlearning_run(tracker, cfg: Config, info: dict, rep: dict) -> str | None:
@@ -68,6 +88,7 @@ def start_unlearning_run(tracker, cfg: Config, info: dict, rep: dict) -> str | N
             "request_sha256": info.get("source_sha256", ""), "request_source": info.get("source", ""),
             "decoder_hash": rep.get("decoder_hash", "")}
     with tracker.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-{rep['method']}", tags) as run_id:
+        tracker.describe_run(run_note(info, rep))
         tracker.log_params({"method": rep["method"], "eta": rep["eta"], "n_forget_rows": info["n_rows"],
                             "lora": cfg.lora.model_dump(mode="json"),
                             "unlearn": cfg.unlearn.model_dump(mode="json")})
@@ -125,8 +146,18 @@ def champion_utility(cfg: Config, split: str) -> float | None:
     return ref["model_utility"]["value"]
 
 
-def log_gate(tracker, run_id: str | None, decision: dict) -> None:
+def gate_note(decision: dict) -> str:
+    if decision["passed"]:
+        return "Gate PASSED: every rule met."
+    return "Gate REJECTED: " + "; ".join(decision.get("reasons") or [])[:1500]
+
+
+def log_gate(tracker, run_id: str | None, decision: dict, note: str | None = None) -> None:
+    """The gate's decision on the request's run; ``note``: the run's description so far, which the
+    decision is appended to."""
     with tracker.start_run(None, run_id=run_id):
+        if note:
+            tracker.describe_run(f"{note} {gate_note(decision)}")
         tracker.log_metrics({f"gate.{r['name']}": r["value"] for r in decision["rules"]})
         tracker.set_tags({"gate.passed": str(decision["passed"]).lower(), "status": "gated"})
         tracker.log_dict(decision, "gate/decision.json")
@@ -143,8 +174,12 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
     with tracker.start_run(None, run_id=run_id):
         tracker.log_dict(md5s, "dvc/md5s.json")
         tracker.log_params({f"dvc.{k}": v for k, v in md5s.items()})
+    outcome = ("promoted to champion" if decision["passed"] else "rejected by the gate; champion unchanged")
+    description = (f"Candidate for deletion request {info['request_id']}: {info['n_rows']} forget rows "
+                   f"(sha256 {info['rows_sha256'][:12]}), method {cfg.unlearn.method}; {outcome}. "
+                   f"{gate_note(decision)}")
     res = tracker.register_candidate(name, str(target_dir), str(model_dir), run_id, decision,
                                      {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"],
                                       "weights_sha256": weights_sha256(model_dir)},
-                                     cfg.tracking.unlearning_experiment)
+                                     cfg.tracking.unlearning_experiment, description=description)
     return {"registered_model": name, **res, "passed": decision["passed"], "request_id": info["request_id"]}

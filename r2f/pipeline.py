@@ -292,7 +292,7 @@ def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
 
 def gate(cfg: Config, log: Log) -> dict:
     from .gate import decide
-    from .lineage import champion_utility, log_gate
+    from .lineage import champion_utility, log_gate, run_note
     from .models import atomic_dir
     from .tracking import make_tracker
 
@@ -304,7 +304,7 @@ def gate(cfg: Config, log: Log) -> dict:
     with atomic_dir(stage_dir(cfg, "gate")) as tmp:
         _write(tmp / "decision.json", decision)
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
-    log_gate(make_tracker(cfg), rep.get("mlflow_run_id"), decision)
+    log_gate(make_tracker(cfg), rep.get("mlflow_run_id"), decision, run_note(info, rep))
     log(f"gate {'PASSED' if decision['passed'] else 'FAILED'}" +
         ("" if decision["passed"] else ": " + "; ".join(decision["reasons"])))
     return decision

@@ -67,21 +67,26 @@ def log_pyfunc(folder: str, name: str, kind: str = "hf") -> str:
     return info.model_uri
 
 
-def register(client, model_uri: str, name: str, timeout_s: float = 60.0, tags: dict | None = None) -> int:
-    """Create ``name`` if needed and a new version from ``model_uri`` (with ``tags`` from its
-    creation on, so a crash can never leave an untagged version); waits until READY."""
+def register(client, model_uri: str, name: str, timeout_s: float = 60.0, tags: dict | None = None,
+             description: str | None = None, model_description: str | None = None) -> int:
+    """Create ``name`` if needed (described by ``model_description``) and a new version from
+    ``model_uri`` (with ``tags`` and ``description`` from its creation on, so a crash can never leave
+    an untagged version); waits until READY."""
     try:
         try:
-            client.get_registered_model(name)
+            rm = client.get_registered_model(name)
+            if model_description and not rm.description:
+                client.update_registered_model(name, description=model_description)
         except MlflowException:
-            client.create_registered_model(name)
+            client.create_registered_model(name, description=model_description)
         run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
         # MLflow 3 logged models (models:/m-...): a tracking server requires the model id with them
         model_id = model_uri.split("/")[1] if model_uri.startswith("models:/m-") else None
         if model_id and run_id is None:
             run_id = client.get_logged_model(model_id).source_run_id
         mv = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
-                                         tags={k: str(v) for k, v in (tags or {}).items()})
+                                         tags={k: str(v) for k, v in (tags or {}).items()},
+                                         description=description)
     except MlflowException as exc:
         raise RegistryError(f"cannot register {model_uri} as {name}: {exc}") from exc
     t0 = time.monotonic()
@@ -138,8 +143,11 @@ def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlear
         version = int(earlier[0].version)
     else:
         with tracker.start_run(experiment, "base-target", {"role": "base_target"}):
-            _, version = tracker.log_model_dir(base_dir, "model", registered_name=name,
-                                               tags={"role": "base_target"})
+            tracker.describe_run("Registration of the untouched base target (the first champion).")
+            _, version = tracker.log_model_dir(
+                base_dir, "model", registered_name=name, tags={"role": "base_target"},
+                description="The untouched base target: the first champion of the deletion chain. "
+                            "Deletion requests are unlearned from the champion in turn.")
     set_alias(c, name, "champion", version)
     return version
 

@@ -77,7 +77,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     ``mapper``: where R2F's gradient shards run (:mod:`r2f.parallel`; None: in this process)."""
 
     from .decoder import LearnedDecoder
-    from .models import load_model, mean_nll, peak_rss_mb, save_model
+    from .models import load_model, peak_rss_mb, save_model
     from .unlearn import UnlearnContext, get_method
     from .zoo import ensure_models
 
@@ -100,13 +100,15 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
     evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed"), "holdout": tofu.split("holdout10")}
     ml = cfg.models.max_len
-    before = {k: mean_nll(model, tok, v, ml) for k, v in evalsets.items()}
+    before = _scored(model, tok, evalsets, ml, progress, "answer NLL before")
     ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
                          models.path("retain", forget_split), log, progress, mapper)
+    log(f"{method}: unlearning {len(forget)} forget items")
     t0 = time.perf_counter()
     result = impl.run(ctx)
     wall = time.perf_counter() - t0
-    after = {k: mean_nll(result.model, tok, v, ml) for k, v in evalsets.items()}
+    log(f"{method}: done in {wall:.1f} s (eta {result.eta})")
+    after = _scored(result.model, tok, evalsets, ml, progress, "answer NLL after")
     report = {
         "method": method, "forget_split": forget_split, "model": str(model_path), "eta": result.eta,
         "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(),
@@ -118,6 +120,18 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
         save_model(result.model, tok, out, {"unlearn": report})
         report["out"] = str(out)
     return report
+
+
+def _scored(model, tok, evalsets: dict, max_len: int, progress, label: str) -> dict:
+    """Mean answer NLL per set, with a progress tick per set."""
+    from .models import mean_nll
+
+    tick = progress(label, len(evalsets)) if progress else (lambda: None)
+    out = {}
+    for k, v in evalsets.items():
+        out[k] = mean_nll(model, tok, v, max_len)
+        tick()
+    return out
 
 
 def _ids_digest(ids: list[str]) -> str:

@@ -80,7 +80,9 @@ class NullTracker:
     def champion_summary(self, name, split): return None
     def champion_model(self, name, dest, skip_roles=()): return None
 
-    def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf", tags=None):
+    def describe_run(self, text): pass
+    def describe_version(self, name, version, text): pass
+    def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf", tags=None, description=None):
         return None, None
 
     def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None):
@@ -90,10 +92,12 @@ class NullTracker:
 class MlflowTracker:
     active = True
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None):
+    def __init__(self, tracking_uri: str, artifact_root: str | None, notes: dict[str, str] | None = None):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri, self.artifact_root = tracking_uri, artifact_root
+        # descriptions shown by the MLflow UI for experiments and registered models, by name
+        self.notes = dict(notes or {})
         self._run_id: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -130,11 +134,26 @@ class MlflowTracker:
         c = self.client
         exp = c.get_experiment_by_name(name)
         if exp is not None:
+            if name in self.notes and NOTE not in exp.tags:
+                c.set_experiment_tag(exp.experiment_id, NOTE, self.notes[name])
             return exp.experiment_id
         if self.artifact_root is None:  # a tracking server: its artifact store
-            return c.create_experiment(name)
-        loc = Path(self.artifact_root) / name if "://" not in self.artifact_root else f"{self.artifact_root}/{name}"
-        return c.create_experiment(name, artifact_location=loc.as_uri() if isinstance(loc, Path) else loc)
+            eid = c.create_experiment(name)
+        else:
+            loc = (Path(self.artifact_root) / name if "://" not in self.artifact_root
+                   else f"{self.artifact_root}/{name}")
+            eid = c.create_experiment(name, artifact_location=loc.as_uri() if isinstance(loc, Path) else loc)
+        if name in self.notes:
+            c.set_experiment_tag(eid, NOTE, self.notes[name])
+        return eid
+
+    def describe_run(self, text: str) -> None:
+        """The active run's description (MLflow UI: the run's "Description"). Only ids, counts,
+        hashes and decisions go in, never forget-set text."""
+        self.client.set_tag(self._need_run(), NOTE, text)
+
+    def describe_version(self, name: str, version: int, text: str) -> None:
+        self.client.update_model_version(name, str(version), description=text)
 
     @contextmanager
     def start_run(self, experiment: str | None, run_name: str | None = None, tags: dict | None = None,
@@ -225,16 +244,20 @@ class MlflowTracker:
 
     # -- models and registry ------------------------------------------------------------------------
     def log_model_dir(self, model_dir: str, artifact_path: str, registered_name: str | None = None,
-                      kind: str = "hf", tags: dict | None = None) -> tuple[str, int | None]:
+                      kind: str = "hf", tags: dict | None = None, description: str | None = None
+                      ) -> tuple[str, int | None]:
         """Log a folder as an MLflow pyfunc model in the active run (``kind`` hf: an HF causal LM
         answering questions; decoder: an R2F gradient decoder); register it when ``registered_name``
-        is given. Returns (model_info.model_uri, version or None)."""
+        is given, the version with ``description`` (and the registered model with its note).
+        Returns (model_info.model_uri, version or None)."""
         from .registry import log_pyfunc, register
 
         self._need_run()
         with self._uris():
             uri = log_pyfunc(model_dir, artifact_path, kind)
-        version = register(self.client, uri, registered_name, tags=tags) if registered_name else None
+        version = (register(self.client, uri, registered_name, tags=tags, description=description,
+                            model_description=self.notes.get(registered_name))
+                   if registered_name else None)
         return uri, version
 
     def champion_summary(self, name: str, split: str) -> dict | None:
@@ -296,7 +319,8 @@ class MlflowTracker:
             return json.loads(Path(local).read_text())
 
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
-                           decision: dict, tags: dict, experiment: str = "r2f-unlearning") -> dict:
+                           decision: dict, tags: dict, experiment: str = "r2f-unlearning",
+                           description: str | None = None) -> dict:
         """Base target as version 1 / ``champion`` (once), then the unlearned model as a new
         version (``tags`` from its creation on) with alias ``candidate``; ``champion`` moves only if
         ``decision['passed']``. After a crash mid-promotion, a rerun reuses the version already
@@ -312,7 +336,8 @@ class MlflowTracker:
             version = int(same[-1].version)
         else:
             with self.start_run(None, run_id=run_id):
-                _, version = self.log_model_dir(model_dir, "model", registered_name=name, tags=tags)
+                _, version = self.log_model_dir(model_dir, "model", registered_name=name, tags=tags,
+                                                description=description)
                 self.set_tags({"registered_model": name, "registered_version": version})
         c.set_registered_model_alias(name, "candidate", str(version))
         promote(c, name, version, decision)
@@ -320,10 +345,31 @@ class MlflowTracker:
                 "base_version": base}
 
 
+NOTE = "mlflow.note.content"  # the description the MLflow UI shows for experiments and runs
+
+
+def notes(cfg: Config) -> dict[str, str]:
+    """What each experiment and registered model of the project is (MLflow UI descriptions)."""
+    t = cfg.tracking
+    return {
+        t.unlearning_experiment: "R2F deletion requests: one run per request and method (the unlearning step, "
+        "its TOFU + paper evaluation, the promotion gate's decision), plus the run that registered the base "
+        "target. Run names are <request id>-<method>; the request's rows appear only as ids and sha256 hashes.",
+        t.decoder_experiment: "R2F gradient decoders fitted on the proxy model: one run per decoder "
+        "configuration hash (proxy architecture, LoRA settings, decoder training and its held-out fidelity).",
+        t.target_model_name: "The target model as deletions are applied. Version 1 is the untouched base target; "
+        "every later version is the candidate of one deletion request (tags request_id, forget_rows_sha256, "
+        "weights_sha256, decision). The alias 'champion' is the model in service; it moves only when the "
+        "promotion gate passes. 'candidate' is the latest candidate.",
+        t.decoder_model_name: "R2F gradient decoders (LoRA gradients -> full-weight update directions), one "
+        "version per decoder configuration; each version's description says whether it holds trained weights.",
+    }
+
+
 def make_tracker(cfg: Config):
     if not cfg.tracking.enabled:
         return NullTracker()
-    return MlflowTracker(*resolve_uris(cfg))
+    return MlflowTracker(*resolve_uris(cfg), notes=notes(cfg))
 
 
 def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

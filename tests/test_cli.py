@@ -69,6 +69,21 @@ def test_unlearn_writes_report(tmp_path, tiny_cfg, tiny_models):
     assert res.exit_code == 0, res.output
     data = json.loads(rep.read_text())
     assert data["method"] == "fullgrad" and data["nll_after"]["forget"] > data["nll_before"]["forget"]
+    # not a terminal: progress comes as plain lines (rich would print nothing until the end)
+    lines = res.stderr.splitlines() if hasattr(res, "stderr") else res.output.splitlines()
+    assert any(line.endswith(" s)") and "/" in line for line in lines), res.output
+
+
+def test_plain_progress_lines():
+    from r2f.progress import PlainProgress
+
+    out: list[str] = []
+    tick = PlainProgress(out.append, every_s=1e9)("scoring", 40)
+    for _ in range(40):
+        tick()
+    assert out[0] == "scoring: 0/40"
+    assert out[-1].startswith("scoring: 40/40 (100 %")
+    assert 10 <= len(out) <= 12  # start, each 10 %, no more
 
 
 def test_request_submit_refuses_bad_requests_naming_rows(tmp_path, tiny_cfg):

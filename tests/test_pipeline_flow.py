@@ -47,6 +47,10 @@ def _alias(client, alias):
     return get_alias_version(client, "r2f-target", alias)
 
 
+def forget_rows(project) -> list[dict]:
+    return [json.loads(line) for line in (project / ".r2f/pipeline/request/forget.jsonl").read_text().splitlines()]
+
+
 def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monkeypatch):
     from flows.unlearning import unlearning_flow
     from r2f.config import load_config
@@ -74,8 +78,20 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     assert run.data.tags["request_id"] == "req-0001-forget01"
     arts = {a.path for a in client.list_artifacts(mv.run_id)}
     assert {"eval", "plots", "gate", "dvc"} <= arts
+    # the MLflow UI answers "what is this": experiments, runs, registered models and versions described
+    for exp in ("r2f-unlearning", "r2f-proxy-decoder"):
+        assert client.get_experiment_by_name(exp).tags["mlflow.note.content"]
+    assert "champion" in client.get_registered_model("r2f-target").description
+    assert client.get_registered_model("r2f-decoder").description
+    note = run.data.tags["mlflow.note.content"]
+    assert "req-0001-forget01" in note and "Gate PASSED" in note and f"{len(forget_rows(project))} forget rows" in note
+    assert "untouched base target" in client.get_model_version("r2f-target", "1").description
+    desc = mv.description
+    assert "req-0001-forget01" in desc and "promoted to champion" in desc
+    dec = client.search_model_versions("name='r2f-decoder'")[0]
+    assert "training pairs" in dec.description
     # no forget-set text in params or tags
-    forget = [json.loads(line) for line in (project / ".r2f/pipeline/request/forget.jsonl").read_text().splitlines()]
+    forget = forget_rows(project)
     blob = json.dumps({**run.data.params, **run.data.tags})
     assert not any(q["answer"] in blob or q["question"] in blob for q in forget)
     # DVC: everything recorded and pushed; dvc reports the pipeline up to date
@@ -96,6 +112,8 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     assert _alias(client, "champion") == 2
     tags = client.get_model_version("r2f-target", "3").tags
     assert tags["gate.passed"] == "false" and "forget_quality" in tags["gate.reasons"]
+    rejected = client.get_model_version("r2f-target", "3").description
+    assert "rejected by the gate; champion unchanged" in rejected and "forget_quality" in rejected
     # the main job's request (not from the inbox) audits from its MLflow run: the latest, rejected one
     from r2f.audit import audit
 

@@ -231,6 +231,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         base_r = base_retain
     info.update(base_forget_nll=base_f, base_retain_nll=base_r)
     grid = sorted(ec.grid)
+    tick = ctx.tick("eta calibration trials", math.ceil(math.log2(len(grid) + 1)))
     trial = Trial(mods, direction)
     # Bisection over the sorted grid for the largest eta within budget (the retain NLL rises with
     # eta): ceil(log2(n + 1)) trials instead of up to n for an ascending scan (4 instead of 10
@@ -243,6 +244,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
             f, r = _nll(model, fb), _nll(model, rb)
             ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + budget)
             info["trials"].append({"eta": grid[mid], "forget_nll": f, "retain_nll": r, "within_budget": ok})
+            tick()
             lo, hi = (mid, hi) if ok else (lo, mid)
     finally:
         trial.remove()

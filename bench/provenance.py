@@ -1,0 +1,82 @@
+"""Where a bench result comes from: commit, dirty tree, command line, parameters, machine load, and a
+hash of the code it measures (the paths the bench declares). ``bench/report.py`` compares that hash
+with the current files to tell a fresh result from a stale one.
+
+No project imports: ``report.py --check`` runs it in ``make test`` without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# what every bench measures; each bench adds its own script (and any other code it runs)
+ENGINE = ("r2f", "params.yaml", "bench/common.py")
+PIPELINE = ("r2f", "flows", "params.yaml", "bench/common.py")
+CODE_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".json")
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def code_files(deps: list[str] | tuple[str, ...]) -> list[Path]:
+    """The files behind ``deps`` (files, or folders: their code files, caches excluded), sorted."""
+    out: set[Path] = set()
+    for d in deps:
+        p = ROOT / d
+        if p.is_file():
+            out.add(p)
+        elif p.is_dir():
+            out.update(f for f in p.rglob("*") if f.is_file() and f.suffix in CODE_SUFFIXES
+                       and "__pycache__" not in f.parts and not f.name.startswith("."))
+    return sorted(out)
+
+
+def code_sha256(deps: list[str] | tuple[str, ...]) -> str:
+    """sha256 over the relative path and bytes of every file behind ``deps``: changes when the code a
+    result measures changes, also in an uncommitted tree or a shallow clone (no git history needed)."""
+    h = hashlib.sha256()
+    for f in code_files(deps):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def load_now() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class Recorder:
+    """Started when a bench starts (the load before it), finished when it writes its result."""
+
+    def __init__(self) -> None:
+        self.load_before = load_now()
+        self.t0 = time.time()
+
+    def record(self, deps: list[str] | tuple[str, ...], params: dict | None) -> dict:
+        # uncommitted changes (or new files) in the measured paths: the commit alone does not name the code
+        dirty = _git("status", "--porcelain", "--", *deps)
+        blob = json.dumps(params or {}, sort_keys=True, default=str).encode()
+        return {
+            "commit": _git("rev-parse", "HEAD"),
+            "dirty": bool(dirty),
+            "command": "python " + shlex.join(sys.argv),
+            "params_sha256": hashlib.sha256(blob).hexdigest(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": round(time.time() - self.t0, 1),
+            "cpus": os.cpu_count(),
+            "load_before": self.load_before,
+            "load_after": load_now(),
+            "deps": list(deps),
+            "code_sha256": code_sha256(deps),
+        }
