@@ -51,6 +51,7 @@ run: $(STAMP)
 # lint: ruff (pyproject.toml [tool.ruff]) and the results report check (bench/report.py --check)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python bench/report.py --check
 
 test: $(STAMP) $(REAL_STAMP) lint
 	$(VENV)/bin/python -m pytest -q
