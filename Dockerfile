@@ -10,13 +10,15 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# CPU build of torch from PyTorch's CPU index: from PyPI an unpinned torch is the multi-GB CUDA build
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 WORKDIR /src
-COPY pyproject.toml README.md requirements-real.txt ./
+COPY pyproject.toml README.md requirements-runtime.lock requirements-real.txt ./
 COPY r2f ./r2f
 COPY flows ./flows
-RUN pip install . \
+# Everything from the runtime lock (no dev tools), hash-checked, nothing resolved; torch==2.13.0 is the
+# CPU build (torch==2.13.0+cpu in the lock) from PyTorch's CPU index: from PyPI it is the multi-GB CUDA build
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --no-deps --require-hashes \
+      -r requirements-runtime.lock \
+ && pip install --no-deps --no-build-isolation . \
  && pip install --no-deps --require-hashes -r requirements-real.txt
 
 # ---- runtime -------------------------------------------------------------------------------------

