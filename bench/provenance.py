@@ -43,13 +43,21 @@ def code_files(deps: list[str] | tuple[str, ...]) -> list[Path]:
     return sorted(out)
 
 
-def code_sha256(deps: list[str] | tuple[str, ...]) -> str:
+def code_sha256(deps: list[str] | tuple[str, ...], snapshot: dict[str, bytes] | None = None) -> str:
     """sha256 over the relative path and bytes of every file behind ``deps``: changes when the code a
-    result measures changes, also in an uncommitted tree or a shallow clone (no git history needed)."""
+    result measures changes, also in an uncommitted tree or a shallow clone (no git history needed).
+    ``snapshot``: file contents read earlier (path -> bytes) to hash instead of the current files."""
     h = hashlib.sha256()
     for f in code_files(deps):
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        rel = str(f.relative_to(ROOT))
+        data = snapshot[rel] if snapshot is not None and rel in snapshot else f.read_bytes()
+        h.update(rel.encode() + b"\0" + data + b"\0")
     return h.hexdigest()
+
+
+# what a bench may depend on: read when it starts, so its result names the code it imported
+SNAPSHOT_PATHS = ("r2f", "flows", "bench", "tests", "params.yaml", "Makefile", "pyproject.toml",
+                  "requirements.lock", "requirements-real.txt")
 
 
 def load_now() -> list[float]:
@@ -62,6 +70,7 @@ class Recorder:
     def __init__(self) -> None:
         self.load_before = load_now()
         self.t0 = time.time()
+        self.snapshot = {str(f.relative_to(ROOT)): f.read_bytes() for f in code_files(SNAPSHOT_PATHS)}
 
     def record(self, deps: list[str] | tuple[str, ...], params: dict | None) -> dict:
         # uncommitted changes (or new files) in the measured paths: the commit alone does not name the code
@@ -78,5 +87,8 @@ class Recorder:
             "load_before": self.load_before,
             "load_after": load_now(),
             "deps": list(deps),
-            "code_sha256": code_sha256(deps),
+            # the code as it was when the bench started (what it imported); if the files changed while
+            # it ran, the result is recorded as such and bench/report.py calls it stale
+            "code_sha256": code_sha256(deps, self.snapshot),
+            "code_changed_during_run": code_sha256(deps, self.snapshot) != code_sha256(deps),
         }

@@ -71,6 +71,8 @@ class Result:
         """None when fresh; else why it is stale."""
         if not self.prov.get("code_sha256"):
             return "written before results recorded the code they measure"
+        if self.prov.get("code_changed_during_run"):
+            return "the code it measures changed while it ran"
         if _hash(tuple(self.prov["deps"])) != self.prov["code_sha256"]:
             return "the code it measures (" + ", ".join(self.prov["deps"]) + ") changed since"
         return None
