@@ -77,8 +77,8 @@ def main() -> None:
         for i, stage in enumerate(stages):
             rid = f"req-kill-{stage}"
             req = write_request(proj, rid, [qids[i]])
-            # Prefect's line for the stage's task, also when it was served from the cache
-            killed, logs[f"kill-{stage}"] = run_and_kill(proj, rf"Task run '{stage}-\w+' - Finished in state", "--set",
+            # the console's line for the stage, also when Prefect served it from its cache
+            killed, logs[f"kill-{stage}"] = run_and_kill(proj, rf"stage {stage} finished", "--set",
                                                          f"pipeline.request={req}")
             rc, logs[f"rerun-{stage}"] = run_to_end(proj, "run", "--set", f"pipeline.request={req}")
             chk = check_request(proj, rid)
