@@ -85,6 +85,10 @@ def test_no_forget_text_in_tracking_state_logs_or_audit(project):
     assert len(texts) > 40
     rc, run_log = run_to_end(project, "run", "--set", "pipeline.rerun=true")
     assert rc == 0, run_log[-3000:]
+    # the console shows R2F's stage lines; Prefect's engine lines go to the run's log file
+    assert "stage unlearn finished" in run_log and "Finished in state" not in run_log
+    files = sorted((project / ".r2f/logs").glob("run-*.log"))
+    assert files and "Finished in state" in files[-1].read_text()
     logs = {"run": run_log}
     for fmt in ("md", "json", "html"):
         rc, logs[f"audit-{fmt}"] = run_to_end(project, "audit", "req-0001-forget01", "--format", fmt)
