@@ -138,7 +138,11 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
         if name in NEEDS_LOCK:
             _wait(pending)
         opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
-        results[name] = stage_task.with_options(**opts)(config, name, cluster if name in SHARDED else None)
+        state = stage_task.with_options(**opts)(config, name, cluster if name in SHARDED else None,
+                                                return_state=True)
+        results[name] = state.result()
+        if state.is_completed() and state.name == "Cached":  # the stage's own lines did not run
+            _say(f"stage {name} finished (cached)")
         for rid in inbox_ids or ():
             advance(cfg, rid, name, results[name])
         if version:
