@@ -71,13 +71,15 @@ class Recorder:
         self.load_before = load_now()
         self.t0 = time.time()
         self.snapshot = {str(f.relative_to(ROOT)): f.read_bytes() for f in code_files(SNAPSHOT_PATHS)}
+        self.commit = _git("rev-parse", "HEAD")  # the commit checked out when the bench started
 
     def record(self, deps: list[str] | tuple[str, ...], params: dict | None) -> dict:
         # uncommitted changes (or new files) in the measured paths: the commit alone does not name the code
         dirty = _git("status", "--porcelain", "--", *deps)
         blob = json.dumps(params or {}, sort_keys=True, default=str).encode()
         return {
-            "commit": _git("rev-parse", "HEAD"),
+            "commit": self.commit,
+            # uncommitted changes in the measured paths when it ended (the code hash is exact either way)
             "dirty": bool(dirty),
             "command": "python " + shlex.join(sys.argv),
             "params_sha256": hashlib.sha256(blob).hexdigest(),
