@@ -178,15 +178,15 @@ def forget_texts(project: Path, request_file: str) -> list[str]:
 
 def forget_text_hits(project: Path, texts: list[str], logs: dict[str, str]) -> list[dict]:
     """Occurrences of ``texts`` in the MLflow database and artifact store, Prefect's state (its
-    database and persisted task results), the flow log files (``.r2f/logs``), the inbox, the audit reports and ``logs`` (name -> text).
-    The forget set itself (pipeline/request/forget.jsonl and its DVC cache/remote copies) is the
-    versioned input, not a log, and is not searched."""
+    database and persisted task results), the flow log files (``.r2f/logs``), the inbox, the audit
+    reports and ``logs`` (name -> text). The forget set itself (pipeline/request/forget.jsonl and its
+    DVC cache/remote copies) is the versioned input, not a log, and is not searched."""
     import json as _json
 
     st = project / ".r2f"
     blobs: dict[str, bytes] = {f"log:{k}": v.encode() for k, v in logs.items()}
-    for base in (st / "mlflow", st / "prefect", st / "logs", st / "inbox", st / "pipeline/validation", st / "pipeline/eval",
-                 st / "pipeline/gate", st / "pipeline/promotion"):
+    for base in (st / "mlflow", st / "prefect", st / "logs", st / "inbox", st / "pipeline/validation",
+                 st / "pipeline/eval", st / "pipeline/gate", st / "pipeline/promotion"):
         if base.exists():
             for p in base.rglob("*"):
                 if p.is_file() and p.stat().st_size < 200 * 2**20 and p.suffix not in (".safetensors", ".gguf"):
