@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# what every bench measures; each bench adds its own script (and any other code it runs)
-ENGINE = ("r2f", "params.yaml", "bench/common.py")
-PIPELINE = ("r2f", "flows", "params.yaml", "bench/common.py")
+# what every bench measures; each bench adds its own script (and any other code it runs). A "!glob"
+# entry leaves those files out: the engine benches call the library, never the command line.
+CLI = ("!r2f/cli.py", "!r2f/cli_common.py", "!r2f/cli_requests.py")
+ENGINE = ("r2f", *CLI, "params.yaml", "bench/common.py")
+PIPELINE = ("r2f", *CLI, "flows", "params.yaml", "bench/common.py")
 CODE_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".json")
 
 
@@ -31,15 +33,21 @@ def _git(*args: str) -> str:
 
 
 def code_files(deps: list[str] | tuple[str, ...]) -> list[Path]:
-    """The files behind ``deps`` (files, or folders: their code files, caches excluded), sorted."""
+    """The files behind ``deps`` (files, or folders: their code files, caches excluded; ``!glob``
+    entries removed), sorted."""
     out: set[Path] = set()
     for d in deps:
+        if d.startswith("!"):
+            continue
         p = ROOT / d
         if p.is_file():
             out.add(p)
         elif p.is_dir():
             out.update(f for f in p.rglob("*") if f.is_file() and f.suffix in CODE_SUFFIXES
                        and "__pycache__" not in f.parts and not f.name.startswith("."))
+    for d in deps:
+        if d.startswith("!"):
+            out.difference_update(ROOT.glob(d[1:]))
     return sorted(out)
 
 
@@ -75,7 +83,7 @@ class Recorder:
 
     def record(self, deps: list[str] | tuple[str, ...], params: dict | None) -> dict:
         # uncommitted changes (or new files) in the measured paths: the commit alone does not name the code
-        dirty = _git("status", "--porcelain", "--", *deps)
+        dirty = _git("status", "--porcelain", "--", *(d for d in deps if not d.startswith("!")))
         blob = json.dumps(params or {}, sort_keys=True, default=str).encode()
         return {
             "commit": self.commit,

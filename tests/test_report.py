@@ -92,6 +92,11 @@ def test_code_hash_follows_the_files(tmp_path, monkeypatch):
     assert provenance.code_sha256(["pkg"]) == first
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert provenance.code_sha256(["pkg"]) != first
+    # "!glob" leaves files out: a change there does not make the result stale
+    (tmp_path / "pkg" / "cli.py").write_text("a = 1\n")
+    left_out = provenance.code_sha256(["pkg", "!pkg/cli.py"])
+    (tmp_path / "pkg" / "cli.py").write_text("a = 2\n")
+    assert provenance.code_sha256(["pkg", "!pkg/cli.py"]) == left_out
 
 
 def test_repository_results_render_cleanly():
