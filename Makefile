@@ -50,9 +50,11 @@ real-model: $(REAL_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/r2f run
 
-# lint: ruff (pyproject.toml [tool.ruff]) and the results report check (bench/report.py --check)
+# lint: ruff (pyproject.toml [tool.ruff]), the layer contracts (lint-imports, [tool.importlinter])
+# and the results report check (bench/report.py --check)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python bench/report.py --check
 
 test: $(STAMP) $(REAL_STAMP) lint

@@ -1,13 +1,34 @@
-"""Atomic folder writes: every artifact (model, decoder, report, stage out) is built in a temporary
+"""Atomic writes: every artifact (model, decoder, report, stage out) is built in a temporary
 folder beside its destination and renamed into place, so a crash leaves the old or the new one,
-never a partial one; temporary folders of dead processes are removed on the next write."""
+never a partial one; temporary folders of dead processes are removed on the next write. JSON files
+are written the same way (:func:`write_json`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def write_json(path: str | Path, obj, *, indent: int = 2, sort_keys: bool = True, newline: bool = False) -> Path:
+    """Write ``obj`` as JSON atomically (a temporary file beside it, then rename; removed on error)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=indent, sort_keys=sort_keys, default=str)
+            if newline:
+                fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _remove_dead_leftovers(path: Path) -> None:

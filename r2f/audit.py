@@ -29,22 +29,16 @@ import json
 from pathlib import Path
 
 from .config import Config
+from .digest import sha256_file
+from .errors import R2FError
 
 
-class AuditError(RuntimeError):
+class AuditError(R2FError, RuntimeError):
     """The request cannot be audited at all (unknown id, no tracking store)."""
 
 
 def _md5(path: Path) -> str:
     h = hashlib.md5()  # noqa: S324 - DVC's content address, not a security hash
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

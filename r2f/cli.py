@@ -19,6 +19,7 @@ from .cli_common import (
     _setup,
     _state_env,
     _ui,
+    exit_code,
     flow_console,
     quiet_prefect_env,
 )
@@ -106,15 +107,15 @@ def unlearn(
 ) -> None:
     """Unlearn a forget split from the target and report NLL before/after and the chosen eta."""
     _setup()
+    from .atomic import write_json
     from .stages import unlearn as run_unlearn
-    from .stages import write_json
 
     cfg = _cfg(params, set_, **{"data.forget_split": forget})
     try:
         with _ui() as (log, prog):
             rep = run_unlearn(cfg, method, forget, model, out, log, prog)
     except _errors() as exc:
-        _fail(str(exc))
+        _fail(str(exc), exit_code(exc))
     if report:
         write_json(report, rep)
     _print_report(rep)
@@ -133,7 +134,6 @@ def eval_(
     The retain model's evaluation (the forget-quality reference) and the target's (GUR, drift) are
     computed on first use and cached."""
     _setup()
-    from .evaluation import EvalError
     from .stages import evaluate_model
 
     cfg = _cfg(params, set_, **{"data.forget_split": split})
@@ -142,8 +142,8 @@ def eval_(
     try:
         with _ui() as (log, prog):
             rep = evaluate_model(cfg, model, split, out, log, prog)
-    except (*_errors(), EvalError) as exc:
-        _fail(str(exc))
+    except _errors() as exc:
+        _fail(str(exc), exit_code(exc))
     _print_summary(rep)
     typer.echo(f"results: {out / 'TOFU_SUMMARY.json'}")
 
@@ -203,7 +203,7 @@ def stage(name: str | None = typer.Argument(None, help="Stage: prepare, validate
         with pipeline_lock(cfg.state_dir), _ui() as (log, prog):
             res = run_stage(cfg, name, log, prog)
     except _pipeline_errors() as exc:
-        _fail(str(exc))
+        _fail(str(exc), exit_code(exc))
     typer.echo(json.dumps(res, indent=2, default=str))
 
 
@@ -230,7 +230,7 @@ def run(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
             typer.echo(f"r2f run: request {cfg.pipeline.request}; Prefect's log lines go to {log_path}", err=True)
             results = unlearning_flow(str(params), overrides)
     except _pipeline_errors() as exc:
-        _fail(str(exc))
+        _fail(str(exc), exit_code(exc))
     if "already_processed" in results:
         done = results["already_processed"]
         typer.echo(f"request {done['request_id']} was already processed: {done['registered_model']} version "

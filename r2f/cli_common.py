@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from .errors import R2FError
 from .progress import PlainProgress
 
 OFFLINE_ENV = {
@@ -53,13 +54,13 @@ def _cfg(params: Path, sets: list[str] | None, **extra):
         _fail(str(exc))
 
 
-def _fail(msg: str):
+def _fail(msg: str, code: int = 2):
     from rich.console import Console
     from rich.markup import escape
 
     # escaped: messages carry row lists like [tofu-9999] that rich would take for markup
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 @contextmanager
@@ -83,11 +84,12 @@ def _ui():
 
 
 def _errors():
-    from .data import DataError
-    from .decoder import DecoderError
-    from .models import ModelError
-    from .unlearn import UnlearnError
-    return (DataError, DecoderError, ModelError, UnlearnError)
+    """What a command turns into a clear message and its exit code: every :class:`R2FError`."""
+    return (R2FError,)
+
+
+def exit_code(exc: BaseException) -> int:
+    return getattr(exc, "exit_code", 2)
 
 def _state_env(cfg) -> None:
     """Point Prefect and DVC state into the project's state folder (before they are imported)."""
@@ -148,10 +150,5 @@ def flow_console(cfg, command: str):
 
 
 def _pipeline_errors():
-    from .config import ConfigError
-    from .locks import Busy
-    from .pipeline import PipelineError
-    from .requests import RequestError
-    from .validation import ValidationError
-    from .versioning import VersioningError
-    return (*_errors(), Busy, ConfigError, PipelineError, RequestError, ValidationError, VersioningError, OSError)
+    """Commands that write state report OS errors (disk full, permissions) the same way."""
+    return (R2FError, OSError)

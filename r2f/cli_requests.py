@@ -18,6 +18,7 @@ from .cli_common import (
     _pipeline_errors,
     _setup,
     _state_env,
+    exit_code,
     flow_console,
     quiet_prefect_env,
 )
@@ -33,13 +34,13 @@ def request_submit(file: Path = typer.Argument(..., help="Request file (YAML/JSO
     in the inbox as pending. Invalid: exit 2, nothing is written."""
     _setup()
     from .data import load_tofu
-    from .inbox import InboxError, inbox
+    from .inbox import inbox
 
     cfg = _cfg(params, set_)
     try:
         rec = inbox(cfg).submit(file, load_tofu(cfg.data.tofu_dir))
-    except (*_pipeline_errors(), InboxError) as exc:
-        _fail(str(exc))
+    except _pipeline_errors() as exc:
+        _fail(str(exc), exit_code(exc))
     typer.echo(f"request {rec.request_id}: {rec.state} (submitted {rec.submitted_at}, sha256 {rec.source_sha256[:12]})")
 
 
@@ -119,8 +120,8 @@ def audit(request_id: str = typer.Argument(..., help="The request id."),
     md5 → decoder and proxy → model before/after → gate → who/when). Prints VERIFIED, or names what
     does not match (exit 4). Ids and hashes only, never the forgotten text."""
     _setup()
-    from .audit import AuditError, render
     from .audit import audit as run_audit
+    from .audit import render
 
     if fmt not in ("md", "json", "html"):
         _fail(f"--format {fmt}: expected md, json or html")
@@ -128,8 +129,8 @@ def audit(request_id: str = typer.Argument(..., help="The request id."),
     _state_env(cfg)
     try:
         rep = run_audit(cfg, request_id)
-    except (AuditError, *_errors()) as exc:
-        _fail(str(exc))
+    except _errors() as exc:
+        _fail(str(exc), exit_code(exc))
     text = render(rep, fmt)
     if out:
         out.write_text(text, encoding="utf-8")

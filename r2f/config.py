@@ -10,8 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import R2FError
 
-class ConfigError(ValueError):
+
+class ConfigError(R2FError, ValueError):
     """A configuration file or value is invalid; the message names the file and the field."""
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .errors import R2FError
+
 QA_PER_AUTHOR = 20
 N_AUTHORS = 200
 SPLITS = (
@@ -30,7 +32,7 @@ PERTURBED = {
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
-class DataError(ValueError):
+class DataError(R2FError, ValueError):
     """A data file is missing, malformed or breaks a TOFU relation; the message names file and row."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import R2FError
 from .grads import LoraGrad, ModuleInfo
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 DECODERS = ("lora_only", "analytic", "prior", "learned")
 
 
-class DecoderError(ValueError):
+class DecoderError(R2FError, ValueError):
     """A decoder cannot be loaded or applied to this model (the message says why)."""
 
 
@@ -93,11 +94,6 @@ def factors_fixed(kind: str, sk: Sketch) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "prior":
         return _prior_factors(sk, _rel(sk.evals))
     raise DecoderError(f"unknown decoder '{kind}'; expected one of {DECODERS}")
-
-
-def decode_fixed(kind: str, sk: Sketch) -> torch.Tensor:
-    u, v = factors_fixed(kind, sk)
-    return u @ v
 
 
 def _rel(evals: torch.Tensor) -> torch.Tensor:

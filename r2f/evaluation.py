@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
+from .errors import R2FError
 from .metrics.base import MetricResult
 
 Progress = Callable[[str, int], Callable] | None
@@ -24,7 +25,7 @@ GUR_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
             "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 
 
-class EvalError(RuntimeError):
+class EvalError(R2FError, RuntimeError):
     """An evaluation (or a reference evaluation it needs) cannot be produced; the message says why."""
 
 
@@ -330,7 +331,7 @@ def to_json(results: dict[str, MetricResult]) -> tuple[dict, dict]:
 
 
 def write(results: dict[str, MetricResult], out: str | Path) -> tuple[Path, Path]:
-    from .stages import write_json
+    from .atomic import write_json
 
     full, summary = to_json(results)
     out = Path(out)

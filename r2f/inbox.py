@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .locks import Busy as PipelineBusy
+from .errors import R2FError
+from .locks import LockBusy
 
 STATES = ("pending", "validated", "unlearned", "evaluated", "promoted", "rejected", "failed")
 FINAL = ("promoted", "rejected", "failed")
@@ -33,11 +34,11 @@ FINAL = ("promoted", "rejected", "failed")
 STAGE_STATE = {"validate": "validated", "unlearn": "unlearned", "evaluate": "evaluated"}
 
 
-class InboxError(RuntimeError):
+class InboxError(R2FError, RuntimeError):
     """The inbox cannot take or change a request; the message names the request and why."""
 
 
-class Busy(InboxError):
+class TickBusy(InboxError):
     """Another tick holds the inbox lock."""
 
 
@@ -153,7 +154,7 @@ class Inbox:
 
     @contextlib.contextmanager
     def lock(self):
-        """Exclusive inbox lock for one tick; ``Busy`` when another tick holds it."""
+        """Exclusive inbox lock for one tick; ``TickBusy`` when another tick holds it."""
         import fcntl
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,7 @@ class Inbox:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                raise Busy(f"{self.root}: another tick is processing requests") from exc
+                raise TickBusy(f"{self.root}: another tick is processing requests") from exc
             try:
                 yield self
             finally:
@@ -204,7 +205,7 @@ def process_pending(cfg: Config, run: Callable[[Path, list[str]], dict], log=pri
                     continue
                 try:
                     run(path, ids)
-                except PipelineBusy as exc:  # a manual run holds the pipeline: try again next tick
+                except LockBusy as exc:  # a manual run holds the pipeline: try again next tick
                     log(f"{exc}; request(s) {', '.join(ids)} stay pending")
                     break
                 except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the others
@@ -215,7 +216,7 @@ def process_pending(cfg: Config, run: Callable[[Path, list[str]], dict], log=pri
                     log(f"request(s) {', '.join(ids)} failed: {reason.splitlines()[0]}")
             return {"processed": [{"request_id": r.request_id, "state": ib.get(r.request_id).state} for r in todo],
                     "busy": False}
-    except Busy as exc:
+    except TickBusy as exc:
         log(str(exc))
         return {"processed": [], "busy": True}
 

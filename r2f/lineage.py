@@ -18,8 +18,6 @@ from pathlib import Path
 
 from .config import Config
 
-GATE_KEYS = ("forget_quality", "model_utility", "privleak", "usr")
-
 
 def git_sha() -> str:
     try:

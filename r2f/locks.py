@@ -14,14 +14,16 @@ import datetime as dt
 import os
 from pathlib import Path
 
+from .errors import R2FError
 
-class Busy(RuntimeError):
+
+class LockBusy(R2FError, RuntimeError):
     """Another process holds the lock; nothing was changed."""
 
 
 @contextlib.contextmanager
 def exclusive(path: str | Path, what: str):
-    """Hold an exclusive lock on ``path`` for the block; :class:`Busy` (naming ``what``, the file and
+    """Hold an exclusive lock on ``path`` for the block; :class:`LockBusy` (naming ``what``, the file and
     the holder) at once when another process holds it."""
     import fcntl
 
@@ -33,7 +35,7 @@ def exclusive(path: str | Path, what: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise Busy(f"{what}: another process holds {path} ({holder}); nothing was changed, "
+            raise LockBusy(f"{what}: another process holds {path} ({holder}); nothing was changed, "
                        "try again when it has finished") from exc
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}".encode(), 0)

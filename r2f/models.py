@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import atomic_dir  # noqa: F401 - models.atomic_dir: the name the package imports
+from .errors import R2FError
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
-class ModelError(ValueError):
+class ModelError(R2FError, ValueError):
     """A model path is missing, incomplete or unreadable; the message names the path."""
 
 

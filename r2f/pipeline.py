@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
+from .errors import R2FError
 
 Log = Callable[[str], None]
 
@@ -54,7 +55,7 @@ STAGES: tuple[StageSpec, ...] = (
 NAMES = tuple(s.name for s in STAGES)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(R2FError, RuntimeError):
     """A stage cannot run (missing input from an earlier stage, ...); the message says which."""
 
 
@@ -119,7 +120,7 @@ def forget_items(cfg: Config) -> list:
 
 
 # -- stages -----------------------------------------------------------------------------------------
-def prepare(cfg: Config, log: Log) -> dict:
+def prepare(cfg: Config, log: Log, progress=None) -> dict:
     import hashlib
 
     from .data import N_AUTHORS, load_tofu
@@ -156,7 +157,7 @@ def prepare(cfg: Config, log: Log) -> dict:
     return {k: info[k] for k in ("request_id", "n_rows", "rows_sha256", "eval_split")}
 
 
-def validate(cfg: Config, log: Log) -> dict:
+def validate(cfg: Config, log: Log, progress=None) -> dict:
     """GX suites; on failure the reports are kept (``validation/``, ``passed: false``), a rejected
     MLflow run records them, and ``ValidationError`` stops the pipeline before any model is touched."""
     from .data import load_tofu
@@ -290,7 +291,7 @@ def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
     return res["summary"]
 
 
-def gate(cfg: Config, log: Log) -> dict:
+def gate(cfg: Config, log: Log, progress=None) -> dict:
     from .gate import decide
     from .lineage import champion_utility, log_gate, run_note
     from .models import atomic_dir
@@ -310,7 +311,7 @@ def gate(cfg: Config, log: Log) -> dict:
     return decision
 
 
-def promote(cfg: Config, log: Log) -> dict:
+def promote(cfg: Config, log: Log, progress=None) -> dict:
     from .lineage import register_and_promote
     from .models import atomic_dir
     from .tracking import make_tracker
@@ -343,5 +344,5 @@ def run_stage(cfg: Config, name: str, log: Log = print, progress=None, mapper=No
     fn = FUNCS[name]
     t0 = time.perf_counter()
     kwargs = {"mapper": mapper} if name in SHARDED and mapper is not None else {}
-    res = fn(cfg, log, progress, **kwargs) if "progress" in fn.__code__.co_varnames else fn(cfg, log)
+    res = fn(cfg, log, progress, **kwargs)  # every stage: (cfg, log, progress[, mapper])
     return {**res, "stage_wall_s": round(time.perf_counter() - t0, 2)}

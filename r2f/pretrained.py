@@ -11,11 +11,11 @@ the package is never imported, only its data file read).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import sha256_file
 from .models import ModelError, atomic_dir, load_model, set_prompt_format
 
 
@@ -47,14 +47,6 @@ def spec(name: str) -> PackagedModel:
     if name not in PACKAGED:
         raise ModelError(f"unknown packaged model '{name}'; known: {', '.join(sorted(PACKAGED))}")
     return PACKAGED[name]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def packaged_file(name: str) -> Path:

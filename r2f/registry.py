@@ -15,8 +15,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
+from .errors import R2FError
 
-class RegistryError(RuntimeError):
+
+class RegistryError(R2FError, RuntimeError):
     """A registry operation failed; the message names the model and version."""
 
 

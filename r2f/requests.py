@@ -24,12 +24,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .errors import R2FError
+
 SPLITS = ("forget01", "forget05", "forget10")
 FIELDS = ("request_id", "subject", "selectors", "requester", "legal_basis", "created_at")
 SELECTOR_FIELDS = ("authors", "question_ids")
 
 
-class RequestError(ValueError):
+class RequestError(R2FError, ValueError):
     """A deletion request is unreadable or invalid; the message names the file and the field."""
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import R2FError
 
-class UnsafeYAML(ValueError):
+
+class UnsafeYAML(R2FError, ValueError):
     """The document is not acceptable; the message names the source and the line."""
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import write_json
 from .config import Config
 from .data import load_tofu
 
@@ -138,18 +139,6 @@ def _ids_digest(ids: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """Write JSON atomically (temp + rename)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-    return path
 
 
 def eval_dir(cfg: Config, role: str, split: str) -> Path:

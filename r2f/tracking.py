@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import Config
+from .errors import R2FError
 
 MAX_PARAM = 6000  # MLflow's param value limit (3.x)
 MAX_FREE_TEXT = 200
 
 
-class TrackingError(RuntimeError):
+class TrackingError(R2FError, RuntimeError):
     """The tracking store or registry refused an operation; the message says which."""
 
 

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 from .config import Config
+from .errors import R2FError
 
 REMOTE = "r2f"
 
 
-class VersioningError(RuntimeError):
+class VersioningError(R2FError, RuntimeError):
     """A DVC command failed; the message holds DVC's own error."""
 
 

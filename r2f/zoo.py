@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import Config
 from .data import Tofu, load_tofu
-from .models import build_model, encode_qa, load_model, mean_nll, prompt_text, save_model, train_model, train_tokenizer
+from .models import build_model, encode_qa, mean_nll, prompt_text, save_model, train_model, train_tokenizer
 
 ROLES = ("target", "proxy", "retain")
 SPLITS = ("forget01", "forget05", "forget10")
@@ -128,6 +128,3 @@ def _train_role(cfg: Config, tofu: Tofu, tokenizer, role: str, split: str | None
     log(f"  {name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
         + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))
 
-
-def load_role(cfg: Config, role: str):
-    return load_model(ensure_models(cfg).path(role))

@@ -47,7 +47,7 @@ def test_submit_states_and_refusals(tmp_path, cfg, tofu):
 
 
 def test_tick_order_failure_isolation_and_lock(tmp_path, cfg, tofu):
-    from r2f.inbox import Busy, advance, inbox, process_pending
+    from r2f.inbox import TickBusy, advance, inbox, process_pending
 
     ib = inbox(cfg)
     ib.submit(_req(tmp_path, "late", "{authors: [199]}", day=3), tofu)
@@ -70,7 +70,7 @@ def test_tick_order_failure_isolation_and_lock(tmp_path, cfg, tofu):
     assert process_pending(cfg, run, log=lambda _m: None)["processed"] == [] and len(calls) == 3
     ib.submit(_req(tmp_path, "next", "{authors: [197]}"), tofu)
     with ib.lock():
-        with pytest.raises(Busy), ib.lock():
+        with pytest.raises(TickBusy), ib.lock():
             pass
         assert process_pending(cfg, run, log=lambda _m: None) == {"processed": [], "busy": True}
     assert ib.get("next").state == "pending"

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from ..config import Config
 from ..data import QA
+from ..errors import R2FError
 
 METHODS = {
     "r2f": "r2f", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin", "lora_mul": "lora_mul",
@@ -17,7 +18,7 @@ METHODS = {
 }
 
 
-class UnlearnError(RuntimeError):
+class UnlearnError(R2FError, RuntimeError):
     """Unlearning could not be applied; the model is left unchanged."""
 
 

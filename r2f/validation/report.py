@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..atomic import write_json
+from ..errors import R2FError
 
 REQUEST_ID_RE = r"^[A-Za-z0-9._-]{1,64}$"
 # U+FFFD (a decoding error upstream), C0/C1 control characters other than \t and \n, lone surrogates.
@@ -23,7 +23,7 @@ def _short(label: str, n: int = 64) -> str:
     return label if len(label) <= n else label[:n - 3] + "..."
 
 
-class ValidationError(ValueError):
+class ValidationError(R2FError, ValueError):
     """Data failed validation; the message lists suite, expectation, column, row ids and reason."""
 
     def __init__(self, message: str, failures: list[Failure] | None = None,
@@ -81,19 +81,6 @@ def _file_name(suite: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", suite).lstrip(".") or "suite"
 
 
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, default=str)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check(reports: list[ValidationReport], out_dir: Path | str | None = None) -> None:
     """Write every report to ``out_dir/<suite>.json`` (atomically) if ``out_dir`` is given, then raise
     ``ValidationError`` listing every critical failure if any report failed. Warnings are only written."""
@@ -107,7 +94,7 @@ def check(reports: list[ValidationReport], out_dir: Path | str | None = None) ->
             while name in used:
                 name, n = f"{stem}-{n}", n + 1
             used.add(name)
-            _atomic_write_json(out / f"{name}.json", rep.to_dict())
+            write_json(out / f"{name}.json", rep.to_dict(), indent=1, sort_keys=False, newline=True)
     failed = [r for r in reports if not r.success]
     if not failed:
         return

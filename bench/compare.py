@@ -1,0 +1,77 @@
+"""Same numbers before and after a change that must not change behaviour (a refactor): compare
+result JSONs as committed at ``--base`` with the ones in the working tree, row by row. Metrics must
+agree to ``--tol`` (absolute, 1e-6 by default); timings and memory are not compared.
+
+    python bench/compare.py --base REV [STEM ...]     # default: every *_quick result
+
+Exit 0 when every compared value agrees, 1 otherwise (each difference printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+# wall time, memory and machine-dependent fields: measured, not computed
+NOT_COMPARED = re.compile(r"(^|_)(s|mb|s_std|mb_std)$|wall|rss|ratio_time|ratio_mem|_vs_npo|time|seconds|share")
+
+
+def _at(rev: str, stem: str) -> dict | None:
+    out = subprocess.run(["git", "show", f"{rev}:bench/results/{stem}.json"], cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def differences(before: dict, after: dict, tol: float) -> list[str]:
+    rows_a, rows_b = before["rows"], after["rows"]
+    if len(rows_a) != len(rows_b):
+        return [f"{len(rows_a)} rows before, {len(rows_b)} after"]
+    out = []
+    for i, (a, b) in enumerate(zip(rows_a, rows_b)):
+        for key in sorted(set(a) | set(b)):
+            if NOT_COMPARED.search(key):
+                continue
+            va, vb = a.get(key), b.get(key)
+            if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+                same = (math.isnan(va) and math.isnan(vb)) or abs(va - vb) <= tol
+            else:
+                same = va == vb
+            if not same:
+                out.append(f"row {i} {key}: {va!r} -> {vb!r}")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="the commit whose results are 'before'")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("stems", nargs="*")
+    args = p.parse_args()
+    stems = args.stems or sorted(str(f.relative_to(RESULTS).with_suffix("")) for f in RESULTS.glob("*_quick.json"))
+    bad = 0
+    for stem in stems:
+        before, after = _at(args.base, stem), json.loads((RESULTS / f"{stem}.json").read_text())
+        if before is None:
+            print(f"{stem}: not in {args.base}")
+            bad += 1
+            continue
+        diffs = differences(before, after, args.tol)
+        b, a = (d.get("provenance", {}).get("commit", "?")[:7] for d in (before, after))
+        print(f"{stem}: {len(after['rows'])} rows, {b} -> {a}: " + ("same" if not diffs else f"{len(diffs)} differ"))
+        for d in diffs[:20]:
+            print(f"  {d}")
+        bad += bool(diffs)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
