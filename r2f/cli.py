@@ -105,7 +105,9 @@ def unlearn(
     report: Path | None = typer.Option(None, help="Write the JSON report here."),
     params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
 ) -> None:
-    """Unlearn a forget split from the target and report NLL before/after and the chosen eta."""
+    """Unlearn a forget split from the target and report NLL before/after and the chosen eta.
+    Exit 2 with nothing written on bad input, a NaN update, or when no eta of unlearn.eta.grid keeps
+    the retain NLL within unlearn.eta.retain_budget (the step is refused, never applied anyway)."""
     _setup()
     from .atomic import write_json
     from .stages import unlearn as run_unlearn
@@ -217,7 +219,9 @@ def run(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     --set scale.executor=dask runs the gradient and evaluation shards as Prefect tasks on Dask (a
     LocalCluster, or scale.address / $DASK_SCHEDULER_ADDRESS; docs/deployment.md).
     Exit 0: promoted; 3: the gate rejected the candidate; 2: bad input, a failed stage or another
-    run busy (nothing promoted)."""
+    run busy (nothing promoted).
+    The console shows each stage, R2F's progress lines and the summary; Prefect's own log lines go to
+    <state_dir>/logs/run-<time>.log (named on the first line)."""
     _setup()
     cfg = _cfg(params, set_)
     _state_env(cfg)
