@@ -95,12 +95,9 @@ def result(stem: str) -> Result:
 
 
 def all_results() -> list[Result]:
-    out = []
-    for p in sorted(RESULTS.rglob("*.json")):
-        data = json.loads(p.read_text())
-        if isinstance(data, dict) and "benchmark" in data and "rows" in data:
-            out.append(result(str(p.relative_to(RESULTS).with_suffix(""))))
-    return out
+    """Every bench result under bench/results (JSONs with ``benchmark`` and ``rows``)."""
+    found = (result(str(p.relative_to(RESULTS).with_suffix(""))) for p in sorted(RESULTS.rglob("*.json")))
+    return [r for r in found if isinstance(r.data, dict) and "benchmark" in r.data and "rows" in r.data]
 
 
 # -- figures --------------------------------------------------------------------------------------

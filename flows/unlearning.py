@@ -141,7 +141,7 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
         state = stage_task.with_options(**opts)(config, name, cluster if name in SHARDED else None,
                                                 return_state=True)
         results[name] = state.result()
-        if state.is_completed() and state.name == "Cached":  # the stage's own lines did not run
+        if state.name == "Cached":  # the stage's own lines did not run
             _say(f"stage {name} finished (cached)")
         for rid in inbox_ids or ():
             advance(cfg, rid, name, results[name])

@@ -14,12 +14,12 @@ from .cli_common import (
     _cfg,
     _errors,
     _fail,
+    _fail_on,
     _overrides,
     _pipeline_errors,
     _setup,
     _state_env,
     _ui,
-    exit_code,
     flow_console,
     quiet_prefect_env,
 )
@@ -117,7 +117,7 @@ def unlearn(
         with _ui() as (log, prog):
             rep = run_unlearn(cfg, method, forget, model, out, log, prog)
     except _errors() as exc:
-        _fail(str(exc), exit_code(exc))
+        _fail_on(exc)
     if report:
         write_json(report, rep)
     _print_report(rep)
@@ -145,7 +145,7 @@ def eval_(
         with _ui() as (log, prog):
             rep = evaluate_model(cfg, model, split, out, log, prog)
     except _errors() as exc:
-        _fail(str(exc), exit_code(exc))
+        _fail_on(exc)
     _print_summary(rep)
     typer.echo(f"results: {out / 'TOFU_SUMMARY.json'}")
 
@@ -205,7 +205,7 @@ def stage(name: str | None = typer.Argument(None, help="Stage: prepare, validate
         with pipeline_lock(cfg.state_dir), _ui() as (log, prog):
             res = run_stage(cfg, name, log, prog)
     except _pipeline_errors() as exc:
-        _fail(str(exc), exit_code(exc))
+        _fail_on(exc)
     typer.echo(json.dumps(res, indent=2, default=str))
 
 
@@ -234,7 +234,7 @@ def run(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
             typer.echo(f"r2f run: request {cfg.pipeline.request}; Prefect's log lines go to {log_path}", err=True)
             results = unlearning_flow(str(params), overrides)
     except _pipeline_errors() as exc:
-        _fail(str(exc), exit_code(exc))
+        _fail_on(exc)
     if "already_processed" in results:
         done = results["already_processed"]
         typer.echo(f"request {done['request_id']} was already processed: {done['registered_model']} version "

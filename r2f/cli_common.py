@@ -88,8 +88,9 @@ def _errors():
     return (R2FError,)
 
 
-def exit_code(exc: BaseException) -> int:
-    return getattr(exc, "exit_code", 2)
+def _fail_on(exc: BaseException):
+    """:func:`_fail` with the error's message and its ``exit_code`` (2 for an ``OSError``)."""
+    _fail(str(exc), getattr(exc, "exit_code", 2))
 
 def _state_env(cfg) -> None:
     """Point Prefect and DVC state into the project's state folder (before they are imported)."""

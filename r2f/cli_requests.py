@@ -14,11 +14,11 @@ from .cli_common import (
     _cfg,
     _errors,
     _fail,
+    _fail_on,
     _overrides,
     _pipeline_errors,
     _setup,
     _state_env,
-    exit_code,
     flow_console,
     quiet_prefect_env,
 )
@@ -40,7 +40,7 @@ def request_submit(file: Path = typer.Argument(..., help="Request file (YAML/JSO
     try:
         rec = inbox(cfg).submit(file, load_tofu(cfg.data.tofu_dir))
     except _pipeline_errors() as exc:
-        _fail(str(exc), exit_code(exc))
+        _fail_on(exc)
     typer.echo(f"request {rec.request_id}: {rec.state} (submitted {rec.submitted_at}, sha256 {rec.source_sha256[:12]})")
 
 
@@ -130,7 +130,7 @@ def audit(request_id: str = typer.Argument(..., help="The request id."),
     try:
         rep = run_audit(cfg, request_id)
     except _errors() as exc:
-        _fail(str(exc), exit_code(exc))
+        _fail_on(exc)
     text = render(rep, fmt)
     if out:
         out.write_text(text, encoding="utf-8")

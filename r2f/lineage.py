@@ -69,10 +69,14 @@ def decoder_note(key: str, rep: dict) -> str:
     return text
 
 
+def _request_text(info: dict, method: str) -> str:
+    return (f"request {info['request_id']}: {info['n_rows']} forget rows (sha256 "
+            f"{info['rows_sha256'][:12]}), method {method}")
+
+
 def run_note(info: dict, rep: dict) -> str:
     start = rep.get("start_model") or {}
-    return (f"Deletion request {info['request_id']}: {info['n_rows']} forget rows (sha256 "
-            f"{info['rows_sha256'][:12]}), method {rep['method']}, eta {rep['eta']}, unlearned from "
+    return (f"Deletion {_request_text(info, rep['method'])}, eta {rep['eta']}, unlearned from "
             f"{start.get('source', 'target')} version {start.get('version')}; evaluated on {info['eval_split']}.")
 
 
@@ -173,9 +177,7 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
         tracker.log_dict(md5s, "dvc/md5s.json")
         tracker.log_params({f"dvc.{k}": v for k, v in md5s.items()})
     outcome = ("promoted to champion" if decision["passed"] else "rejected by the gate; champion unchanged")
-    description = (f"Candidate for deletion request {info['request_id']}: {info['n_rows']} forget rows "
-                   f"(sha256 {info['rows_sha256'][:12]}), method {cfg.unlearn.method}; {outcome}. "
-                   f"{gate_note(decision)}")
+    description = f"Candidate for deletion {_request_text(info, cfg.unlearn.method)}; {outcome}. {gate_note(decision)}"
     res = tracker.register_candidate(name, str(target_dir), str(model_dir), run_id, decision,
                                      {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"],
                                       "weights_sha256": weights_sha256(model_dir)},

@@ -82,7 +82,6 @@ class NullTracker:
     def champion_model(self, name, dest, skip_roles=()): return None
 
     def describe_run(self, text): pass
-    def describe_version(self, name, version, text): pass
     def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf", tags=None, description=None):
         return None, None
 
@@ -152,9 +151,6 @@ class MlflowTracker:
         """The active run's description (MLflow UI: the run's "Description"). Only ids, counts,
         hashes and decisions go in, never forget-set text."""
         self.client.set_tag(self._need_run(), NOTE, text)
-
-    def describe_version(self, name: str, version: int, text: str) -> None:
-        self.client.update_model_version(name, str(version), description=text)
 
     @contextmanager
     def start_run(self, experiment: str | None, run_name: str | None = None, tags: dict | None = None,
