@@ -3,6 +3,8 @@ result JSONs as committed at ``--base`` with the ones in the working tree, row b
 agree to ``--tol`` (absolute, 1e-6 by default); timings and memory are not compared.
 
     python bench/compare.py --base REV [STEM ...]     # default: every *_quick result
+    python bench/compare.py --base-dir DIR [STEM ...] # "before" = DIR/<stem>.json (e.g. a worktree's
+                                                      # bench/results, written by the old code)
 
 Exit 0 when every compared value agrees, 1 otherwise (each difference printed).
 """
@@ -31,6 +33,11 @@ def _at(rev: str, stem: str) -> dict | None:
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
+def _in(folder: Path, stem: str) -> dict | None:
+    path = folder / f"{stem}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def differences(before: dict, after: dict, tol: float) -> list[str]:
     rows_a, rows_b = before["rows"], after["rows"]
     if len(rows_a) != len(rows_b):
@@ -52,16 +59,19 @@ def differences(before: dict, after: dict, tol: float) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True, help="the commit whose results are 'before'")
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--base", help="the commit whose committed results are 'before'")
+    base.add_argument("--base-dir", type=Path, help="a folder holding the 'before' result JSONs")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("stems", nargs="*")
     args = p.parse_args()
     stems = args.stems or sorted(str(f.relative_to(RESULTS).with_suffix("")) for f in RESULTS.glob("*_quick.json"))
     bad = 0
     for stem in stems:
-        before, after = _at(args.base, stem), json.loads((RESULTS / f"{stem}.json").read_text())
+        before = _at(args.base, stem) if args.base else _in(args.base_dir, stem)
+        after = json.loads((RESULTS / f"{stem}.json").read_text())
         if before is None:
-            print(f"{stem}: not in {args.base}")
+            print(f"{stem}: not in {args.base or args.base_dir}")
             bad += 1
             continue
         diffs = differences(before, after, args.tol)

@@ -40,10 +40,10 @@ FIXED_ETA = 1e-4
 def model_path(cfg, key: str) -> Path:
     """The model folder for ``key`` (built or converted once, cached under the state dir)."""
     if key == "tiny":
-        from r2f.zoo import ensure_models
+        from r2f.engine.zoo import ensure_models
 
         return ensure_models(cfg, log=lambda _m: None).path("target")
-    from r2f.pretrained import materialize
+    from r2f.engine.pretrained import materialize
 
     smol = materialize(cfg.state_dir, "smollm2-135m-instruct")
     if key == "smollm2-135m":
@@ -55,7 +55,7 @@ def model_path(cfg, key: str) -> Path:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from r2f.models import load_model, save_model
+        from r2f.engine.models import load_model, save_model
 
         _, tok = load_model(smol)
         conf = AutoConfig.from_pretrained(smol, local_files_only=True)
@@ -130,9 +130,9 @@ class LiveTensors:
 def one(args) -> None:
     import torch
 
-    from r2f.data import load_tofu
-    from r2f.models import load_model, peak_rss_mb, reset_peak_rss
-    from r2f.unlearn import UnlearnContext, get_method
+    from r2f.engine.data import load_tofu
+    from r2f.engine.models import load_model, peak_rss_mb, reset_peak_rss
+    from r2f.engine.unlearn import UnlearnContext, get_method
 
     torch.set_num_threads(2)
     cfg = load_cfg(args, extra_for(args.model, args.views, args.eta, args.micro_batch))
@@ -319,7 +319,7 @@ def notes_for(rows: list[dict], args) -> list[str]:
         "during one extra run and alive at once (weights and buffers excluded), eta fixed to the calibrated one. "
         "flops_step: torch.utils.flop_counter over one more run with eta fixed (the step without calibration "
         "trials).",
-        "fused: the exact FullGrad step applied inside the backward (r2f/unlearn/fused.py) at FullGrad's "
+        "fused: the exact FullGrad step applied inside the backward (r2f/engine/unlearn/fused.py) at FullGrad's "
         "calibrated eta; it cannot calibrate (two backward passes per trial), so its time excludes calibration.",
         "r2f runs with the analytic decoder on the activation basis: the learned and prior decoders reduce to "
         "it there (docs/method.md), so the cost is the same; the token weighting is uniform (the fitted "

@@ -16,12 +16,12 @@ DECODERS = ("learned", "prior", "analytic", "lora_only")
 def main() -> None:
     args = parser(__doc__).parse_args()
     setup()
-    from r2f.data import load_tofu
-    from r2f.decoder import LearnedDecoder
-    from r2f.fidelity import collect_pairs, fidelity
-    from r2f.models import load_model
-    from r2f.stages import train_decoder
-    from r2f.zoo import ensure_models
+    from r2f.engine.api import train_decoder
+    from r2f.engine.data import load_tofu
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.fidelity import collect_pairs, fidelity
+    from r2f.engine.models import load_model
+    from r2f.engine.zoo import ensure_models
 
     n_eval = 8 if args.quick else 40
     rows, meta = [], {"decoders": {}}

@@ -55,8 +55,8 @@ def temp_project(overrides: dict):
 
 def direct_ml(cfg, split: str, items, out: Path) -> dict:
     """The ML work of the pipeline without orchestration, tracking, versioning or validation."""
-    from r2f.stages import evaluate_model, train_decoder, train_models, unlearn
-    from r2f.zoo import ensure_models
+    from r2f.engine.api import evaluate_model, train_decoder, train_models, unlearn
+    from r2f.engine.zoo import ensure_models
 
     t = {}
     t0 = time.perf_counter()
@@ -81,12 +81,12 @@ def main() -> None:
     with temp_project(overrides_of(args)) as proj:
         from flows.unlearning import unlearning_flow
         from r2f.config import load_config
-        from r2f.pipeline import forget_items, run_stage
+        from r2f.governance.pipeline import forget_items, run_stage
 
         cfg = load_config(proj / "params.yaml")
         # warm-up: the request, then every cache (models incl. the split's retain model, decoder, references)
         run_stage(cfg, "prepare", lambda _m: None)
-        split = __import__("r2f.pipeline", fromlist=["x"]).request_info(cfg)["eval_split"]
+        split = __import__("r2f.governance.pipeline", fromlist=["x"]).request_info(cfg)["eval_split"]
         items = forget_items(cfg)
         direct_ml(cfg, split, items, proj / ".r2f/warm")
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def profile_one(method_name: str, ctx_fn) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from r2f.unlearn import get_method
+    from r2f.engine.unlearn import get_method
 
     method = get_method(method_name)
     method.run(ctx_fn())  # warm-up
@@ -67,9 +67,9 @@ def main() -> None:
     setup()
     import torch
 
-    from r2f.data import load_tofu
-    from r2f.models import load_model
-    from r2f.unlearn import UnlearnContext
+    from r2f.engine.data import load_tofu
+    from r2f.engine.models import load_model
+    from r2f.engine.unlearn import UnlearnContext
 
     torch.set_num_threads(2)
     model = "tiny" if args.quick else args.model

@@ -5,7 +5,7 @@
 Runs ``bench/tofu.py --methods r2f`` (each variant in its own process, full TOFU + paper
 evaluation) for every (``unlearn.eta.retain_budget``, ``unlearn.r2f_steps``) pair in GRID and
 writes bench/results/r2f_budget_<split>[_quick].json / .md. With n steps, step k may spend k/n of
-the budget (r2f/unlearn/r2f.py). The target's row is the reference.
+the budget (r2f/engine/unlearn/r2f.py). The target's row is the reference.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ cached HF folder; ``make real-model`` installs it). Proxies whose decoders are a
 unchanged:
 
 * ``smollm2-L10``: same family, built from the target (its first 4 + last 6 of 30 layers, distilled
-  toward the target on TOFU's fictitious-author QA; r2f.proxy);
+  toward the target on TOFU's fictitious-author QA; r2f.engine.proxy);
 * ``tiny-default``: the embedded default proxy (another family: own 4k BPE tokenizer, 2 layers x
   128, trained on TOFU), to see how transfer degrades across families;
 * ``none``: R2F with uniform token weights and no fitted decoder at all (what the proxy adds).
 
-Forget set: real_authors + world_facts items the target answers (r2f.knowledge), split into forget
+Forget set: real_authors + world_facts items the target answers (r2f.engine.knowledge), split into forget
 targets, calibration neighbours (eta's retain set) and evaluation neighbours. Methods on the same
 split: R2F (one decoded step), FullGrad (one exact step on the same views) and NPO (multi-step).
 Each (proxy, method) runs in its own process, so ``wall_s`` and ``peak_rss_mb`` are its own
@@ -68,12 +68,12 @@ def state(cfg) -> Path:
 # -- parent: models, proxy, decoders, forget set ---------------------------------------------------
 def prepare_models(args, cfg) -> tuple:
     """Target, proxy and the activation-basis decoders (all cached): (target, proxy, decoders, convert_s)."""
-    from r2f.data import load_tofu
-    from r2f.fidelity import fit_decoder
-    from r2f.models import load_model
-    from r2f.pretrained import materialize
-    from r2f.proxy import build_layer_proxy
-    from r2f.stages import decoder_train_items, train_decoder
+    from r2f.engine.api import decoder_train_items, train_decoder
+    from r2f.engine.data import load_tofu
+    from r2f.engine.fidelity import fit_decoder
+    from r2f.engine.models import load_model
+    from r2f.engine.pretrained import materialize
+    from r2f.engine.proxy import build_layer_proxy
 
     n = sizes(args)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -103,10 +103,10 @@ def prepare_models(args, cfg) -> tuple:
 
 
 def prepare(args, cfg) -> dict:
-    from r2f.data import load_tofu
-    from r2f.decoder import LearnedDecoder
-    from r2f.knowledge import baseline, known_split
-    from r2f.models import load_model
+    from r2f.engine.data import load_tofu
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.knowledge import baseline, known_split
+    from r2f.engine.models import load_model
 
     n = sizes(args)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -131,12 +131,12 @@ def prepare(args, cfg) -> dict:
 def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
     """Decoded-vs-exact gradient cosine on target forget items: activation basis (default) with each
     proxy's token weighting, and peft's random A with each proxy's trained spectral decoder."""
-    from r2f.data import load_tofu
-    from r2f.decoder import LearnedDecoder
-    from r2f.fidelity import collect_pairs, fit_decoder
-    from r2f.fidelity import fidelity as fid
-    from r2f.models import load_model
-    from r2f.stages import decoder_train_items, train_decoder
+    from r2f.engine.api import decoder_train_items, train_decoder
+    from r2f.engine.data import load_tofu
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.fidelity import collect_pairs, fit_decoder
+    from r2f.engine.fidelity import fidelity as fid
+    from r2f.engine.models import load_model
 
     items = split.as_said(split.forget)[: sizes(args)["fidelity_items"]]
     out: dict = {"activation": {}, "peft": {}}
@@ -165,11 +165,11 @@ def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
 def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None, steps: int = 1) -> None:
     import torch
 
-    from r2f.data import load_tofu
-    from r2f.decoder import LearnedDecoder
-    from r2f.knowledge import KnowledgeSplit, evaluate
-    from r2f.models import load_model
-    from r2f.unlearn import UnlearnContext, get_method
+    from r2f.engine.data import load_tofu
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.knowledge import KnowledgeSplit, evaluate
+    from r2f.engine.models import load_model
+    from r2f.engine.unlearn import UnlearnContext, get_method
 
     meta = json.loads(Path(meta_file).read_text())
     extra = {"lora.weighting": "uniform"} if proxy_key == "none" else {}
@@ -195,7 +195,7 @@ def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None,
         decoder = None
         if method == "r2f":
             decoder = LearnedDecoder.load(meta["decoders"][proxy_key]) if proxy_key in meta["decoders"] else "analytic"
-        # what is unlearned and calibrated on: the target's own answers (r2f.knowledge)
+        # what is unlearned and calibrated on: the target's own answers (r2f.engine.knowledge)
         ctx = UnlearnContext(model, tok, cfg, split.as_said(split.forget), split.as_said(split.calibration),
                              tofu.idontknow(), decoder)
         t0 = time.perf_counter()

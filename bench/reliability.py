@@ -49,7 +49,7 @@ def main() -> None:
         write_request,
     )
 
-    from r2f.pipeline import NAMES
+    from r2f.governance.pipeline import NAMES
 
     t_all = time.perf_counter()
     rows, logs = [], {}

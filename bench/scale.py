@@ -72,18 +72,18 @@ def run(args) -> tuple[list[dict], dict]:
     import torch
 
     from flows.distributed import DaskMapper, dask_cluster
-    from r2f.data import load_tofu
-    from r2f.decoder import LearnedDecoder
-    from r2f.evaluation import evaluate, to_json
-    from r2f.models import load_model
-    from r2f.onepass import group_batches
-    from r2f.pipeline import request_rows
-    from r2f.requests import eval_split, read_request, resolve
-    from r2f.stages import reference_eval, train_decoder
-    from r2f.unlearn.apply import views_split
-    from r2f.unlearn.base import UnlearnContext
-    from r2f.unlearn.r2f import r2f_direction
-    from r2f.zoo import ensure_models
+    from r2f.engine.api import reference_eval, train_decoder
+    from r2f.engine.data import load_tofu
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.evaluation import evaluate, to_json
+    from r2f.engine.models import load_model
+    from r2f.engine.onepass import group_batches
+    from r2f.engine.unlearn.apply import views_split
+    from r2f.engine.unlearn.base import UnlearnContext
+    from r2f.engine.unlearn.r2f import r2f_direction
+    from r2f.engine.zoo import ensure_models
+    from r2f.governance.pipeline import request_rows
+    from r2f.governance.requests import eval_split, read_request, resolve
 
     cfg = load_cfg(args)
     log = print

@@ -47,8 +47,8 @@ def _request(root: Path, k: int, pair: tuple[int, int]) -> Path:
 
 
 def _per_request(ev: dict, ref: dict, ids: list[str]) -> dict:
-    from r2f.evaluation import reference_on
-    from r2f.metrics.tofu import forget_quality
+    from r2f.engine.evaluation import reference_on
+    from r2f.engine.metrics.tofu import forget_quality
 
     tr = ev["forget_truth_ratio"]["per_item"]
     ref_tr, _ = reference_on(ref, ids)
@@ -75,10 +75,10 @@ def main() -> None:
     with temp_project(overrides) as proj:
         from flows.unlearning import tick_flow
         from r2f.config import load_config
-        from r2f.data import load_tofu
-        from r2f.inbox import inbox
-        from r2f.stages import evaluate_model, reference_eval
-        from r2f.tracking import make_tracker
+        from r2f.engine.api import evaluate_model, reference_eval
+        from r2f.engine.data import load_tofu
+        from r2f.governance.inbox import inbox
+        from r2f.governance.tracking import make_tracker
 
         cfg = load_config(proj / "params.yaml")
         tofu = load_tofu(cfg.data.tofu_dir)

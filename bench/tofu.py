@@ -24,7 +24,7 @@ METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_tr
 
 def one(args, method: str, seed: int) -> None:
     """Child process: unlearn (or not, for ``target``), evaluate, print one RESULT line."""
-    from r2f.stages import evaluate_model, unlearn
+    from r2f.engine.api import evaluate_model, unlearn
 
     cfg = load_cfg(args, {**_split_cfg(args), "unlearn.seed": seed})
     row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0}
@@ -100,7 +100,7 @@ def main() -> None:
     setup()
     if args.one:
         return one(args, args.one, args.seed)
-    from r2f.stages import reference_eval, train_decoder, train_models
+    from r2f.engine.api import reference_eval, train_decoder, train_models
 
     cfg = load_cfg(args, _split_cfg(args))
     train_models(cfg, print)

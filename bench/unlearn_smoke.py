@@ -18,7 +18,7 @@ METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", 
 
 def one(args, method: str) -> None:
     """Child process: run one method and print its report as the last line."""
-    from r2f.stages import unlearn
+    from r2f.engine.api import unlearn
 
     cfg = load_cfg(args)
     rep = unlearn(cfg, method)
@@ -34,7 +34,7 @@ def main() -> None:
     setup()
     if args.one:
         return one(args, args.one)
-    from r2f.stages import train_decoder, train_models
+    from r2f.engine.api import train_decoder, train_models
 
     cfg = load_cfg(args)
     train_models(cfg, print)

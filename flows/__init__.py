@@ -1,1 +1,1 @@
-"""Prefect flows: thin runners over the stage functions of :mod:`r2f.pipeline`."""
+"""Prefect flows: thin runners over the stage functions of :mod:`r2f.governance.pipeline`."""

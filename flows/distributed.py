@@ -3,7 +3,7 @@
 :func:`dask_cluster` gives the scheduler address for a flow run: ``scale.address``, else
 ``$DASK_SCHEDULER_ADDRESS``, else a ``LocalCluster`` started for the run (``scale.workers``
 processes, default one per CPU core, ``scale.threads_per_worker`` torch threads each; its workers
-report to the flow's Prefect API). :class:`DaskMapper` is the :class:`r2f.parallel.Mapper` the
+report to the flow's Prefect API). :class:`DaskMapper` is the :class:`r2f.engine.parallel.Mapper` the
 stage tasks hand to the library: each ``map`` submits one ``shard-<label>`` task per payload to a
 ``DaskTaskRunner`` on that scheduler, so every shard is a Prefect task run with its own state.
 """
@@ -58,7 +58,8 @@ def _warm() -> None:
     engine): ~5 s a worker, otherwise paid by the first shard."""
     import importlib
 
-    for name in ("torch", "transformers", "prefect.task_engine", "r2f.models", "r2f.unlearn.r2f", "r2f.evaluation"):
+    for name in ("torch", "transformers", "prefect.task_engine", "r2f.engine.models", "r2f.engine.unlearn.r2f",
+                 "r2f.engine.evaluation"):
         importlib.import_module(name)
 
 
@@ -91,7 +92,7 @@ def dask_cluster(scale, log: Callable[[str], None] = lambda _m: None) -> Iterato
     if address:
         from distributed import Client
 
-        from r2f.pipeline import PipelineError
+        from r2f.governance.pipeline import PipelineError
 
         try:
             with Client(address, timeout="15s") as client:
@@ -132,7 +133,7 @@ def shard_task(fn: Callable[[Any], Any], payload: Any, threads: int = 1) -> Any:
 
 
 class DaskMapper:
-    """:class:`r2f.parallel.Mapper` on a Dask scheduler: each payload a ``shard-<label>`` Prefect task
+    """:class:`r2f.engine.parallel.Mapper` on a Dask scheduler: each payload a ``shard-<label>`` Prefect task
     submitted to a ``DaskTaskRunner`` connected to ``address`` (from inside the stage's task, so
     the shards show in Prefect as its nested task runs); results in payload order."""
 

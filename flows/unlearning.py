@@ -1,8 +1,8 @@
-"""The deletion-request flow: every stage of ``r2f.pipeline.STAGES`` as a Prefect task, in order.
+"""The deletion-request flow: every stage of ``r2f.governance.pipeline.STAGES`` as a Prefect task, in order.
 
-The tasks call the same :func:`r2f.pipeline.run_stage` that ``dvc.yaml`` runs through
+The tasks call the same :func:`r2f.governance.pipeline.run_stage` that ``dvc.yaml`` runs through
 ``r2f stage <name>``; after each stage its outs are recorded in ``dvc.lock`` and pushed
-(:mod:`r2f.versioning`), so ``dvc repro`` afterwards finds the pipeline up to date. The DVC work of
+(:mod:`r2f.governance.versioning`), so ``dvc repro`` afterwards finds the pipeline up to date. The DVC work of
 stage N runs in a worker thread while stage N+1 computes (one ``dvc`` process at a time, in stage
 order); ``promote`` waits for it, because it logs the DVC md5s from ``dvc.lock``.
 Retries: the I/O stages (DVC push, MLflow registry) retry twice; model training and decoder fitting
@@ -23,7 +23,7 @@ RETRIES = {"prepare": 2, "promote": 2}  # I/O-bound: files, MLflow registry
 def _cache_key(context, parameters) -> str | None:
     """Model training and decoder fitting: cached by the hash of the config sections they read,
     as long as their outs are still on disk (otherwise run, the library's own cache makes it cheap)."""
-    from r2f.pipeline import STAGES, stage_dir
+    from r2f.governance.pipeline import STAGES, stage_dir
 
     name = parameters["name"]
     if name not in CACHED:
@@ -33,7 +33,7 @@ def _cache_key(context, parameters) -> str | None:
     if not stage_dir(cfg, name).is_dir():
         return None
     sections = ("data", "models") if name == "train_models" else ("data", "models", "lora", "paraphrase", "decoder")
-    from r2f.pipeline import request_info
+    from r2f.governance.pipeline import request_info
 
     split = request_info(cfg)["eval_split"]
     return f"r2f-{name}-{cfg.section_hash(*sections, *spec.params)}-{split}-{cfg.state_dir}"
@@ -51,7 +51,7 @@ def _cfg(config: dict):
 @task(name="stage", cache_key_fn=_cache_key)
 def stage_task(config: dict, name: str, cluster: dict | None = None) -> dict:
     """One stage; ``cluster`` ({address, workers}): the Dask scheduler its shards run on."""
-    from r2f.pipeline import run_stage
+    from r2f.governance.pipeline import run_stage
     from r2f.progress import PlainProgress
 
     cfg = _cfg(config)
@@ -68,7 +68,7 @@ def stage_task(config: dict, name: str, cluster: dict | None = None) -> dict:
 
 @task(name="version", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def version_task(config: dict, root: str, name: str) -> None:
-    from r2f.versioning import commit, push
+    from r2f.governance.versioning import commit, push
 
     cfg = _cfg(config)
     commit(cfg, Path(root), name)
@@ -95,7 +95,7 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
     ``inbox_ids``: the inbox requests this run serves; each moves through its states
     (validated, unlearned, evaluated, promoted | rejected) as the stages finish."""
     from r2f.config import load_config
-    from r2f.locks import pipeline_lock
+    from r2f.governance.locks import pipeline_lock
 
     cfg = load_config(params, dict(overrides or {}))
     with pipeline_lock(cfg.state_dir):  # one run per state folder: no interleaved outs, one promotion
@@ -103,7 +103,7 @@ def unlearning_flow(params: str = "params.yaml", overrides: dict | None = None,
 
 
 def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str] | None) -> dict:
-    from r2f.versioning import ensure_repo, find_root
+    from r2f.governance.versioning import ensure_repo, find_root
 
     config = cfg.model_dump(mode="json")
     root = find_root(Path(params).resolve().parent)
@@ -115,9 +115,9 @@ def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str]
 
 
 def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: ExitStack) -> dict:
-    from r2f.inbox import advance
-    from r2f.pipeline import NAMES, SHARDED
-    from r2f.recovery import recover, results_on_disk
+    from r2f.governance.inbox import advance
+    from r2f.governance.pipeline import NAMES, SHARDED
+    from r2f.governance.recovery import recover, results_on_disk
 
     results, pending, held, cluster = {}, [], [], None
     todo = list(stages or NAMES)
@@ -176,7 +176,7 @@ def tick_flow(params: str = "params.yaml", overrides: dict | None = None) -> dic
     unlearning (``batch``). A failing request is marked ``failed`` with the reason and the others
     go on; a tick with nothing pending does nothing; a second tick while one runs is refused."""
     from r2f.config import load_config
-    from r2f.inbox import process_pending
+    from r2f.governance.inbox import process_pending
 
     cfg = load_config(params, dict(overrides or {}))
     return process_pending(cfg, lambda request, ids: unlearning_flow(

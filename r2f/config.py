@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import R2FError
+from r2f.errors import R2FError
 
 
 class ConfigError(R2FError, ValueError):
@@ -86,7 +86,7 @@ class LoraConfig(_Strict):
     # (one extra forward pass); "peft": peft's default random A. See docs/method.md.
     init: Literal["activation", "peft"] = "activation"
     # Token weights of the activation Gram: "uniform" or "loss" (logit-gradient norms, with
-    # (alpha, gamma) fitted on the proxy by `r2f decoder train`; see r2f.grads.token_weights).
+    # (alpha, gamma) fitted on the proxy by `r2f decoder train`; see r2f.engine.grads.token_weights).
     weighting: Literal["uniform", "loss"] = "loss"
     basis: Literal["item", "request"] = "item"
 
@@ -125,14 +125,14 @@ class UnlearnConfig(_Strict):
     objective: Literal["ascent", "refusal"] = "ascent"
     retain_weight: float = Field(0.0, ge=0)
     # answer tokens the unlearning loss covers: "answer" = all of them; "key" = the answer's key
-    # words only (content words not in the question; r2f.models.encode_qa, docs/method.md)
+    # words only (content words not in the question; r2f.engine.models.encode_qa, docs/method.md)
     loss_tokens: Literal["answer", "key"] = "answer"
     eta: EtaConfig = EtaConfig()
     # R2F decoded steps (1 = the paper's single update); the retain budget holds for all together
     r2f_steps: int = Field(1, ge=1, le=50)
     # Sequences per forward + backward of the single-step methods (r2f, fullgrad): fewer = less
     # activation memory. R2F below an item's view count adds one no-grad forward (low-memory mode,
-    # r2f.onepass; docs/performance.md). It is also R2F's batch size, and with the fitted token
+    # r2f.engine.onepass; docs/performance.md). It is also R2F's batch size, and with the fitted token
     # weighting an item's basis depends slightly on the items batched with it (docs/performance.md).
     micro_batch: int = Field(40, ge=1, le=4096)
     # Multi-step baselines (GradAscent, GradDiff, NPO): open-unlearning defaults scaled down.
@@ -148,7 +148,7 @@ class UnlearnConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from .unlearn.base import METHODS  # a name table, no torch
+        from r2f.engine.unlearn.base import METHODS  # a name table, no torch
 
         if v not in METHODS:
             raise ValueError(f"unknown method '{v}'; expected one of {', '.join(METHODS)}")
@@ -312,7 +312,7 @@ class Config(_Strict):
 def load_config(path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:
     """Load and validate ``params.yaml``; errors name the file and the dotted field path."""
     path = Path(path)
-    from .safeyaml import UnsafeYAML, load_file
+    from r2f.safeyaml import UnsafeYAML, load_file
 
     try:
         raw = load_file(path) or {}

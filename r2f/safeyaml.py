@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import R2FError
+from r2f.errors import R2FError
 
 
 class UnsafeYAML(R2FError, ValueError):

@@ -83,22 +83,22 @@ def run_case(case: dict, project: Path, work: Path) -> dict:
 
 def _errors():
     from r2f.config import ConfigError
-    from r2f.data import DataError
-    from r2f.inbox import InboxError
-    from r2f.models import ModelError
-    from r2f.pipeline import PipelineError
-    from r2f.requests import RequestError
-    from r2f.validation import ValidationError
+    from r2f.engine.data import DataError
+    from r2f.engine.models import ModelError
+    from r2f.governance.inbox import InboxError
+    from r2f.governance.pipeline import PipelineError
+    from r2f.governance.requests import RequestError
+    from r2f.governance.validation import ValidationError
 
     return (ConfigError, DataError, InboxError, ModelError, PipelineError, RequestError, ValidationError)
 
 
 def _request(case, project: Path, work: Path):
     from r2f.config import load_config
-    from r2f.data import load_tofu
-    from r2f.inbox import inbox
-    from r2f.locks import pipeline_lock
-    from r2f.pipeline import run_stage
+    from r2f.engine.data import load_tofu
+    from r2f.governance.inbox import inbox
+    from r2f.governance.locks import pipeline_lock
+    from r2f.governance.pipeline import run_stage
 
     dest = project / "requests/bad" / Path(case["file"]).name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +137,9 @@ def _params(case, project: Path, work: Path):
 
 def _tofu(case, project: Path, work: Path):
     from r2f.config import load_config
-    from r2f.data import Tofu
-    from r2f.locks import pipeline_lock
-    from r2f.pipeline import run_stage
+    from r2f.engine.data import Tofu
+    from r2f.governance.locks import pipeline_lock
+    from r2f.governance.pipeline import run_stage
 
     edit = yaml.safe_load((CORPUS / case["file"]).read_text())
     data = project / "data" / f"bad-{case['name']}"  # inside the project: an allowed root
@@ -175,8 +175,8 @@ def _tofu(case, project: Path, work: Path):
 
 def _model(case, project: Path, work: Path):
     from r2f.config import load_config
-    from r2f.models import load_model
-    from r2f.stages import unlearn
+    from r2f.engine.api import unlearn
+    from r2f.engine.models import load_model
 
     folder = work / "models" / case["name"]
     shutil.rmtree(folder, ignore_errors=True)

@@ -49,13 +49,13 @@ def tiny_cfg(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_cfg):
     """Tokenizer + target/proxy/retain trained once per test session (~20 s)."""
-    from r2f.zoo import ensure_models
+    from r2f.engine.zoo import ensure_models
 
     return ensure_models(tiny_cfg, log=lambda _m: None)
 
 
 @pytest.fixture(scope="session")
 def tofu():
-    from r2f.data import load_tofu
+    from r2f.engine.data import load_tofu
 
     return load_tofu(str(ROOT / "data/tofu"))

@@ -137,8 +137,8 @@ def champion_loads(project: Path) -> bool:
     """The champion alias resolves to a complete model folder that loads."""
     import tempfile
 
-    from r2f.models import load_model
-    from r2f.tracking import MlflowTracker
+    from r2f.engine.models import load_model
+    from r2f.governance.tracking import MlflowTracker
 
     t = MlflowTracker(f"sqlite:///{project / '.r2f/mlflow/mlflow.db'}", str(project / ".r2f/mlflow/artifacts"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,8 +163,8 @@ def forget_texts(project: Path, request_file: str) -> list[str]:
     a 40-character prefix, to catch truncated copies) and its subject."""
     import contextlib
 
-    from r2f.data import load_tofu
-    from r2f.requests import read_request, resolve
+    from r2f.engine.data import load_tofu
+    from r2f.governance.requests import read_request, resolve
 
     with contextlib.chdir(project):
         req = read_request(request_file)
@@ -207,9 +207,9 @@ def cut_promotion(project: Path, rid: str, question_ids: list[str]) -> dict:
     registered, the registry before and after, the run's exit code and output."""
     import contextlib
 
-    from r2f.audit import weights_sha256
     from r2f.config import load_config
-    from r2f.tracking import make_tracker
+    from r2f.governance.audit import weights_sha256
+    from r2f.governance.tracking import make_tracker
 
     req = write_request(project, rid, question_ids)
     for name in ("prepare", "validate", "train_models", "train_decoder", "unlearn", "evaluate", "gate"):

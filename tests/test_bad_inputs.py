@@ -51,7 +51,7 @@ def test_the_state_probe_sees_a_valid_request(tmp_path):
 
 def test_messages_do_not_echo_the_subject(project, tmp_path):
     """A rejected request's message names the file and field, never the free text it holds."""
-    from r2f.requests import RequestError, read_request
+    from r2f.governance.requests import RequestError, read_request
 
     f = tmp_path / "r.yaml"
     f.write_text("request_id: req-x\nsubject: Jane Q Secretperson\nselectors: {authors: [Jane Q Secretperson, 3.5]}\n"
@@ -82,7 +82,7 @@ def requests_(draw):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests_())
 def test_valid_requests_parse_and_round_trip(raw):
-    from r2f.requests import RequestError, parse_request
+    from r2f.governance.requests import RequestError, parse_request
 
     empty = not raw["selectors"]["question_ids"] and not raw["selectors"]["authors"]
     if empty:
@@ -100,7 +100,7 @@ def test_valid_requests_parse_and_round_trip(raw):
 def test_corrupted_requests_raise_request_error_only(raw, field, value, drop):
     """Any field dropped or replaced by a value of another kind: either still a valid request or a
     RequestError naming the source; never another exception."""
-    from r2f.requests import RequestError, parse_request
+    from r2f.governance.requests import RequestError, parse_request
 
     bad = dict(raw)
     if drop:
@@ -116,7 +116,7 @@ def test_corrupted_requests_raise_request_error_only(raw, field, value, drop):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_reader(tmp_path_factory, data):
-    from r2f.requests import RequestError, read_request
+    from r2f.governance.requests import RequestError, read_request
 
     f = tmp_path_factory.mktemp("fuzz") / "r.yaml"
     f.write_bytes(data)

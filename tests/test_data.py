@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from r2f.data import DataError, Tofu
+from r2f.engine.data import DataError, Tofu
 
 
 def test_splits_and_relations(tofu):

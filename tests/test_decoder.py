@@ -2,9 +2,9 @@ import pytest
 import torch
 from helpers import tiny_random
 
-from r2f.decoder import KINDS, DecoderError, LearnedDecoder, cosine, decode, make_sketch, train_decoder
-from r2f.fidelity import collect_pairs, fidelity, flatten
-from r2f.grads import LoraGrad, ModuleInfo
+from r2f.engine.decoder import KINDS, DecoderError, LearnedDecoder, cosine, decode, make_sketch, train_decoder
+from r2f.engine.fidelity import collect_pairs, fidelity, flatten
+from r2f.engine.grads import LoraGrad, ModuleInfo
 
 
 def _sketch(out=12, inn=20, r=4, seed=0, aligned=False):
@@ -13,7 +13,7 @@ def _sketch(out=12, inn=20, r=4, seed=0, aligned=False):
     gram = X.T @ X
     A = torch.linalg.qr(torch.randn(inn, r, generator=g))[0].T
     if aligned:
-        from r2f.grads import top_basis
+        from r2f.engine.grads import top_basis
         A = top_basis(gram, r)
     G = torch.randn(out, 50, generator=g) @ X
     info = ModuleInfo("m.layers.0.q_proj", "q_proj", 0, 0.0)

@@ -2,7 +2,7 @@
 
 import json
 
-from r2f.stages import decoder_dir, train_decoder, unlearn
+from r2f.engine.api import decoder_dir, train_decoder, unlearn
 
 
 def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):

@@ -14,6 +14,8 @@ from r2f.errors import R2FError
 def _project_exceptions() -> list[type]:
     found = {}
     for info in pkgutil.walk_packages(r2f.__path__, "r2f."):
+        if info.name.endswith(".__main__"):  # `python -m r2f.cli`: runs the CLI when imported
+            continue
         mod = importlib.import_module(info.name)
         for _, obj in inspect.getmembers(mod, inspect.isclass):
             if issubclass(obj, BaseException) and obj.__module__.startswith("r2f."):
@@ -32,9 +34,9 @@ def test_every_project_error_derives_from_the_base():
 
 def test_bad_input_errors_stay_value_errors():
     from r2f.config import ConfigError
-    from r2f.data import DataError
-    from r2f.models import ModelError
-    from r2f.requests import RequestError
+    from r2f.engine.data import DataError
+    from r2f.engine.models import ModelError
+    from r2f.governance.requests import RequestError
 
     for e in (ConfigError, DataError, ModelError, RequestError):
         assert issubclass(e, ValueError) and issubclass(e, R2FError)

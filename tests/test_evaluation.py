@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from r2f.stages import eval_dir, evaluate_model, reference_eval
+from r2f.engine.api import eval_dir, evaluate_model, reference_eval
 
 REQUIRED = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
             "privleak", "extraction_strength", "exact_memorization", "mia_min_k", "usr", "gur", "rap", "drift_kl")
@@ -35,12 +35,14 @@ def test_target_eval_summary_and_files(tiny_cfg, tiny_models, retain_eval, tmp_p
     saved = json.loads((tmp_path / "ev" / "TOFU_SUMMARY.json").read_text())
     assert saved == s
     full = (tmp_path / "ev" / "TOFU_EVAL.json").read_text()
-    q = tiny_models and __import__("r2f.data", fromlist=["load_tofu"]).load_tofu(tiny_cfg.data.tofu_dir).split("forget01")[0]
+    from r2f.engine.data import load_tofu
+
+    q = tiny_models and load_tofu(tiny_cfg.data.tofu_dir).split("forget01")[0]
     assert q.question not in full and q.answer not in full  # ids and numbers only
 
 
 def test_unlearned_model_eval_has_drift_and_gur(tiny_cfg, tiny_models, retain_eval, tmp_path):
-    from r2f.stages import unlearn
+    from r2f.engine.api import unlearn
 
     unlearn(tiny_cfg, "fullgrad", out=tmp_path / "m")
     s = evaluate_model(tiny_cfg, tmp_path / "m", "forget01")["summary"]
@@ -49,7 +51,7 @@ def test_unlearned_model_eval_has_drift_and_gur(tiny_cfg, tiny_models, retain_ev
 
 
 def test_eval_bad_model_path_writes_nothing(tiny_cfg, tmp_path):
-    from r2f.models import ModelError
+    from r2f.engine.models import ModelError
 
     with pytest.raises(ModelError, match="does not exist"):
         evaluate_model(tiny_cfg, tmp_path / "nope", "forget01", tmp_path / "out")

@@ -1,9 +1,9 @@
 import torch
 from helpers import batches_for, tiny_random
 
-from r2f.decoder import KINDS
-from r2f.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis
-from r2f.models import token_nll
+from r2f.engine.decoder import KINDS
+from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis
+from r2f.engine.models import token_nll
 
 
 def test_target_modules_and_depth(tofu):
@@ -71,7 +71,7 @@ def test_grams_and_top_basis(tofu):
 
 
 def test_factored_gram_gives_the_dense_top_basis():
-    from r2f.grads import GramFactor
+    from r2f.engine.grads import GramFactor
 
     torch.manual_seed(0)
     x = torch.randn(12, 40) * torch.linspace(3, 0.1, 40)  # fewer tokens than inputs, distinct spectrum
@@ -84,7 +84,7 @@ def test_factored_gram_gives_the_dense_top_basis():
 
 
 def test_factored_activation_grams_match_dense(tofu):
-    from r2f.grads import GramFactor
+    from r2f.engine.grads import GramFactor
 
     model, tok = tiny_random(tofu)
     infos = target_modules(model, ["q_proj", "down_proj"])
@@ -101,9 +101,9 @@ def test_factored_activation_grams_match_dense(tofu):
 def test_grouped_lora_gradients_equal_peft_per_group(tofu):
     """One forward/backward for all items, hooks instead of a peft wrap per item: the same grad_B
     as peft on each item alone (weighted by the item's share of the sequences)."""
-    from r2f.grads import view_batches
-    from r2f.onepass import grouped_lora_gradients
-    from r2f.paraphrase import make_all_views
+    from r2f.engine.grads import view_batches
+    from r2f.engine.onepass import grouped_lora_gradients
+    from r2f.engine.paraphrase import make_all_views
 
     model, tok = tiny_random(tofu)
     infos = target_modules(model, KINDS)
@@ -131,9 +131,9 @@ def test_grouped_lora_gradients_equal_peft_per_group(tofu):
 def test_one_pass_bases_and_gradients_equal_the_two_pass_path(tofu):
     """R2F's one forward + one backward per batch gives the same per-item bases and LoRA gradients
     as a Gram forward per item followed by the batched LoRA backward."""
-    from r2f.grads import top_bases, view_batches
-    from r2f.onepass import group_batches, grouped_lora_gradients, one_pass_lora_gradients
-    from r2f.paraphrase import make_all_views
+    from r2f.engine.grads import top_bases, view_batches
+    from r2f.engine.onepass import group_batches, grouped_lora_gradients, one_pass_lora_gradients
+    from r2f.engine.paraphrase import make_all_views
 
     model, tok = tiny_random(tofu)
     infos = target_modules(model, KINDS)
@@ -156,8 +156,8 @@ def test_low_memory_micro_batches_give_the_one_pass_result(tofu):
     """micro_batch below a group's size (a no-grad forward for the bases, then forward + backward
     over a few sequences at a time) gives the one-pass bases and gradients, also when a micro-batch
     straddles two groups."""
-    from r2f.onepass import group_batches, one_pass_lora_gradients
-    from r2f.paraphrase import make_all_views
+    from r2f.engine.onepass import group_batches, one_pass_lora_gradients
+    from r2f.engine.paraphrase import make_all_views
 
     model, tok = tiny_random(tofu)
     infos = target_modules(model, KINDS)
@@ -177,8 +177,8 @@ def test_low_memory_micro_batches_give_the_one_pass_result(tofu):
 def test_answer_logits_only_give_the_same_loss_and_token_weights(tofu):
     """Computing the vocabulary projection at answer-predicting positions only (logits_to_keep)
     changes neither the NLL nor the Gram's token weights."""
-    from r2f.grads import token_weights
-    from r2f.models import answer_logits, nll_from_logits
+    from r2f.engine.grads import token_weights
+    from r2f.engine.models import answer_logits, nll_from_logits
 
     model, tok = tiny_random(tofu)
     b = batches_for(tofu, tok)[0]

@@ -21,9 +21,9 @@ def cfg(tmp_path):
 
 
 def test_submit_states_and_refusals(tmp_path, cfg, tofu):
-    from r2f.inbox import InboxError, inbox
-    from r2f.requests import RequestError
-    from r2f.validation import ValidationError
+    from r2f.governance.inbox import InboxError, inbox
+    from r2f.governance.requests import RequestError
+    from r2f.governance.validation import ValidationError
 
     ib = inbox(cfg)
     with pytest.raises(ValidationError, match="unknown question id"):
@@ -47,7 +47,7 @@ def test_submit_states_and_refusals(tmp_path, cfg, tofu):
 
 
 def test_tick_order_failure_isolation_and_lock(tmp_path, cfg, tofu):
-    from r2f.inbox import TickBusy, advance, inbox, process_pending
+    from r2f.governance.inbox import TickBusy, advance, inbox, process_pending
 
     ib = inbox(cfg)
     ib.submit(_req(tmp_path, "late", "{authors: [199]}", day=3), tofu)
@@ -77,8 +77,8 @@ def test_tick_order_failure_isolation_and_lock(tmp_path, cfg, tofu):
 
 
 def test_batch_mode_runs_the_union_once(tmp_path, tofu):
-    from r2f.inbox import advance, inbox, process_pending
-    from r2f.requests import read_request, resolve
+    from r2f.governance.inbox import advance, inbox, process_pending
+    from r2f.governance.requests import read_request, resolve
 
     cfg = tiny_config(tmp_path / "state", **{"schedule.mode": "batch"})
     ib = inbox(cfg)

@@ -1,4 +1,4 @@
-"""Unit tests of r2f.metrics on small hand-computed cases."""
+"""Unit tests of r2f.engine.metrics on small hand-computed cases."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from r2f.metrics import (
+from r2f.engine.metrics import (
     MODEL_UTILITY_KEYS,
     MetricResult,
     auc,
@@ -355,6 +355,6 @@ def test_clear_errors_token_inputs(fn, metric):
 
 
 def test_import_is_light():
-    code = ("import sys, r2f.metrics; heavy = [m for m in ('scipy', 'rouge_score', 'torch', 'transformers') "
+    code = ("import sys, r2f.engine.metrics; heavy = [m for m in ('scipy', 'rouge_score', 'torch', 'transformers') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": ":".join(sys.path)})

@@ -1,11 +1,11 @@
-"""Golden tests: r2f.metrics recomputes TOFU's published numbers from TOFU's legacy eval logs.
+"""Golden tests: r2f.engine.metrics recomputes TOFU's published numbers from TOFU's legacy eval logs.
 
 ``tests/data/reference_logs/`` holds TOFU's aggregated eval logs (locuslab/tofu, MIT) of the
 fine-tuned Phi-1.5 and Llama-2-7b, trained on the full set and on retain90. Per file and item:
 ``gt_loss`` / ``paraphrased_loss`` / ``perturb_loss`` are *summed* answer-token NLLs,
 ``num_token_*`` the answer lengths, and ``avg_gt_loss`` / ``avg_paraphrased_loss`` /
 ``average_perturb_loss`` the *per-token means* (sum / tokens). The published numbers are
-reproduced from the per-token means (what ``r2f.metrics`` takes as ``*_nll``); the summed
+reproduced from the per-token means (what ``r2f.engine.metrics`` takes as ``*_nll``); the summed
 losses give other numbers (model utility 0.535 / 0.551 / 0.819 / 0.804), checked below.
 
 Published values (TOFU paper / leaderboard): model utility 0.522 (Phi full), 0.532 (Phi
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r2f.metrics import MODEL_UTILITY_KEYS, forget_quality, model_utility, split_metrics, tofu_summary, truth_ratio
+from r2f.engine.metrics import MODEL_UTILITY_KEYS, forget_quality, model_utility, split_metrics, tofu_summary, truth_ratio
 
 LOGS = Path(__file__).resolve().parent / "data" / "reference_logs"
 FILES = {

@@ -6,8 +6,8 @@ import torch
 from conftest import tiny_config
 from helpers import tiny_random
 
-from r2f.models import ModelError, atomic_dir, collate, encode_qa, load_model, save_model, token_nll
-from r2f.zoo import ensure_models
+from r2f.engine.models import ModelError, atomic_dir, collate, encode_qa, load_model, save_model, token_nll
+from r2f.engine.zoo import ensure_models
 
 
 def test_encode_masks_prompt(tofu):
@@ -64,7 +64,7 @@ def test_default_models_cached_and_learned(tiny_cfg, tiny_models):
 
 
 def test_retain_model_per_split_excludes_only_that_split(tofu):
-    from r2f.zoo import training_items
+    from r2f.engine.zoo import training_items
 
     cfg = tiny_config(Path("unused"), **{"data.world_split": "forget10", "data.retain_authors": 2})
     target = {q.author for q in training_items(cfg, tofu, "target")}

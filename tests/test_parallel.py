@@ -1,4 +1,4 @@
-"""Sharded execution (r2f.parallel, flows/distributed.py): the shards give the single-process
+"""Sharded execution (r2f.engine.parallel, flows/distributed.py): the shards give the single-process
 result, in process (the sharding arithmetic) and as Prefect tasks on a real 2-worker Dask
 LocalCluster (the whole flow)."""
 
@@ -17,7 +17,7 @@ KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "retain_Q_A_Pro
 
 
 def test_split_even_covers_in_order():
-    from r2f.parallel import split_even
+    from r2f.engine.parallel import split_even
 
     for n in range(0, 30):
         for k in range(1, 8):
@@ -32,8 +32,8 @@ def test_split_even_covers_in_order():
 def test_shard_batches_keep_batches_and_groups_whole(tofu):
     from helpers import tiny_random
 
-    from r2f.onepass import group_batches, shard_batches
-    from r2f.paraphrase import make_all_views
+    from r2f.engine.onepass import group_batches, shard_batches
+    from r2f.engine.paraphrase import make_all_views
 
     _model, tok = tiny_random(tofu)
     groups = [[v] for v in make_all_views(tofu.split("forget01")[:7], 3)]
@@ -46,8 +46,8 @@ def test_shard_batches_keep_batches_and_groups_whole(tofu):
 
 
 def _ctx(cfg, models, tofu, mapper=None):
-    from r2f.models import load_model
-    from r2f.unlearn.base import UnlearnContext
+    from r2f.engine.models import load_model
+    from r2f.engine.unlearn.base import UnlearnContext
 
     model, tok = load_model(models.path("target"))
     return UnlearnContext(model, tok, cfg, tofu.split(cfg.data.forget_split), tofu.authors(range(20, 22)),
@@ -71,7 +71,7 @@ class PicklingMapper:
 
 
 def test_shards_only_when_they_can_run_elsewhere_or_in_parts():
-    from r2f.parallel import SerialMapper, distributed
+    from r2f.engine.parallel import SerialMapper, distributed
 
     assert not distributed(None) and not distributed(SerialMapper())
     assert distributed(SerialMapper(workers=2)) and distributed(PicklingMapper(1))  # a cluster of one worker too
@@ -90,7 +90,7 @@ def test_sharded_r2f_direction_equals_single_process(tiny_cfg, tiny_models, tofu
     and the fitted token weighting, whose prompt weight depends on the batch) and the per-group
     path (peft-initialised LoRA: shards of whole items). Each shard loads a snapshot of the weights,
     which is removed afterwards."""
-    from r2f.unlearn.r2f import r2f_direction
+    from r2f.engine.unlearn.r2f import r2f_direction
 
     cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"micro_batch": 12,
                                                                                     "objective": objective}),
@@ -109,8 +109,8 @@ def test_sharded_r2f_direction_equals_single_process(tiny_cfg, tiny_models, tofu
 def test_sharded_evaluation_equals_single_process(tiny_cfg, tiny_models):
     """The evaluation jobs cut into 2 shards per set and run on models loaded from their folders
     (payloads and results pickled) give the in-process evaluation's metrics."""
-    from r2f.evaluation import evaluate, to_json
-    from r2f.models import load_model
+    from r2f.engine.evaluation import evaluate, to_json
+    from r2f.engine.models import load_model
 
     cfg = tiny_cfg.model_copy(update={"eval": tiny_cfg.eval.model_copy(update={
         "max_items": 10, "max_new_tokens": 8, "rap_steps": 2, "batch_size": 4})})
@@ -144,7 +144,7 @@ def test_flow_on_a_two_worker_local_cluster_gives_the_single_process_update(tmp_
     from reliability_lib import EASY_GATE, FAST_EVAL, make_project
 
     from flows.unlearning import unlearning_flow
-    from r2f.models import load_model
+    from r2f.engine.models import load_model
 
     project = make_project(tmp_path, {**TINY, **FAST_EVAL})
     monkeypatch.chdir(project)
@@ -182,7 +182,7 @@ def test_unreachable_scheduler_fails_the_run_before_any_stage(tmp_path, harness,
     from reliability_lib import FAST_EVAL, free_port, make_project
 
     from flows.unlearning import unlearning_flow
-    from r2f.pipeline import PipelineError
+    from r2f.governance.pipeline import PipelineError
 
     project = make_project(tmp_path, {**TINY, **FAST_EVAL})
     monkeypatch.chdir(project)

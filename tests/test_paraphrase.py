@@ -1,4 +1,4 @@
-from r2f.paraphrase import RuleParaphraser, make_views, similarity
+from r2f.engine.paraphrase import RuleParaphraser, make_views, similarity
 
 
 def test_views_shape_and_order(tofu):

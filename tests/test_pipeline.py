@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dvc_yaml_is_generated_from_the_stage_list():
-    from r2f.pipeline import FUNCS, NAMES, STAGES, dvc_yaml
+    from r2f.governance.pipeline import FUNCS, NAMES, STAGES, dvc_yaml
 
     committed = (ROOT / "dvc.yaml").read_text()
     assert committed == dvc_yaml(), "dvc.yaml is stale: run `r2f stage --dvc-yaml > dvc.yaml`"
@@ -35,19 +35,19 @@ def test_dvc_yaml_is_generated_from_the_stage_list():
 
 
 def test_flow_runs_the_same_stage_functions():
-    """The Prefect flow iterates r2f.pipeline.NAMES and calls run_stage (no stage of its own)."""
+    """The Prefect flow iterates r2f.governance.pipeline.NAMES and calls run_stage (no stage of its own)."""
     import flows.unlearning as fl
 
     src = Path(fl.__file__).read_text()
     assert "run_stage(" in src and "NAMES" in src
-    from r2f.pipeline import run_stage
+    from r2f.governance.pipeline import run_stage
 
     assert fl.unlearning_flow.fn.__name__ == "unlearning_flow"
     assert callable(run_stage)
 
 
 def test_gate_rules_are_independent_and_missing_values_fail():
-    from r2f.gate import decide
+    from r2f.governance.gate import decide
 
     cfg = GateConfig(min_forget_quality=0.05, min_utility_ratio=0.95, max_abs_privleak=50, min_usr=0.5)
     good = {"forget_quality": 0.2, "model_utility": 0.5, "privleak": -10.0, "usr": 0.9}
@@ -70,7 +70,7 @@ H = "subject: s\nrequester: r\nlegal_basis: x\ncreated_at: 2026-01-01\n"
 
 
 def test_request_parsing_and_resolution(tmp_path, tofu):
-    from r2f.requests import RequestError, eval_split, read_request, resolve, rows_digest
+    from r2f.governance.requests import RequestError, eval_split, read_request, resolve, rows_digest
 
     req = read_request(ROOT / "requests/forget01-authors.yaml")
     items = resolve(req, tofu)
@@ -120,8 +120,8 @@ def test_author_names_are_derived_from_the_data(tofu):
 
 
 def test_reference_cut_to_the_request_rows():
-    from r2f.evaluation import reference_on
-    from r2f.metrics import auc
+    from r2f.engine.evaluation import reference_on
+    from r2f.engine.metrics import auc
 
     ids = ["tofu-3960", "tofu-3961", "tofu-3962", "tofu-3963"]
     ref = {"forget_truth_ratio": {"per_item": dict(zip(ids, [0.1, 0.2, 0.3, 0.4]))},

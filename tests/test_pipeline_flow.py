@@ -42,7 +42,7 @@ def _registry(root):
 
 
 def _alias(client, alias):
-    from r2f.registry import get_alias_version
+    from r2f.governance.registry import get_alias_version
 
     return get_alias_version(client, "r2f-target", alias)
 
@@ -54,8 +54,8 @@ def forget_rows(project) -> list[dict]:
 def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monkeypatch):
     from flows.unlearning import unlearning_flow
     from r2f.config import load_config
-    from r2f.validation import ValidationError
-    from r2f.versioning import status
+    from r2f.governance.validation import ValidationError
+    from r2f.governance.versioning import status
 
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -115,7 +115,7 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     rejected = client.get_model_version("r2f-target", "3").description
     assert "rejected by the gate; champion unchanged" in rejected and "forget_quality" in rejected
     # the main job's request (not from the inbox) audits from its MLflow run: the latest, rejected one
-    from r2f.audit import audit
+    from r2f.governance.audit import audit
 
     rep = audit(cfg, "req-0001-forget01")
     assert rep["verified"], [c for c in rep["checks"] if not c["ok"]]

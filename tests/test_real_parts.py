@@ -12,7 +12,7 @@ from tests.helpers import tiny_random
 
 
 def test_key_only_labels_cover_the_fact_words_only(tofu):
-    from r2f.models import encode_qa
+    from r2f.engine.models import encode_qa
 
     _model, tok = tiny_random(tofu)
     q, a = "What is the capital of Australia?", "The capital of Australia is Canberra"
@@ -35,7 +35,7 @@ def test_loss_tokens_key_is_off_for_refusals(tiny_cfg):
 
 
 def test_low_rank_update_norm_and_dense():
-    from r2f.unlearn.apply import LowRank
+    from r2f.engine.unlearn.apply import LowRank
 
     torch.manual_seed(0)
     lr = LowRank()
@@ -51,10 +51,10 @@ def test_low_rank_update_norm_and_dense():
 
 
 def test_non_finite_low_rank_update_is_refused_and_model_unchanged(tiny_cfg, tiny_models, tofu):
-    from r2f.grads import target_modules
-    from r2f.models import load_model
-    from r2f.unlearn import UnlearnContext, UnlearnError
-    from r2f.unlearn.apply import LowRank, calibrate_and_apply
+    from r2f.engine.grads import target_modules
+    from r2f.engine.models import load_model
+    from r2f.engine.unlearn import UnlearnContext, UnlearnError
+    from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
 
     model, tok = load_model(tiny_models.path("target"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -72,7 +72,7 @@ def test_non_finite_low_rank_update_is_refused_and_model_unchanged(tiny_cfg, tin
 
 
 def test_layer_cut_and_distillation_move_toward_the_teacher(tofu):
-    from r2f.proxy import cut_layers, distill, held_out_kl, keep_layers
+    from r2f.engine.proxy import cut_layers, distill, held_out_kl, keep_layers
 
     assert keep_layers(30, 4, 6) == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]
     with pytest.raises(ValueError):
@@ -92,7 +92,7 @@ def test_layer_cut_and_distillation_move_toward_the_teacher(tofu):
 
 
 def test_own_answer_is_cut_after_the_fact():
-    from r2f.knowledge import own_answer
+    from r2f.engine.knowledge import own_answer
 
     q = "What is the capital of Australia?"
     assert own_answer("The capital of Australia is Canberra, a planned city.", q, "Canberra", 0.5) == \
@@ -101,7 +101,7 @@ def test_own_answer_is_cut_after_the_fact():
 
 
 def test_success_rates_are_conditioned_on_what_the_target_knew():
-    from r2f.knowledge import _rate
+    from r2f.engine.knowledge import _rate
 
     before = [True, True, False, True]
     after = [False, True, False, False]
@@ -114,7 +114,7 @@ def test_success_rates_are_conditioned_on_what_the_target_knew():
 def test_low_rank_update_turns_dense_when_factors_are_bigger():
     """A large request's update (k * (out + in) > out * in) is kept dense: never bigger than one
     gradient-sized matrix per module, and the same update."""
-    from r2f.unlearn.apply import LowRank
+    from r2f.engine.unlearn.apply import LowRank
 
     g = torch.Generator().manual_seed(0)
     lr, want = LowRank(), torch.zeros(6, 9)

@@ -28,8 +28,8 @@ def _place(ib, src):
     import hashlib
     import shutil
 
-    from r2f.inbox import Record, now
-    from r2f.requests import read_request
+    from r2f.governance.inbox import Record, now
+    from r2f.governance.requests import read_request
 
     req = read_request(src)
     d = ib.root / req.request_id
@@ -43,12 +43,12 @@ def _place(ib, src):
 
 def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noqa: F811
     from flows.unlearning import tick_flow
-    from r2f.audit import audit
     from r2f.config import load_config
-    from r2f.data import load_tofu
-    from r2f.inbox import inbox
-    from r2f.requests import RequestError
-    from r2f.validation import ValidationError
+    from r2f.engine.data import load_tofu
+    from r2f.governance.audit import audit
+    from r2f.governance.inbox import inbox
+    from r2f.governance.requests import RequestError
+    from r2f.governance.validation import ValidationError
 
     project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
@@ -118,7 +118,7 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     assert failed["verified"] and failed["verdict"].startswith("VERIFIED (not processed") and "retain" in failed["verdict"]
 
     # tamper with the forget set's DVC object of req-a: the audit names the mismatch
-    from r2f.versioning import cache_dir as _cache_dir
+    from r2f.governance.versioning import cache_dir as _cache_dir
 
     md5 = rep["forget_rows"]["dvc_md5"]
     manifest = _cache_dir(project) / "files/md5" / md5[:2] / md5[2:]

@@ -5,8 +5,8 @@ import math
 import torch
 from helpers import tiny_random
 
-from r2f.models import collate, encode_qa, token_nll
-from r2f.scoring import generate, score
+from r2f.engine.models import collate, encode_qa, token_nll
+from r2f.engine.scoring import generate, score
 
 
 def test_score_matches_token_nll_and_token_stats(tofu):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from r2f.grads import target_modules
-from r2f.models import load_model, mean_nll
-from r2f.unlearn import METHODS, UnlearnContext, UnlearnError, get_method
-from r2f.unlearn.apply import calibrate_and_apply
+from r2f.engine.grads import target_modules
+from r2f.engine.models import load_model, mean_nll
+from r2f.engine.unlearn import METHODS, UnlearnContext, UnlearnError, get_method
+from r2f.engine.unlearn.apply import calibrate_and_apply
 
 
 def _ctx(cfg, models, tofu, decoder="analytic"):
@@ -37,7 +37,7 @@ def test_nan_update_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
 def test_update_for_another_model_is_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
     """An update whose module names or shapes are not the target's (a direction or decoder made for
     another model) is refused before anything is written."""
-    from r2f.unlearn.apply import LowRank
+    from r2f.engine.unlearn.apply import LowRank
 
     ctx = _ctx(tiny_cfg, tiny_models, tofu)
     before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
@@ -56,8 +56,8 @@ def test_update_for_another_model_is_refused_model_unchanged(tiny_cfg, tiny_mode
 
 
 def test_decoder_of_another_model_family_is_refused(tiny_cfg, tiny_models, tofu):
-    from r2f.decoder import DecoderError, LearnedDecoder
-    from r2f.unlearn.r2f import r2f_direction
+    from r2f.engine.decoder import DecoderError, LearnedDecoder
+    from r2f.engine.unlearn.r2f import r2f_direction
 
     ctx = _ctx(tiny_cfg, tiny_models, tofu)
     dec = LearnedDecoder(hidden=8)
@@ -91,7 +91,7 @@ def test_calibration_respects_budget(tiny_cfg, tiny_models, tofu):
 def test_over_budget_step_is_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
     """No eta keeps the retain NLL within budget: the step is refused like a NaN update (nothing
     written), not applied at the smallest eta."""
-    from r2f.unlearn.base import OverBudgetError
+    from r2f.engine.unlearn.base import OverBudgetError
 
     cfg = _with_eta(tiny_cfg, grid=[50.0, 100.0], retain_budget=1e-6)
     ctx = _ctx(cfg, tiny_models, tofu)
@@ -134,10 +134,10 @@ def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tof
 def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu):
     """R2F's fast path (all items in one backward, onepass.one_pass_lora_gradients) gives the same
     decoded update as one peft LoRA backward per item decoded by the analytic decoder."""
-    from r2f.decoder import decode_factors, gram_weighting, make_sketch
-    from r2f.grads import activation_grams, lora_gradients, top_bases, view_batches
-    from r2f.unlearn.apply import LowRank, views_split
-    from r2f.unlearn.r2f import r2f_direction
+    from r2f.engine.decoder import decode_factors, gram_weighting, make_sketch
+    from r2f.engine.grads import activation_grams, lora_gradients, top_bases, view_batches
+    from r2f.engine.unlearn.apply import LowRank, views_split
+    from r2f.engine.unlearn.r2f import r2f_direction
 
     cfg = tiny_cfg
     ctx = _ctx(cfg, tiny_models, tofu)

@@ -1,4 +1,4 @@
-"""Great Expectations data checks (r2f/validation.py): real GX on tiny in-memory inputs."""
+"""Great Expectations data checks (r2f/governance/validation.py): real GX on tiny in-memory inputs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from r2f.config import ValidationConfig
-from r2f.validation import ValidationError, check, validate_disjoint, validate_pipeline_data, validate_qa, validate_request
+from r2f.governance.validation import (
+    ValidationError,
+    check,
+    validate_disjoint,
+    validate_pipeline_data,
+    validate_qa,
+    validate_request,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VCFG = ValidationConfig()
@@ -183,7 +190,7 @@ def test_pipeline_data_forget01(tmp_path, tofu, forget):
 
 
 def test_import_is_cheap():
-    code = ("import sys, r2f.validation; "
-            f"assert r2f.validation.__file__.startswith({str(ROOT)!r}), r2f.validation.__file__; "
+    code = ("import sys, r2f.governance.validation; "
+            f"assert r2f.governance.validation.__file__.startswith({str(ROOT)!r}), r2f.governance.validation.__file__; "
             "assert 'great_expectations' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

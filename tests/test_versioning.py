@@ -10,7 +10,7 @@ from r2f.config import load_config
 
 
 def test_commit_push_and_status_with_a_real_dvc_repo(tmp_path, monkeypatch):
-    from r2f.versioning import commit, ensure_repo, find_root, lock_md5s, push, remote_url, status
+    from r2f.governance.versioning import commit, ensure_repo, find_root, lock_md5s, push, remote_url, status
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())

@@ -1,0 +1,213 @@
+"""Pipeline stages as pure functions of the configuration (the CLI, ``dvc.yaml`` and the Prefect
+flows all call these). Each returns a small JSON-able report and writes its artifacts atomically."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from r2f.atomic import write_json
+from r2f.config import Config
+from r2f.engine.data import load_tofu
+
+Log = Callable[[str], None]
+
+
+def _noop(_msg: str) -> None:
+    pass
+
+
+def train_models(cfg: Config, log: Log = _noop, progress=None) -> dict:
+    """Tokenizer + target, proxy and retain models (cached by config hash)."""
+    from r2f.engine.zoo import ensure_models
+
+    models = ensure_models(cfg, log, progress)
+    return {"models_dir": str(models.root), **models.report()}
+
+
+def decoder_dir(cfg: Config) -> Path:
+    from r2f.engine.zoo import models_dir
+
+    # the decoder depends on the models (their cache key covers the data they learned), not on
+    # which forget split a later request unlearns
+    key = cfg.section_hash("lora", "paraphrase", "decoder")
+    loss = "-key" if cfg.unlearn.key_only else ""
+    return Path(cfg.state_dir) / "decoders" / f"{models_dir(cfg).name}-{key}-{cfg.unlearn.objective}{loss}"
+
+
+def decoder_train_items(cfg: Config, tofu):
+    """Proxy prompts for decoder training: retain authors only, never forget or evaluation items.
+
+    Authors ``20..retain_authors-1`` first (not in retain_perturbed), then the rest if needed.
+    """
+    from r2f.engine.zoo import training_items
+
+    retain = training_items(cfg, tofu, "retain")
+    return retain[400:] + retain[:400]
+
+
+def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = False) -> dict:
+    """Fit the learned decoder on the embedded proxy (:func:`r2f.engine.fidelity.fit_decoder`); cached by
+    configuration hash."""
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.fidelity import fit_decoder
+    from r2f.engine.models import load_model
+    from r2f.engine.zoo import ensure_models
+
+    out = decoder_dir(cfg)
+    if (out / "decoder.json").is_file() and not force:
+        return {"decoder_dir": str(out), **LearnedDecoder.load(out).meta}
+    models = ensure_models(cfg, log)
+    model, tok = load_model(models.path("proxy"))
+    items = decoder_train_items(cfg, load_tofu(cfg.data.tofu_dir))
+    dec = fit_decoder(cfg, model, tok, items, log, progress)
+    dec.meta["proxy"] = str(models.path("proxy"))
+    dec.meta["model_type"] = model.config.model_type  # the family it may decode for (decoder.check_family)
+    dec.save(out)
+    return {"decoder_dir": str(out), **dec.meta}
+
+
+def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,
+            model_path: str | Path | None = None, out: str | Path | None = None,
+            log: Log = _noop, progress=None, forget_items: list | None = None, mapper=None) -> dict:
+    """Apply one unlearning method to the target (default: the embedded target) and report the
+    mean answer-token NLL on forget, retain and holdout before and after. ``forget_items``: the
+    rows of a deletion request (default: the whole ``forget_split``, which must contain them).
+    ``mapper``: where R2F's gradient shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
+
+    from r2f.engine.decoder import LearnedDecoder
+    from r2f.engine.models import load_model, peak_rss_mb, save_model
+    from r2f.engine.unlearn import UnlearnContext, get_method
+    from r2f.engine.zoo import ensure_models
+
+    method = method or cfg.unlearn.method
+    forget_split = forget_split or cfg.data.forget_split
+    impl = get_method(method)
+    tofu = load_tofu(cfg.data.tofu_dir)
+    if model_path:  # fail fast on a bad path, before any training
+        model, tok = load_model(model_path)
+    models = ensure_models(cfg, log, splits=(forget_split,))
+    if not model_path:
+        model_path = models.path("target")
+        model, tok = load_model(model_path)
+    decoder = None
+    if method == "r2f":
+        decoder = cfg.decoder.kind
+        if decoder == "learned":
+            decoder = LearnedDecoder.load(train_decoder(cfg, log, progress)["decoder_dir"])
+    forget = list(forget_items) if forget_items else tofu.split(forget_split)
+    calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
+    evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed"), "holdout": tofu.split("holdout10")}
+    ml = cfg.models.max_len
+    before = _scored(model, tok, evalsets, ml, progress, "answer NLL before")
+    ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
+                         models.path("retain", forget_split), log, progress, mapper)
+    log(f"{method}: unlearning {len(forget)} forget items")
+    t0 = time.perf_counter()
+    result = impl.run(ctx)
+    wall = time.perf_counter() - t0
+    log(f"{method}: done in {wall:.1f} s (eta {result.eta})")
+    after = _scored(result.model, tok, evalsets, ml, progress, "answer NLL after")
+    report = {
+        "method": method, "forget_split": forget_split, "model": str(model_path), "eta": result.eta,
+        "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(),
+        "nll_before": before, "nll_after": after,
+        "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
+        "forget_ids_sha256": _ids_digest([q.id for q in forget]),
+    }
+    if out:
+        save_model(result.model, tok, out, {"unlearn": report})
+        report["out"] = str(out)
+    return report
+
+
+def _scored(model, tok, evalsets: dict, max_len: int, progress, label: str) -> dict:
+    """Mean answer NLL per set, with a progress tick per set."""
+    from r2f.engine.models import mean_nll
+
+    tick = progress(label, len(evalsets)) if progress else (lambda: None)
+    out = {}
+    for k, v in evalsets.items():
+        out[k] = mean_nll(model, tok, v, max_len)
+        tick()
+    return out
+
+
+def _ids_digest(ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def eval_dir(cfg: Config, role: str, split: str) -> Path:
+    """Cache folder of a reference evaluation (embedded ``target`` or ``retain`` model)."""
+    from r2f.engine.zoo import models_dir
+
+    key = cfg.section_hash("eval", "paraphrase")
+    return Path(cfg.state_dir) / "evals" / models_dir(cfg).name / f"{role}-{split}-{key}-s{cfg.unlearn.seed}"
+
+
+def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progress=None, mapper=None) -> dict:
+    """The ``TOFU_EVAL`` of the embedded retain (forget-quality/privleak reference) or target (GUR
+    and drift reference) model, computed when missing and cached; never skipped."""
+    from r2f.engine.evaluation import EvalError, add_gur, evaluate, to_json, write
+    from r2f.engine.models import load_model
+    from r2f.engine.zoo import ensure_models
+
+    path = eval_dir(cfg, role, split) / "TOFU_EVAL.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        models = ensure_models(cfg, log, splits=(split,))
+        retain = None if role == "retain" else reference_eval(cfg, "retain", split, log, progress, mapper)
+        if path.is_file():  # the retain evaluation produced this one on its way (GUR needs it)
+            return json.loads(path.read_text())
+        log(f"evaluating the reference {role} model on {split} (cached afterwards)")
+        model, tok = load_model(models.path(role, split))
+        original = load_model(models.path("target"))[0] if role == "retain" else None
+        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress,
+                       mapper=mapper, model_path=models.path(role, split), original_path=models.path("target"))
+        target = None
+        if role == "retain":  # the target's evaluation needs this one first (forget quality, privleak)
+            write(res, path.parent)
+            target = reference_eval(cfg, "target", split, log, progress, mapper)
+        add_gur(res, target)
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"cannot produce the {role} model's reference evaluation for {split}: {exc}") from exc
+    write(res, path.parent)
+    return to_json(res)[0]
+
+
+def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str | None = None,
+                   out: str | Path | None = None, log: Log = _noop, progress=None,
+                   forget_ids: list[str] | None = None, mapper=None) -> dict:
+    """TOFU + paper metrics of a model (default: the embedded target) on a forget split; writes
+    ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary.
+    ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's).
+    ``mapper``: where the evaluation shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
+    from r2f.engine.evaluation import add_gur, evaluate, summarize, to_json
+    from r2f.engine.models import load_model
+    from r2f.engine.zoo import ensure_models
+
+    split = split or cfg.data.forget_split
+    if model_path is None:
+        if forget_ids is not None:
+            raise ValueError("forget_ids: evaluate a model path (the target's reference is the whole split)")
+        model_path = ensure_models(cfg, log, splits=(split,)).path("target")
+        full = reference_eval(cfg, "target", split, log, progress, mapper)
+    else:
+        model, tok = load_model(model_path)  # fail fast on a bad path
+        retain = reference_eval(cfg, "retain", split, log, progress, mapper)
+        target = reference_eval(cfg, "target", split, log, progress, mapper)
+        original_path = ensure_models(cfg, log).path("target")
+        original = load_model(original_path)[0]
+        res = evaluate(model, tok, cfg, split, retain_eval=retain, original=original, progress=progress,
+                       forget_ids=forget_ids, mapper=mapper, model_path=model_path, original_path=original_path)
+        full = to_json(add_gur(res, target))[0]
+    summary = summarize(full)
+    if out:
+        write_json(Path(out) / "TOFU_EVAL.json", full)
+        write_json(Path(out) / "TOFU_SUMMARY.json", summary)
+    return {"model": str(model_path), "split": split, "summary": summary, "out": str(out) if out else None}

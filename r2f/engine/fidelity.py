@@ -1,0 +1,155 @@
+"""(LoRA-grad, full-grad) pairs and decoder fidelity: how close a decoded gradient is to the truth.
+
+Used to train the learned decoder on the proxy and, for evaluation only, to measure every decoder on
+held-out forget prompts of proxy and target. A pair is one module of one prompt (its N views).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from r2f.engine.decoder import Sketch, cosine, decode, make_sketch
+from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_bases, view_batches
+from r2f.engine.paraphrase import make_views
+
+
+@dataclass
+class PromptPairs:
+    item_id: str
+    pairs: list  # [(Sketch, true full gradient)]
+
+
+def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None,
+                  weighting: tuple[float, float] | None = None) -> list[PromptPairs]:
+    """For each item: N views -> exact full gradients and the LoRA sketch of every target module.
+
+    ``weighting`` is the token weighting of the activation Gram (``None`` = uniform)."""
+    a_init = a_init or cfg.lora.init
+    infos = target_modules(model, cfg.lora.target_modules)
+    out = []
+    for item in items:
+        views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
+                            cfg.paraphrase.max_similarity)]
+        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
+        full = full_gradients(model, infos, batches, cfg.unlearn.objective)
+        if a_init == "activation":
+            grams = activation_grams(model, infos, batches, weighting, factored=True)
+            A = top_bases(grams, cfg.lora.rank)
+            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A)
+        else:
+            grams = {}
+            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
+                                grams_out=grams)
+        out.append(PromptPairs(item.id, [(make_sketch(i, lg[i.name], grams[i.name]), full[i.name]) for i in infos]))
+        if progress:
+            progress()
+    return out
+
+
+def flatten(prompts: list[PromptPairs]) -> list[tuple[Sketch, object]]:
+    return [p for pp in prompts for p in pp.pairs]
+
+
+def fidelity(decoder, prompts: list[PromptPairs]) -> dict:
+    """Cosine between decoded and true gradients: per prompt over all modules concatenated (the
+    model-level direction), plus the mean per-module cosine."""
+    import numpy
+    import torch
+
+    per_prompt, per_module = [], []
+    for pp in prompts:
+        dec = [decode(decoder, sk) for sk, _ in pp.pairs]
+        true = [g for _, g in pp.pairs]
+        per_prompt.append(cosine(torch.cat([d.flatten() for d in dec]), torch.cat([t.flatten() for t in true])))
+        per_module += [cosine(d, t) for d, t in zip(dec, true)]
+    p10 = float(numpy.percentile(per_prompt, 10))
+    return {"cosine_mean": statistics.fmean(per_prompt), "cosine_p10": p10,
+            "module_cosine_mean": statistics.fmean(per_module), "n_prompts": len(per_prompt)}
+
+
+def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tuple[float, float] | None, dict]:
+    """Grid-search the token weighting (alpha, gamma) of the activation Gram on proxy prompts:
+    the pair whose top-r basis best captures the exact gradients (cosine of the projection).
+    Returns (best weighting or None if uniform wins, {label: mean cosine})."""
+    import torch
+
+    infos = target_modules(model, cfg.lora.target_modules)
+    prompts = []
+    for item in items:
+        views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
+                            cfg.paraphrase.max_similarity)]
+        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
+        prompts.append((batches, full_gradients(model, infos, batches, cfg.unlearn.objective)))
+
+    def score(weighting) -> float:
+        cos = []
+        for batches, full in prompts:
+            grams = activation_grams(model, infos, batches, weighting, factored=True)
+            dec, true = [], []
+            bases = top_bases(grams, cfg.lora.rank)
+            for i in infos:
+                A = bases[i.name]
+                dec.append((full[i.name] @ A.T @ A).flatten())
+                true.append(full[i.name].flatten())
+            cos.append(cosine(torch.cat(dec), torch.cat(true)))
+        return statistics.fmean(cos)
+
+    scores = {"uniform": score(None)}
+    best, best_s = None, scores["uniform"]
+    for a in cfg.decoder.weight_alphas:
+        for g in cfg.decoder.weight_gammas:
+            s = scores[f"alpha={a},gamma={g}"] = score((a, g))
+            if s > best_s:
+                best, best_s = (a, g), s
+    log(f"token weighting: uniform {scores['uniform']:.3f} -> best {best} {best_s:.3f} on {len(items)} proxy prompts")
+    return best, scores
+
+
+def fit_decoder(cfg, model, tokenizer, items, log=lambda _m: None, progress=None):
+    """Fit the learned decoder on a proxy ``model`` from its prompts ``items`` (never forget or
+    evaluation items); returns it with its metadata (not saved).
+
+    * ``lora.init: activation``: fit the token weighting of the activation Gram (grid search on
+      proxy prompts). The spectral prior is not trained: with A aligned to the Gram's eigenvectors it
+      cannot change the decode (it reduces to the projection).
+    * ``lora.init: peft``: train the spectral-prior MLP on (LoRA-grad, full-grad) pairs (MSE + cosine).
+    """
+    import time
+
+    from r2f.engine.decoder import LearnedDecoder, train_decoder
+
+    t0 = time.perf_counter()
+    meta: dict = {"kind": "learned", "a_init": cfg.lora.init, "objective": cfg.unlearn.objective,
+                  "weighting": None, "pairs": 0, "steps": 0,
+                  "proxy_layers": model.config.num_hidden_layers, "proxy_hidden": model.config.hidden_size}
+    dc = cfg.decoder
+    if cfg.lora.init == "activation":
+        if cfg.lora.weighting == "loss":
+            best, scores = fit_weighting(model, tokenizer, cfg, items[:dc.weight_fit_prompts], log)
+            meta.update(weighting=list(best) if best else None, weighting_scores=scores)
+        dec, curve = LearnedDecoder(dc.hidden, dc.seed), []
+        val_items = items[dc.weight_fit_prompts:dc.weight_fit_prompts + 8]
+    else:
+        per_prompt = len(target_modules(model, cfg.lora.target_modules))
+        n_prompts = -(-dc.pairs // per_prompt)
+        log(f"decoder: collecting {n_prompts} proxy prompts x {per_prompt} modules ({n_prompts * per_prompt} pairs)")
+        tick = progress("proxy pairs", n_prompts) if progress else None
+        train = collect_pairs(model, tokenizer, cfg, items[:n_prompts], progress=tick)
+        tick = progress("decoder steps", dc.steps) if progress else None
+        dec, curve = train_decoder(flatten(train), dc.hidden, dc.steps, dc.lr, dc.cosine_weight, dc.seed,
+                                   progress=tick)
+        meta.update(pairs=len(flatten(train)), steps=dc.steps, loss_first=curve[0], loss_last=curve[-1],
+                    loss_curve=curve[:: max(1, len(curve) // 50)])
+        val_items = items[n_prompts:n_prompts + 8]
+    weighting = tuple(meta["weighting"]) if meta["weighting"] else None
+    val = collect_pairs(model, tokenizer, cfg, val_items, weighting=weighting)
+    analytic = fidelity("analytic", val)
+    # with the activation basis the (untrained) spectral prior decodes exactly to the projection
+    # (docs/method.md section 5): skip its per-module eigendecompositions
+    learned = analytic if cfg.lora.init == "activation" else fidelity(dec, val)
+    meta.update(val_learned=learned, val_analytic=analytic, train_s=round(time.perf_counter() - t0, 1))
+    dec.meta = meta
+    log(f"decoder: held-out proxy cosine learned {meta['val_learned']['cosine_mean']:.3f} "
+        f"vs analytic {meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
+    return dec

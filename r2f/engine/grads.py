@@ -1,0 +1,352 @@
+"""Gradients of the unlearning loss: LoRA gradients through ``peft`` (base weights frozen, no
+full-weight gradient materialised) and exact per-module full gradients (proxy training pairs and
+evaluation only), plus the activation statistics the decoders use.
+
+Sign convention: every gradient here is of the *unlearning loss* ``L_u`` (to be descended):
+``ascent`` uses ``L_u = -NLL(answer | forget question)``, ``refusal`` uses
+``L_u = NLL(refusal string | forget question)``; a retain term ``+ w * NLL(retain)`` is optional.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from r2f.engine.models import answer_logits, collate, encode_qa, token_nll
+
+if TYPE_CHECKING:
+    import torch
+
+    from r2f.engine.paraphrase import Views
+
+LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    name: str
+    kind: str  # q_proj, k_proj, ...
+    layer: int
+    depth: float  # layer / (n_layers - 1), in [0, 1]
+
+
+def target_modules(model, kinds: Sequence[str]) -> list[ModuleInfo]:
+    """The linear modules whose last name component is in ``kinds`` (lm_head never included)."""
+    import torch
+
+    found = []
+    for name, mod in model.named_modules():
+        kind = name.rsplit(".", 1)[-1]
+        if isinstance(mod, torch.nn.Linear) and kind in kinds:
+            m = LAYER_RE.search(name)
+            found.append((name, kind, int(m.group(1)) if m else 0))
+    if not found:
+        raise ValueError(f"no linear modules named {list(kinds)} in {type(model).__name__}")
+    n_layers = max(f[2] for f in found) + 1
+    return [ModuleInfo(n, k, layer, layer / max(1, n_layers - 1)) for n, k, layer in found]
+
+
+def view_batches(tokenizer, views: Sequence[Views], max_len: int, objective: str = "ascent",
+                 refusals: Sequence[str] = (), chunk: int = 40, key_only: bool = False) -> list[dict]:
+    """Collated batches of (view question, answer) pairs; ``refusal`` swaps in a refusal string.
+    ``key_only``: the loss covers the answer's key words only (never for a refusal string)."""
+    if objective == "refusal" and not refusals:
+        raise ValueError("objective 'refusal' needs refusal strings")
+    enc = []
+    for i, v in enumerate(views):
+        answer = refusals[i % len(refusals)] if objective == "refusal" else v.answer
+        key = key_only and objective != "refusal"
+        enc += [encode_qa(tokenizer, q, answer, max_len, key) for q in v.questions]
+    return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
+
+
+def qa_batches(tokenizer, items, max_len: int, chunk: int = 40, key_only: bool = False) -> list[dict]:
+    enc = [encode_qa(tokenizer, q.question, q.answer, max_len, key_only) for q in items]
+    return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
+
+
+def _sign(objective: str) -> float:
+    """``ascent`` maximises the answer NLL; ``refusal`` and ``descent`` minimise it."""
+    if objective not in ("ascent", "refusal", "descent"):
+        raise ValueError(f"unknown objective '{objective}'")
+    return -1.0 if objective == "ascent" else 1.0
+
+
+def _backward_over(model, batches, objective, retain_batches=None, retain_weight=0.0) -> float:
+    """Backward of the mean unlearning loss over all sequences in ``batches``; returns the loss."""
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    total = 0.0
+    for b in batches:
+        loss = _sign(objective) * token_nll(model, b).sum() / n
+        loss.backward()
+        total += loss.item()
+    if retain_weight and retain_batches:
+        m = sum(b["input_ids"].shape[0] for b in retain_batches)
+        for b in retain_batches:
+            loss = retain_weight * token_nll(model, b).sum() / m
+            loss.backward()
+            total += loss.item()
+    return total
+
+
+class GramHooks:
+    """Forward hooks accumulating K = sum_t x_t x_t^T over non-pad input tokens, per module."""
+
+    def __init__(self, modules: dict):
+        self.grams: dict = {}
+        self.mask = None
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in modules.items()]
+
+    def _hook(self, name):
+        def fn(_mod, inputs, _out):
+            x = inputs[0].detach()[self.mask].float()
+            self.grams[name] = self.grams.get(name, 0) + x.T @ x
+        return fn
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def token_weights(logits: torch.Tensor, batch: dict, weighting: tuple[float, float] | None,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token weights [B, T] for the activation Gram.
+
+    ``None``: 1 on every non-pad token. ``(alpha, gamma)``: positions that predict an answer token get
+    ``g_t ** gamma`` with ``g_t = ||softmax(logits_t) - onehot(y_t)||^2`` (the squared norm of the
+    loss gradient w.r.t. that position's logits, available from the forward pass); prompt positions
+    get ``alpha`` times the mean answer weight (they receive gradient only through attention).
+    ``positions``: the logits are those of these positions only (``models.answer_logits``).
+    """
+    import torch
+
+    mask = batch["attention_mask"].bool()
+    if weighting is None:
+        return mask.float()
+    alpha, gamma = weighting
+    labels = batch["labels"]
+    predicts = torch.zeros_like(mask)
+    predicts[:, :-1] = labels[:, 1:] != -100
+    if positions is None:
+        positions = torch.arange(mask.shape[1] - 1)
+        logits = logits[:, :-1]
+    probs = logits.float().softmax(-1)
+    target = labels[:, 1:][:, positions].clamp(min=0)
+    p_y = probs.gather(-1, target[..., None]).squeeze(-1)
+    g = torch.zeros(mask.shape)
+    g[:, positions] = probs.pow(2).sum(-1) - 2 * p_y + 1.0  # ||p - e_y||^2
+    g = g.clamp(min=0).pow(gamma) * predicts
+    mean_g = g.sum() / predicts.sum().clamp(min=1)
+    return g + alpha * mean_g * (mask & ~predicts)
+
+
+@dataclass
+class GramFactor:
+    """A Gram ``K = X^T X`` kept as its factor ``X`` (tokens x in, rows weighted by sqrt(w_t)) when
+    a request has fewer tokens than the module has inputs: T x in instead of in x in floats, and
+    K's top eigenvectors are X's top right singular vectors (an SVD of a T x in matrix instead of
+    an eigendecomposition of in x in)."""
+
+    x: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        return self.x.T @ self.x
+
+    @property
+    def shape(self) -> tuple:
+        n = self.x.shape[1]
+        return (n, n)
+
+
+def activation_grams(model, infos: Sequence[ModuleInfo], batches,
+                     weighting: tuple[float, float] | None = None,
+                     factored: bool = False) -> dict[str, torch.Tensor | GramFactor]:
+    """Per module, K = sum_t w_t x_t x_t^T over input tokens (one forward pass, no grad); the
+    weights come from :func:`token_weights` (uniform over non-pad tokens by default).
+
+    ``factored``: return a :class:`GramFactor` wherever the tokens are fewer than the inputs (the
+    usual case for one request), else the dense Gram. Modules reading the same input tensor
+    (q/k/v, gate/up) share one object."""
+    import torch
+
+    mods = dict(model.named_modules())
+    xs: dict = {}
+    handles = [mods[i.name].register_forward_hook(
+        lambda _m, inputs, _o, n=i.name: xs.__setitem__(n, inputs[0].detach())) for i in infos]
+    rows: dict = {}
+    group_of: dict = {}
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                logits, pos = answer_logits(model, b)
+                w = token_weights(logits, b, weighting, pos).reshape(-1, 1)
+                keep = w.squeeze(1) > 0
+                # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
+                groups: dict = {}
+                for n, x in xs.items():
+                    groups.setdefault((x.data_ptr(), tuple(x.shape)), []).append(n)
+                for names in groups.values():
+                    key = tuple(names)
+                    group_of.update({n: key for n in names})
+                    xf = xs[names[0]].float().reshape(-1, xs[names[0]].shape[-1])
+                    xw = (xf * w.sqrt())[keep]
+                    prev = rows.get(key)
+                    if prev is None:
+                        rows[key] = xw
+                    elif isinstance(prev, list):
+                        prev.append(xw)
+                    else:
+                        rows[key] = [prev, xw]
+    finally:
+        for h in handles:
+            h.remove()
+    grams = {}
+    for key, r in rows.items():
+        x = torch.cat(r) if isinstance(r, list) else r.clone()
+        grams[key] = GramFactor(x) if factored and x.shape[0] < x.shape[1] else x.T @ x
+    return {i.name: grams[group_of[i.name]] for i in infos}
+
+
+def top_bases(grams: dict, r: int) -> dict:
+    """:func:`top_basis` of every Gram, computed once per distinct Gram (q/k/v share one)."""
+    cache: dict = {}
+    out = {}
+    for n, k in grams.items():
+        key = id(k)
+        if key not in cache:
+            cache[key] = top_basis(k, r)
+        out[n] = cache[key]
+    return out
+
+
+def top_basis(gram: torch.Tensor | GramFactor, r: int) -> torch.Tensor:
+    """Top-r eigenvectors of a Gram matrix as rows (r x in), orthonormal, deterministic sign.
+
+    A :class:`GramFactor` with fewer than ``r`` rows is completed with eigenvectors of eigenvalue 0
+    (any orthonormal completion is a valid top-r basis then)."""
+    import torch
+
+    top = None
+    if isinstance(gram, GramFactor) and gram.x.shape[0] >= r:
+        # K = X^T X's top eigenvectors are X's top right singular vectors: from the small T x T
+        # Gram X X^T (eigh) as v_k = X^T u_k / sqrt(lambda_k); several times faster than an SVD of
+        # X on CPU. float32: the float64 Gram GEMM alone cost more than the eigh (T = 300, in =
+        # 1,536: 9.9 ms vs 8.1 ms), and the top-r of a well-separated spectrum needs no more. A
+        # (near) rank-deficient top-r falls through to the dense path.
+        x = gram.x.float()
+        evals, evecs = torch.linalg.eigh(x @ x.T)
+        order = torch.argsort(evals, descending=True)[:r]
+        lam = evals[order]
+        if lam[-1] > 1e-6 * lam[0].clamp(min=1e-30):
+            top = ((x.T @ evecs[:, order]) / lam.sqrt()).T
+            top = top / top.norm(dim=1, keepdim=True)
+    if top is None:
+        dense = gram.dense() if isinstance(gram, GramFactor) else gram
+        evals, evecs = torch.linalg.eigh(dense.float())  # float32: 2x faster, ample for the top-r
+        top = evecs[:, torch.argsort(evals, descending=True)[:r]].T
+    signs = torch.sign(top[torch.arange(top.shape[0]), top.abs().argmax(1)])
+    return (top * signs[:, None]).float().contiguous()
+
+
+def _backward_with_grams(model, modules: dict, batches, objective, grams_out: dict) -> None:
+    hooks = GramHooks(modules)
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    try:
+        for b in batches:
+            hooks.mask = b["attention_mask"].bool()
+            (_sign(objective) * token_nll(model, b).sum() / n).backward()
+    finally:
+        hooks.remove()
+    grams_out.update(hooks.grams)
+
+
+@dataclass
+class LoraGrad:
+    A: torch.Tensor       # r x in
+    grad_B: torch.Tensor  # out x r
+    scaling: float
+    grad_A: torch.Tensor | None = None  # r x in; zero with peft's B = 0 init
+
+
+def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha: float,
+                   objective: str = "ascent", A_init: dict | None = None,
+                   retain_batches=None, retain_weight: float = 0.0, seed: int = 0,
+                   grams_out: dict | None = None) -> dict[str, LoraGrad]:
+    """Mean LoRA gradients over all view sequences via peft (B = 0, so grad_A = 0).
+
+    ``A_init`` maps module names to an ``r x in`` A; otherwise peft's default init (seeded).
+    ``grams_out``, if given, receives each module's activation Gram from this same forward pass.
+    The model is returned to its exact prior state (adapters unloaded, requires_grad restored).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                     target_modules=[i.name for i in infos], init_lora_weights=True)
+    import warnings
+
+    with warnings.catch_warnings():  # transformers 5 deprecation noise from inside peft
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, cfg)
+    try:
+        mods = dict(peft_model.base_model.model.named_modules())
+        for info in infos:
+            layer = mods[info.name]
+            if A_init is not None:
+                layer.lora_A["default"].weight.data.copy_(A_init[info.name])
+        peft_model.zero_grad(set_to_none=True)
+        if grams_out is not None:
+            _backward_with_grams(peft_model, {i.name: mods[i.name].base_layer for i in infos},
+                                 batches, objective, grams_out)
+            if retain_weight and retain_batches:
+                _backward_over(peft_model, [], objective, retain_batches, retain_weight)
+        else:
+            _backward_over(peft_model, batches, objective, retain_batches, retain_weight)
+        out = {}
+        for info in infos:
+            layer = mods[info.name]
+            a = layer.lora_A["default"].weight
+            out[info.name] = LoraGrad(a.detach().clone(), layer.lora_B["default"].weight.grad.detach().clone(),
+                                      float(layer.scaling["default"]),
+                                      a.grad.detach().clone() if a.grad is not None else None)
+    finally:
+        peft_model.unload()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+            p.grad = None
+    return out
+
+
+@contextmanager
+def grads_only_for(model, keep=()):
+    """Within: only the parameters in ``keep`` require grad (none by default) and no ``.grad`` is
+    left over; afterwards every parameter's ``requires_grad`` is restored and its ``.grad`` cleared."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    wanted = {id(p) for p in keep}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+            p.grad = None
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+            p.grad = None
+
+
+def full_gradients(model, infos: Sequence[ModuleInfo], batches, objective: str = "ascent",
+                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in)."""
+    mods = dict(model.named_modules())
+    with grads_only_for(model, [mods[i.name].weight for i in infos]):
+        _backward_over(model, batches, objective, retain_batches, retain_weight)
+        out = {}
+        for i in infos:  # hand over the .grad tensors themselves: no second gradient-sized copy
+            w = mods[i.name].weight
+            out[i.name], w.grad = w.grad.detach(), None
+        return out

@@ -1,0 +1,276 @@
+"""R2F's fast path: the LoRA gradients of many per-item adapters (and their activation bases) in one
+forward and one input-gradient-only backward per batch, with hooks instead of a peft wrap per item.
+With B = 0 the adapters do not change the forward pass and peft's ``grad_B = s * sum_t delta_t
+(A x_t)^T``; these functions form that sum directly (tested equal to :func:`grads.lora_gradients`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from r2f.engine.grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
+from r2f.engine.models import answer_logits, collate, encode_qa, nll_from_logits, token_nll
+
+if TYPE_CHECKING:
+    import torch
+
+    from r2f.engine.paraphrase import Views
+
+
+def _runs(groups: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(group, start, end) for each run of consecutive equal group ids."""
+    k = len(groups)
+    cuts = [0] + [j for j in range(1, k) if groups[j] != groups[j - 1]] + [k]
+    return [(groups[a], a, b) for a, b in zip(cuts, cuts[1:])]
+
+
+def _batches_with_runs(batches, seq_groups: Sequence[int]):
+    """Each batch with the :func:`_runs` of its sequences' group ids."""
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    if n != len(seq_groups):
+        raise ValueError(f"{len(seq_groups)} group ids for {n} sequences")
+    start = 0
+    for b in batches:
+        k = b["input_ids"].shape[0]
+        yield b, _runs(list(seq_groups[start:start + k]))
+        start += k
+
+
+@contextmanager
+def _input_gradients_only(model, infos: Sequence[ModuleInfo], fwd):
+    """All weights frozen, the embedding output made to require grad (so input gradients flow
+    through every module and no weight-gradient GEMM runs), ``fwd(name)`` as forward hook on each
+    adapted module."""
+    mods = dict(model.named_modules())
+    handles = [mods[i.name].register_forward_hook(fwd(i.name)) for i in infos]
+    handles.append(model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True)))
+    try:
+        with grads_only_for(model):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def grouped_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int],
+                           bases: Sequence[dict], objective: str = "ascent") -> dict[str, torch.Tensor]:
+    """LoRA gradients of many adapters at once: sequence ``j`` of the (concatenated) ``batches``
+    belongs to group ``seq_groups[j]``, whose adapter on module m has ``A = bases[g][m]`` (r x in)
+    and ``B = 0``. Returns, per module, ``Y[g] = grad_B[g] / s`` (groups x out x r) of the mean
+    unlearning loss over *all* sequences, in one forward and one backward.
+
+    With B = 0 the adapters do not change the forward pass, and peft's ``grad_B = s * sum_t
+    delta_t (A x_t)^T`` (delta_t: the gradient w.r.t. the module's output at token t). Forward hooks
+    keep ``A_g x_t`` (r floats per token) per run of one group's sequences; tensor hooks on the
+    outputs form the sum with one matmul per run. No weight
+    gradient is computed: the frozen weights' gradient GEMMs are skipped, only the input gradients
+    are propagated. Equal to :func:`lora_gradients` run once per group (to float precision; tested),
+    without a peft wrap per group."""
+    import torch
+
+    mods = dict(model.named_modules())
+    n_groups = len(bases)
+    A = {i.name: torch.stack([b[i.name] for b in bases]) for i in infos}  # groups x r x in
+    Y = {i.name: torch.zeros(n_groups, mods[i.name].out_features, A[i.name].shape[1]) for i in infos}
+    state: dict = {}
+
+    def fwd(name):
+        def fn(_m, inputs, out):
+            if not out.requires_grad:
+                return
+            x = inputs[0].detach()
+            # per run of consecutive sequences of one group: (group, rows, A_g x_t), r floats a token
+            runs = [(g, s, e, (x[s:e] @ A[name][g].T.to(x.dtype)).reshape(-1, A[name].shape[1]))
+                    for g, s, e in state["runs"]]
+
+            def on_grad(delta):
+                for g, s, e, xa in runs:
+                    Y[name][g] += delta[s:e].reshape(-1, delta.shape[-1]).T.float() @ xa.float()
+            out.register_hook(on_grad)
+        return fn
+
+    n = len(seq_groups)
+    with _input_gradients_only(model, infos, fwd):
+        for b, state["runs"] in _batches_with_runs(batches, seq_groups):
+            (_sign(objective) * token_nll(model, b).sum() / n).backward()
+    return Y
+
+
+def group_batches(tokenizer, groups: Sequence[Sequence[Views]], max_len: int, objective: str = "ascent",
+                  refusals: Sequence[str] = (), chunk: int = 40,
+                  key_only: bool = False) -> tuple[list[dict], list[int]]:
+    """Batches of whole groups (a group's sequences never straddle two batches; a batch holds up to
+    ``chunk`` sequences, or one larger group), and the group id of every sequence, in order. The
+    sequences are those of :func:`view_batches` over all the groups' views, in the same order."""
+    if objective == "refusal" and not refusals:
+        raise ValueError("objective 'refusal' needs refusal strings")
+    batches, seq_groups, cur, i = [], [], [], 0
+    for gi, views in enumerate(groups):
+        seqs = []
+        for v in views:
+            answer = refusals[i % len(refusals)] if objective == "refusal" else v.answer
+            seqs += [encode_qa(tokenizer, q, answer, max_len, key_only and objective != "refusal")
+                     for q in v.questions]
+            i += 1
+        if cur and len(cur) + len(seqs) > chunk:
+            batches.append(collate(cur, tokenizer.pad_token_id))
+            cur = []
+        cur += seqs
+        seq_groups += [gi] * len(seqs)
+    if cur:
+        batches.append(collate(cur, tokenizer.pad_token_id))
+    return batches, seq_groups
+
+
+def _sub_batch(b: dict, s: int, e: int) -> dict:
+    """Rows ``s:e`` of a right-padded batch, trimmed to their longest sequence."""
+    n = int(b["attention_mask"][s:e].sum(1).max())
+    return {k: v[s:e, :n] for k, v in b.items()}
+
+
+def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
+    """Per module, the top-``rank`` basis of each run's weighted inputs (q/k/v, gate/up read one
+    input tensor: one eigendecomposition per group of modules)."""
+    shared: dict = {}
+    out = {}
+    for name, x in xs.items():
+        key = (x.data_ptr(), tuple(x.shape))
+        if key not in shared:
+            per_run = []
+            for _g, s, e in runs:
+                xf = x[s:e].float().reshape(-1, x.shape[-1])
+                wr = w[s:e].reshape(-1, 1)
+                rows = (xf * wr.sqrt())[wr.squeeze(1) > 0]
+                gram = GramFactor(rows) if rows.shape[0] < rows.shape[1] else rows.T @ rows
+                per_run.append(top_basis(gram, rank))
+            shared[key] = per_run
+        out[name] = shared[key]
+    return out
+
+
+def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int], rank: int,
+                            weighting: tuple[float, float] | None = None, objective: str = "ascent",
+                            micro_batch: int | None = None, n_seqs: int | None = None,
+                            ) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
+    batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
+    token weights (from the logits, :func:`token_weights`) give every group's weighted activation
+    Gram and its top-``rank`` basis A_g (:func:`top_basis`); the backward then forms
+    ``Y[g] = grad_B[g] / s = sum_t delta_t (A_g x_t)^T`` as in :func:`grouped_lora_gradients`.
+
+    Equal to :func:`activation_grams` + :func:`top_bases` per group followed by
+    :func:`grouped_lora_gradients` (tested), without the separate Gram forward: the cost is one
+    forward and one input-gradient-only backward, i.e. a LoRA fwd+bwd. Returns (Y, bases).
+
+    ``micro_batch``: a batch of more sequences runs in low-memory mode instead: a no-grad forward
+    over the whole batch computes every module's bases inside its forward hook (nothing is kept but
+    the bases; with a fitted token weighting one more no-grad forward gives the logits first), then
+    forward + backward over ``micro_batch`` sequences at a time, so the activations a backward saves
+    are those of one micro-batch. Same result (tested), one or two more forwards.
+
+    ``n_seqs``: the number of sequences the mean loss is over (default: these batches'); a shard of
+    a larger set passes the whole set's count, so the shards' results concatenate to the full one."""
+    import torch
+
+    mods = dict(model.named_modules())
+    n_groups = max(seq_groups) + 1 if seq_groups else 0
+    Y = {i.name: torch.zeros(n_groups, mods[i.name].out_features, rank) for i in infos}
+    bases: list[dict] = [dict() for _ in range(n_groups)]
+    # mode "keep": store the input; "basis": compute the bases from it at once (low-memory); "proj":
+    # project it on state["proj"] (bases known) for the backward; "off": nothing
+    state: dict = {"x": {}, "xa": {}, "mode": "keep", "proj": {}, "last": None}
+
+    def fwd(name):
+        def fn(_m, inputs, out):
+            if state["mode"] == "off":
+                return
+            if state["mode"] == "keep":
+                state["x"][name] = inputs[0].detach()
+            elif state["mode"] == "basis":
+                x = inputs[0]
+                last = state["last"]  # q/k/v (gate/up) run one after another on one input tensor
+                if last is None or last[0] is not x:
+                    last = state["last"] = (x, _run_bases({name: x.detach()}, state["runs"], state["w"], rank)[name])
+                state["bases_now"][name] = last[1]
+                return
+            else:
+                x = inputs[0].detach()
+                state["xa"][name] = [(g, s, e, (x[s:e].float() @ a.T).reshape(-1, rank))
+                                     for g, s, e, a in state["proj"][name]]
+            if not out.requires_grad:
+                return
+
+            def on_grad(delta):
+                for g, s, e, xa in state["xa"][name]:
+                    Y[name][g] += delta[s:e].reshape(-1, delta.shape[-1]).T.float() @ xa
+            out.register_hook(on_grad)
+        return fn
+
+    n = n_seqs or len(seq_groups)
+    with _input_gradients_only(model, infos, fwd):
+        for b, runs in _batches_with_runs(batches, seq_groups):
+            if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
+                raise ValueError("a group's sequences straddle two batches: build them with group_batches")
+            k = b["input_ids"].shape[0]
+            low_memory = micro_batch is not None and k > micro_batch
+            if low_memory:
+                with torch.no_grad():
+                    if weighting is None:
+                        w = token_weights(None, b, None)  # uniform: the mask, no logits needed
+                    else:
+                        state["mode"] = "off"
+                        logits, pos = answer_logits(model, b)
+                        w = token_weights(logits, b, weighting, pos)
+                        del logits
+                    state.update(mode="basis", w=w, runs=runs, bases_now={})
+                    answer_logits(model, b)
+                per_module, state["last"] = state["bases_now"], None
+            else:
+                state["mode"] = "keep"
+                logits, pos = answer_logits(model, b)
+                w = token_weights(logits.detach(), b, weighting, pos)  # B x T
+                per_module = _run_bases(state["x"], runs, w, rank)
+            for name, per_run in per_module.items():
+                for (g, _, _), a in zip(runs, per_run):
+                    bases[g][name] = a
+            if not low_memory:
+                # the inputs were kept by this forward: project them for its backward
+                state["xa"] = {name: [(g, s, e, (state["x"][name][s:e].float() @ a.T).reshape(-1, rank))
+                                      for (g, s, e), a in zip(runs, per_run)]
+                               for name, per_run in per_module.items()}
+                state["x"] = {}
+                (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
+            else:
+                state["x"], state["mode"] = {}, "proj"
+                for m0 in range(0, k, micro_batch):
+                    m1 = min(k, m0 + micro_batch)
+                    state["proj"] = {name: [(g, max(s, m0) - m0, min(e, m1) - m0, a)
+                                            for (g, s, e), a in zip(runs, per_run) if s < m1 and e > m0]
+                                     for name, per_run in per_module.items()}
+                    sub = _sub_batch(b, m0, m1)
+                    lg, ps = answer_logits(model, sub)
+                    (_sign(objective) * nll_from_logits(lg, ps, sub).sum() / n).backward()
+            state["xa"] = {}
+    return Y, bases
+
+
+def shard_batches(batches: Sequence[dict], seq_groups: Sequence[int], k: int) -> list[dict]:
+    """The batches of :func:`group_batches` cut into at most ``k`` contiguous shards of whole batches
+    (a group never straddles two batches, so never two shards), each with its sequences' group ids
+    renumbered from 0 and its first group's index (``offset``)."""
+    from r2f.engine.parallel import split_even
+
+    starts, pos = [], 0
+    for b in batches:
+        starts.append(pos)
+        pos += b["input_ids"].shape[0]
+    starts.append(pos)
+    shards = []
+    for part in split_even(len(batches), k):
+        groups = list(seq_groups[starts[part.start]:starts[part.stop]])
+        offset = groups[0] if groups else 0
+        shards.append({"batches": list(batches[part.start:part.stop]),
+                       "seq_groups": [g - offset for g in groups], "offset": offset})
+    return shards

@@ -1,0 +1,263 @@
+"""Shared by the single-direction methods: calibrate the step size eta with forward passes only,
+then apply ``W <- W - eta * ||W|| * D / ||D||`` module by module, refusing non-finite updates.
+The weights are written once (the chosen eta) and never copied: trials run through forward hooks.
+
+eta is relative: the update's Frobenius norm over all adapted modules is ``eta`` times theirs.
+Calibration: the largest eta in the grid whose NLL on calibration retain items stays within
+``(1 + retain_budget)`` of the original is found by bisection (the retain NLL rises with eta); each
+trial also records the forget NLL on *held-out views* (paraphrases not used for the gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from r2f.engine.grads import target_modules
+from r2f.engine.models import collate, encode_qa, token_nll
+from r2f.engine.paraphrase import make_all_views
+from r2f.engine.unlearn.base import OverBudgetError, UnlearnContext, UnlearnError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def views_split(items, cfg):
+    """(gradient views, held-out views): N views for the gradient, 2 more held out for calibration."""
+    from r2f.engine.paraphrase import Views
+
+    n = cfg.paraphrase.views
+    allv = make_all_views(items, n + 2, cfg.paraphrase)
+    grad = [Views(v.item_id, v.questions[:n], v.answer, v.repeated) for v in allv]
+    held = [Views(v.item_id, v.questions[n:], v.answer, v.repeated) for v in allv]
+    return grad, held
+
+
+def _nll(model, batches) -> float:
+    import torch
+
+    with torch.inference_mode():
+        vals = torch.cat([token_nll(model, b) for b in batches])
+    return float(vals.mean())
+
+
+class LowRank:
+    """A module's update kept as factors ``U @ V`` (out x k, k x in): R2F's decoded directions are
+    rank r per item, so a request's update needs (out + in) * k floats per module instead of a
+    dense gradient-sized tensor. Once k grows past ``out * in / (out + in)`` (a large request) the
+    factors would be bigger than the dense matrix, and the update is kept dense from then on."""
+
+    def __init__(self) -> None:
+        self.us: list = []
+        self.vs: list = []
+        self.d = None  # the dense update, once it is the smaller form
+
+    def add(self, weight: float, u: torch.Tensor, v: torch.Tensor) -> None:
+        import torch
+
+        if self.d is not None:
+            self.d += weight * (u @ v)
+            return
+        self.us.append(weight * u)
+        self.vs.append(v)
+        if len(self.us) > 1:  # keep one concatenated pair: O(k) memory, no list of small tensors
+            self.us, self.vs = [torch.cat(self.us, 1)], [torch.cat(self.vs, 0)]
+        (out, k), n_in = self.us[0].shape, self.vs[0].shape[1]
+        if k * (out + n_in) > out * n_in:
+            self.d, self.us, self.vs = self.us[0] @ self.vs[0], [], []
+
+    @property
+    def empty(self) -> bool:
+        return self.d is None and not self.us
+
+    @property
+    def factored(self) -> bool:
+        return self.d is None
+
+    def dense(self) -> torch.Tensor:
+        return self.d if self.d is not None else self.us[0] @ self.vs[0]
+
+    def sq_norm(self) -> float:
+        """||U V||_F^2 = sum((U^T U) * (V V^T)), without forming U V."""
+        if self.d is not None:
+            return _sq_norm(self.d)
+        u, v = self.us[0].double(), self.vs[0].double()
+        return float(((u.T @ u) * (v @ v.T)).sum())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self.d is not None:
+            return tuple(self.d.shape)
+        return (self.us[0].shape[0], self.vs[0].shape[1]) if self.us else (0, 0)
+
+    def finite(self) -> bool:
+        import torch
+
+        if self.d is not None:
+            return bool(torch.isfinite(self.d).all())
+        return bool(torch.isfinite(self.us[0]).all() and torch.isfinite(self.vs[0]).all())
+
+
+def _sq_norm(d) -> float:
+    """Squared Frobenius norm; a dense tensor is reduced in its own dtype (no float64 copy of a
+    gradient-sized tensor: 134 MB per module on a 1.7B model)."""
+    import torch
+
+    return d.sq_norm() if isinstance(d, LowRank) else float(torch.linalg.vector_norm(d)) ** 2
+
+
+def check_finite(direction: dict) -> None:
+    import torch
+
+    for name, d in direction.items():
+        if isinstance(d, LowRank) and d.empty:
+            raise UnlearnError(f"update for module {name} is empty: refused, model left unchanged")
+        if not (d.finite() if isinstance(d, LowRank) else torch.isfinite(d).all()):
+            raise UnlearnError(f"update for module {name} contains NaN/Inf: refused, model left unchanged")
+
+
+def check_shapes(mods: dict, direction: dict) -> None:
+    """Every update names a module of the target and has its weight's shape (a decoder or a
+    direction built for another model is refused before anything is written)."""
+    for name, d in direction.items():
+        if name not in mods or not hasattr(mods[name], "weight"):
+            raise UnlearnError(f"update for module {name}: the target has no such module: refused, "
+                               "model left unchanged")
+        want, got = tuple(mods[name].weight.shape), tuple(d.shape)
+        if got != want:
+            raise UnlearnError(f"update for module {name} has shape {got}, the target's weight is {want}: "
+                               "refused, model left unchanged")
+
+
+class Trial:
+    """Forward hooks that make every adapted module compute ``x (W - c D)^T`` without writing W:
+    ``y - c * (x V^T) U^T`` for a :class:`LowRank` D (k extra columns), ``y - c * x D^T`` for a
+    dense one. Calibration therefore never copies or modifies the weights."""
+
+    def __init__(self, mods: dict, direction: dict) -> None:
+        self.c = 0.0
+        self._handles = [mods[n].register_forward_hook(self._hook(d)) for n, d in direction.items()]
+
+    def _hook(self, d):
+        import torch.nn.functional as F
+
+        def fn(_mod, inputs, out):
+            if self.c == 0.0:
+                return out
+            x = inputs[0]
+            if isinstance(d, LowRank) and d.factored:
+                delta = (x @ d.vs[0].T.to(x.dtype)) @ d.us[0].T.to(x.dtype)
+            else:
+                delta = F.linear(x, (d.dense() if isinstance(d, LowRank) else d).to(x.dtype))
+            return out - self.c * delta
+        return fn
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _new_weight(w: torch.Tensor, d, c: float) -> torch.Tensor:
+    """``w - c * d`` for one module (one dense gradient-sized tensor at a time)."""
+    import torch
+
+    if isinstance(d, LowRank) and d.factored:
+        return torch.addmm(w, d.us[0].to(w.dtype), d.vs[0].to(w.dtype), alpha=-c)
+    return torch.add(w, (d.dense() if isinstance(d, LowRank) else d).to(w.dtype), alpha=-c)
+
+
+def apply_update(mods: dict, direction: dict, c: float) -> None:
+    """``W <- W - c * D`` for every module, all or nothing: a first pass computes each new weight
+    (one module at a time) and refuses the whole update if any would hold NaN/Inf; only then does a
+    second pass (the same deterministic op) write them. No copy of the weights is kept."""
+    import torch
+
+    with torch.no_grad():
+        for n, d in direction.items():
+            w = _new_weight(mods[n].weight, d, c)
+            if not torch.isfinite(w).all():
+                raise UnlearnError(f"step {c:.3g}: module {n} would hold NaN/Inf: refused, model left unchanged")
+            del w
+        for n, d in direction.items():
+            mods[n].weight.copy_(_new_weight(mods[n].weight, d, c))
+
+
+def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
+                        refuse_over_budget: bool = True, budget: float | None = None) -> tuple[float, dict]:
+    """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
+
+    The grid's trials run through :class:`Trial` hooks (the weights are never written, so nothing
+    has to be restored); the chosen eta is written once by :func:`apply_update`.
+    ``base_retain``: the retain NLL the budget is measured from (default: the current model's);
+    multi-step R2F passes the original model's so the budget holds for all steps together.
+    When no eta in the grid keeps the budget the step is refused (:class:`OverBudgetError`, as
+    for NaN: nothing is written); ``refuse_over_budget`` False instead applies nothing and returns
+    eta 0 with ``info["within_budget"] = False`` (multi-step R2F stops there after its first step).
+    ``budget``: the retain budget for this call (default ``unlearn.eta.retain_budget``)."""
+    check_finite(direction)
+    cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
+    mods = dict(model.named_modules())
+    check_shapes(mods, direction)
+    names = [i.name for i in target_modules(model, cfg.lora.target_modules)]
+    missing = set(direction) - set(names)
+    if missing:
+        raise UnlearnError(f"update names modules the model does not have: {sorted(missing)[:3]}")
+    w_norm = math.sqrt(sum(_sq_norm(mods[n].weight.detach()) for n in direction))
+    d_norm = math.sqrt(sum(_sq_norm(d) for d in direction.values()))
+    if not d_norm > 0:
+        raise UnlearnError("update direction is zero: nothing to apply, model left unchanged")
+    scale = w_norm / d_norm
+
+    def set_eta(eta: float) -> None:
+        apply_update(mods, direction, eta * scale)
+
+    ec = cfg.unlearn.eta
+    budget = ec.retain_budget if budget is None else budget
+    info: dict = {"trials": [], "scale": scale, "retain_budget": budget}
+    if ec.value is not None:
+        set_eta(ec.value)
+        return ec.value, info
+    k = ec.calibration_items
+    _, held = views_split(ctx.forget[:k], cfg)
+    # loss_tokens: key measures the forget and retain NLL on key words only (the facts themselves)
+    f_enc = [encode_qa(tok, q, v.answer, cfg.models.max_len, cfg.unlearn.key_only) for v in held for q in v.questions]
+    r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len, cfg.unlearn.key_only) for q in ctx.retain[:k]]
+    if not r_enc:
+        raise UnlearnError("eta calibration needs retain items (ctx.retain is empty)")
+    fb = [collate(f_enc[i:i + 64], tok.pad_token_id) for i in range(0, len(f_enc), 64)]
+    rb = [collate(r_enc[i:i + 64], tok.pad_token_id) for i in range(0, len(r_enc), 64)]
+    base_f, base_r = _nll(model, fb), _nll(model, rb)
+    if base_retain is not None:
+        base_r = base_retain
+    info.update(base_forget_nll=base_f, base_retain_nll=base_r)
+    grid = sorted(ec.grid)
+    tick = ctx.tick("eta calibration trials", math.ceil(math.log2(len(grid) + 1)))
+    trial = Trial(mods, direction)
+    # Bisection over the sorted grid for the largest eta within budget (the retain NLL rises with
+    # eta): ceil(log2(n + 1)) trials instead of up to n for an ascending scan (4 instead of 10
+    # for the 12-value grid on SmolLM2). Every trial above the chosen eta failed.
+    lo, hi = -1, len(grid)
+    try:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            trial.c = grid[mid] * scale
+            f, r = _nll(model, fb), _nll(model, rb)
+            ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + budget)
+            info["trials"].append({"eta": grid[mid], "forget_nll": f, "retain_nll": r, "within_budget": ok})
+            tick()
+            lo, hi = (mid, hi) if ok else (lo, mid)
+    finally:
+        trial.remove()
+    chosen = grid[lo] if lo >= 0 else None
+    info["within_budget"] = chosen is not None
+    if chosen is None and not refuse_over_budget:
+        return 0.0, info
+    if chosen is None:
+        smallest = info["trials"][-1]
+        raise OverBudgetError(
+            f"no eta in unlearn.eta.grid keeps the calibration retain NLL within "
+            f"{budget:.0%} of {base_r:.4g}: the smallest, eta={grid[0]:.3g}, gives "
+            f"{smallest['retain_nll']:.4g}. Refused, model left unchanged; raise "
+            "unlearn.eta.retain_budget or add smaller values to unlearn.eta.grid")
+    set_eta(chosen)
+    return chosen, info

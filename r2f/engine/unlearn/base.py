@@ -1,0 +1,68 @@
+"""The method interface, the registry and the per-request context."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from r2f.config import Config
+from r2f.engine.data import QA
+from r2f.errors import R2FError
+
+METHODS = {
+    "r2f": "r2f", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin", "lora_mul": "lora_mul",
+    "gradascent": "grad_ascent", "graddiff": "grad_diff", "npo": "npo", "retrain": "retrain",
+}
+
+
+class UnlearnError(R2FError, RuntimeError):
+    """Unlearning could not be applied; the model is left unchanged."""
+
+
+class OverBudgetError(UnlearnError):
+    """No step size keeps the calibration retain NLL within ``unlearn.eta.retain_budget``: the step
+    is refused (nothing written), as a NaN update is."""
+
+
+@dataclass
+class UnlearnContext:
+    """Everything a method may use for one deletion request."""
+
+    model: Any
+    tokenizer: Any
+    cfg: Config
+    forget: list[QA]
+    retain: list[QA]  # retain items for calibration and retain terms (never the evaluation items)
+    refusals: list[str] = field(default_factory=list)
+    decoder: Any = None  # a LearnedDecoder or the name of a fixed decoder
+    retain_model_path: Path | None = None
+    log: Callable[[str], None] = lambda _msg: None
+    progress: Callable[[str, int], Callable[[], None]] | None = None
+    mapper: Any = None  # r2f.engine.parallel.Mapper: where gradient shards run (None: in this process)
+
+    def tick(self, label: str, total: int) -> Callable[[], None]:
+        return self.progress(label, total) if self.progress else (lambda: None)
+
+
+@dataclass
+class UnlearnResult:
+    method: str
+    model: Any
+    eta: float | None
+    info: dict = field(default_factory=dict)
+
+
+class Method(Protocol):
+    name: str
+
+    def run(self, ctx: UnlearnContext) -> UnlearnResult: ...
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UnlearnError(f"unknown method '{name}'; expected one of {', '.join(METHODS)}")
+    module = importlib.import_module(f".{METHODS[name]}", __package__)
+    return module.METHOD

@@ -1,0 +1,356 @@
+"""The pipeline: one definition (``STAGES``), two runners.
+
+``dvc.yaml`` is generated from ``STAGES`` (``r2f stage --dvc-yaml``; a test checks the committed
+file matches) and runs each stage as ``r2f stage <name>``; the Prefect flow in ``flows/`` runs the
+same :func:`run_stage` as tasks. A stage reads its inputs from the outs of earlier stages under
+``<state_dir>/pipeline/`` and writes its own outs atomically, so either runner can resume the other.
+
+prepare → validate → train_models → train_decoder → unlearn → evaluate → gate → promote
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from r2f.config import Config
+from r2f.errors import R2FError
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    help: str
+    deps: tuple[str, ...]  # paths (``${...}`` = params.yaml values, DVC templating)
+    params: tuple[str, ...]  # params.yaml sections the stage reads
+    outs: tuple[str, ...]
+
+
+P = "${state_dir}/pipeline"
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("prepare", "resolve the deletion request to concrete TOFU rows (the forget set)",
+              ("data/tofu", "${pipeline.request}"), ("pipeline",), (f"{P}/request",)),
+    StageSpec("validate", "Great Expectations suites on the request, forget, retain and holdout data",
+              ("data/tofu", f"{P}/request"), ("validation",), (f"{P}/validation",)),
+    StageSpec("train_models", "tokenizer, target, proxy and the split's retain model (cached by config hash)",
+              ("data/tofu", f"{P}/request"), ("data", "models"), (f"{P}/models",)),
+    StageSpec("train_decoder", "fit the gradient decoder on the proxy (cached by config hash)",
+              (f"{P}/models",), ("lora", "paraphrase", "decoder"), (f"{P}/decoder",)),
+    StageSpec("unlearn", "apply the configured method to the target on the forget set",
+              (f"{P}/request", f"{P}/validation", f"{P}/models", f"{P}/decoder"), ("unlearn",),
+              (f"{P}/unlearned",)),
+    StageSpec("evaluate", "TOFU + paper metrics of the unlearned model (references cached)",
+              (f"{P}/unlearned", f"{P}/models"), ("eval",), (f"{P}/eval",)),
+    StageSpec("gate", "promotion rules on the evaluation", (f"{P}/eval",), ("gate",), (f"{P}/gate",)),
+    StageSpec("promote", "register the candidate; move the champion alias only if the gate passed",
+              (f"{P}/gate",), ("tracking",), (f"{P}/promotion",)),
+)
+NAMES = tuple(s.name for s in STAGES)
+
+
+class PipelineError(R2FError, RuntimeError):
+    """A stage cannot run (missing input from an earlier stage, ...); the message says which."""
+
+
+def stage_dir(cfg: Config, name: str) -> Path:
+    outs = {"prepare": "request", "validate": "validation", "train_models": "models", "train_decoder": "decoder",
+            "unlearn": "unlearned", "evaluate": "eval", "gate": "gate", "promote": "promotion"}
+    return Path(cfg.state_dir) / "pipeline" / outs[name]
+
+
+def dvc_yaml() -> str:
+    """``dvc.yaml`` text for ``STAGES`` (values interpolated by DVC from params.yaml)."""
+    import yaml
+
+    stages = {}
+    for s in STAGES:
+        stages[s.name] = {"cmd": f"r2f stage {s.name}", "deps": list(s.deps),
+                          "params": list(s.params), "outs": list(s.outs)}
+    head = ("# Generated from r2f/governance/pipeline.py STAGES by `r2f stage --dvc-yaml > dvc.yaml`; "
+            "tests/test_pipeline.py checks it matches.\n")
+    return head + yaml.safe_dump({"stages": stages}, sort_keys=False)
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run the earlier stages first (`r2f run` or `dvc repro`)")
+    return json.loads(path.read_text())
+
+
+def _write(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder, hard-linking files when the filesystem allows (artifacts are immutable)."""
+    def copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, copy_function=copy)
+
+
+def request_info(cfg: Config) -> dict:
+    return _json(stage_dir(cfg, "prepare") / "request.json")
+
+
+def request_rows(cfg: Config, info: dict) -> list[str] | None:
+    """The request's rows when they are a strict part of its evaluation split (forget metrics are
+    then computed on them alone), ``None`` when the request is the whole split."""
+    from r2f.engine.data import load_tofu
+
+    split_ids = [q.id for q in load_tofu(cfg.data.tofu_dir).split(info["eval_split"])]
+    return None if set(info["item_ids"]) == set(split_ids) else list(info["item_ids"])
+
+
+def forget_items(cfg: Config) -> list:
+    from r2f.engine.data import load_tofu
+
+    info = request_info(cfg)
+    full = {q.id: q for q in load_tofu(cfg.data.tofu_dir).split("full")}
+    return [full[i] for i in info["item_ids"]]
+
+
+# -- stages -----------------------------------------------------------------------------------------
+def prepare(cfg: Config, log: Log, progress=None) -> dict:
+    import hashlib
+
+    from r2f.engine.data import N_AUTHORS, load_tofu
+    from r2f.engine.models import atomic_dir
+    from r2f.governance.requests import (
+        RequestError,
+        author_indices,
+        eval_split,
+        read_request,
+        resolve,
+        rows_digest,
+        write_forget_set,
+    )
+
+    src = Path(cfg.pipeline.request)
+    req = read_request(src)
+    tofu = load_tofu(cfg.data.tofu_dir)
+    known = {q.id for q in tofu.split("full")}
+    qids = req.selectors.question_ids
+    unknown = sorted(set(qids) - known)
+    # selectors that match nothing are left out here and reported by the GX request suite (validate)
+    authors = [a for a in req.selectors.authors
+               if isinstance(a, int) and 0 <= a < N_AUTHORS or isinstance(a, str) and len(tofu.authors_named(a)) == 1]
+    sel = req.selectors.model_copy(update={"question_ids": tuple(i for i in qids if i in known),
+                                           "authors": tuple(authors)})
+    resolved = req.model_copy(update={"selectors": sel})
+    items = resolve(resolved, tofu) if sel.authors or sel.question_ids else []
+    try:
+        split = eval_split(items) if items else None
+    except RequestError:
+        split = None
+    info = {"request_id": req.request_id, "created_at": str(req.created_at), **req.digests(),
+            "authors": author_indices(resolved, tofu), "requested_question_ids": list(qids),
+            "unknown_question_ids": unknown, "item_ids": [q.id for q in items], "n_rows": len(items),
+            "rows_sha256": rows_digest(items), "eval_split": split, "source": str(src),
+            "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    with atomic_dir(stage_dir(cfg, "prepare")) as tmp:
+        write_forget_set(items, tmp / "forget.jsonl")
+        _write(tmp / "request.json", info)
+    log(f"request {req.request_id}: {len(items)} rows (sha256 {info['rows_sha256'][:12]}), "
+        f"evaluated on {split}")
+    return {k: info[k] for k in ("request_id", "n_rows", "rows_sha256", "eval_split")}
+
+
+def validate(cfg: Config, log: Log, progress=None) -> dict:
+    """GX suites; on failure the reports are kept (``validation/``, ``passed: false``), a rejected
+    MLflow run records them, and ``ValidationError`` stops the pipeline before any model is touched."""
+    from r2f.engine.data import load_tofu
+    from r2f.engine.models import atomic_dir
+    from r2f.governance.requests import read_request
+    from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
+
+    info = request_info(cfg)
+    tofu = load_tofu(cfg.data.tofu_dir)
+    out = stage_dir(cfg, "validate")
+    req = read_request(cfg.pipeline.request).to_dict()
+    full = tofu.split("full")
+    reports = [validate_request(req, {q.id for q in full}, set(range(200)), tofu.authors_named)]
+    items = forget_items(cfg)
+    failed = None
+    with atomic_dir(out) as tmp:  # the outs (reports + result.json) replace the old ones in one rename
+        try:
+            if items:  # an empty forget set is already a failure of the request suite
+                try:
+                    reports += validate_pipeline_data(tofu, items, cfg.validation)
+                except ValidationError as exc:
+                    reports += exc.reports
+            check(reports, tmp)
+        except ValidationError as exc:
+            failed = ValidationError(str(exc).replace(str(tmp), str(out)), exc.failures, exc.reports)
+        _write(tmp / "result.json", {"passed": failed is None, "request_id": info["request_id"],
+                                     "suites": {r.suite: r.success for r in reports}})
+    if failed is not None:
+        _track_rejected(cfg, info, out)
+        raise ValidationError(f"request {info['request_id']}: data validation failed, nothing was changed "
+                              f"(GX results in {out}):\n{failed}", failed.failures, reports) from None
+    log(f"validation passed: {len(reports)} suites")
+    return _json(out / "result.json")
+
+
+def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
+    from r2f.governance.tracking import make_tracker
+
+    tr = make_tracker(cfg)
+    with tr.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-rejected",
+                      {"request_id": info["request_id"], "status": "rejected_data"}):
+        for f in sorted(out.glob("*.json")):
+            tr.log_artifact(str(f), "validation")
+
+
+def train_models(cfg: Config, log: Log, progress=None) -> dict:
+    from r2f.engine.models import atomic_dir
+    from r2f.engine.zoo import ensure_models
+
+    split = request_info(cfg)["eval_split"]
+    models = ensure_models(cfg, log, progress, splits=(split,))
+    with atomic_dir(stage_dir(cfg, "train_models")) as tmp:
+        for name in ("tokenizer", "target", "proxy", f"retain-{split}"):
+            _link_tree(models.root / name, tmp / name)
+        _write(tmp / "models.json", {"config_hash": models.root.name, "eval_split": split})
+    return {"config_hash": models.root.name, "eval_split": split}
+
+
+def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
+    from r2f.engine.api import train_decoder as fit
+    from r2f.engine.models import atomic_dir
+
+    rep = fit(cfg, log, progress)
+    with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
+        for f in Path(rep["decoder_dir"]).iterdir():
+            shutil.copy2(f, tmp / f.name)
+    _track_decoder(cfg, rep, log)
+    return {k: v for k, v in rep.items() if not isinstance(v, (list, dict))}
+
+
+def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
+    """One run per decoder (config hash) in the decoder experiment, the decoder registered."""
+    from r2f.governance.lineage import log_decoder_run
+    from r2f.governance.tracking import make_tracker
+
+    log_decoder_run(make_tracker(cfg), cfg, rep, stage_dir(cfg, "train_decoder"), log)
+
+
+def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
+    from r2f.engine.api import decoder_dir
+    from r2f.engine.api import unlearn as run
+    from r2f.governance.lineage import start_unlearning_run
+    from r2f.governance.tracking import make_tracker
+
+    info = request_info(cfg)
+    if not _json(stage_dir(cfg, "validate") / "result.json").get("passed"):
+        raise PipelineError(f"request {info['request_id']}: validation did not pass; nothing unlearned")
+    from r2f.engine.models import atomic_dir
+
+    out = stage_dir(cfg, "unlearn")
+    tracker = make_tracker(cfg)
+    # model + report replace the old outs in one rename: a run killed midway leaves the old ones
+    with atomic_dir(out) as new, tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
+        start = start_model(cfg, tracker, Path(tmp), log)
+        rep = run(cfg, forget_split=info["eval_split"], model_path=start["path"],
+                  out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg), mapper=mapper)
+        rep["request_id"] = info["request_id"]
+        rep["decoder_hash"] = decoder_dir(cfg).name
+        rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
+        rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
+        _write(new / "report.json", rep)
+    return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
+
+
+def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
+    """The model a request is unlearned from: the registry's champion (``pipeline.start_from:
+    champion``, once one exists that is not the untouched target) or the embedded target."""
+    target = {"path": stage_dir(cfg, "train_models") / "target", "version": None, "role": "base_target",
+              "source": "target"}
+    if cfg.pipeline.start_from != "champion":
+        return target
+    champ = tracker.champion_model(cfg.tracking.target_model_name, tmp, skip_roles=("base_target",))
+    if champ is None or champ["role"] == "base_target":
+        return {**target, "version": champ and champ["version"]}
+    log(f"unlearning from the champion, {cfg.tracking.target_model_name} version {champ['version']}")
+    return {**champ, "source": "champion"}
+
+
+def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
+    from r2f.engine.api import evaluate_model
+    from r2f.engine.models import atomic_dir
+    from r2f.governance.lineage import log_evaluation
+    from r2f.governance.tracking import make_tracker
+
+    info = request_info(cfg)
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    with atomic_dir(stage_dir(cfg, "evaluate")) as tmp:
+        res = evaluate_model(cfg, stage_dir(cfg, "unlearn") / "model", info["eval_split"], out=tmp,
+                             log=log, progress=progress, forget_ids=request_rows(cfg, info), mapper=mapper)
+    log_evaluation(make_tracker(cfg), cfg, rep.get("mlflow_run_id"), stage_dir(cfg, "evaluate"))
+    return res["summary"]
+
+
+def gate(cfg: Config, log: Log, progress=None) -> dict:
+    from r2f.engine.models import atomic_dir
+    from r2f.governance.gate import decide
+    from r2f.governance.lineage import champion_utility, log_gate, run_note
+    from r2f.governance.tracking import make_tracker
+
+    info = request_info(cfg)
+    summary = _json(stage_dir(cfg, "evaluate") / "TOFU_SUMMARY.json")
+    champ = champion_utility(cfg, info["eval_split"])
+    decision = decide(summary, champ, cfg.gate).to_dict()
+    decision["champion_model_utility"] = champ
+    with atomic_dir(stage_dir(cfg, "gate")) as tmp:
+        _write(tmp / "decision.json", decision)
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    log_gate(make_tracker(cfg), rep.get("mlflow_run_id"), decision, run_note(info, rep))
+    log(f"gate {'PASSED' if decision['passed'] else 'FAILED'}" +
+        ("" if decision["passed"] else ": " + "; ".join(decision["reasons"])))
+    return decision
+
+
+def promote(cfg: Config, log: Log, progress=None) -> dict:
+    from r2f.engine.models import atomic_dir
+    from r2f.governance.lineage import register_and_promote
+    from r2f.governance.tracking import make_tracker
+
+    info = request_info(cfg)
+    decision = _json(stage_dir(cfg, "gate") / "decision.json")
+    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    res = register_and_promote(make_tracker(cfg), cfg, stage_dir(cfg, "train_models") / "target",
+                               stage_dir(cfg, "unlearn") / "model", rep.get("mlflow_run_id"), decision, info)
+    with atomic_dir(stage_dir(cfg, "promote")) as tmp:
+        _write(tmp / "promotion.json", res)
+    return res
+
+
+FUNCS: dict[str, Callable] = {"prepare": prepare, "validate": validate, "train_models": train_models,
+                              "train_decoder": train_decoder, "unlearn": unlearn, "evaluate": evaluate,
+                              "gate": gate, "promote": promote}
+
+
+SHARDED = ("unlearn", "evaluate")  # stages that take a mapper (r2f.engine.parallel): their shards may run elsewhere
+
+
+def run_stage(cfg: Config, name: str, log: Log = print, progress=None, mapper=None) -> dict:
+    """Run one stage. ``mapper`` (:mod:`r2f.engine.parallel`): where the shards of the ``SHARDED`` stages
+    run; None (``r2f stage``, DVC): in this process."""
+    if name not in FUNCS:
+        raise PipelineError(f"unknown stage '{name}'; expected one of {', '.join(NAMES)}")
+    import time
+
+    fn = FUNCS[name]
+    t0 = time.perf_counter()
+    kwargs = {"mapper": mapper} if name in SHARDED and mapper is not None else {}
+    res = fn(cfg, log, progress, **kwargs)  # every stage: (cfg, log, progress[, mapper])
+    return {**res, "stage_wall_s": round(time.perf_counter() - t0, 2)}
