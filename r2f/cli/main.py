@@ -38,11 +38,11 @@ app.add_typer(decoder_app, name="decoder")
 def models_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Train (or load from the cache) the tokenizer and the target, proxy and retain models."""
     _setup()
-    from r2f.engine.api import train_models
+    from r2f.engine.api import train_zoo
 
     cfg = _cfg(params, set_)
     with _ui() as (log, prog):
-        rep = train_models(cfg, log, prog)
+        rep = train_zoo(cfg, log, prog)
     typer.echo(json.dumps({r: {k: v for k, v in m.items() if k != "loss_curve"} for r, m in rep["roles"].items()}, indent=2))
     typer.echo(f"models: {rep['models_dir']}")
 
@@ -86,11 +86,11 @@ def decoder_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
                   force: bool = typer.Option(False, help="Retrain even if a cached decoder exists.")) -> None:
     """Train the learned gradient decoder on (LoRA-grad, full-grad) pairs from the proxy."""
     _setup()
-    from r2f.engine.api import train_decoder
+    from r2f.engine.api import ensure_decoder
 
     cfg = _cfg(params, set_)
     with _ui() as (log, prog):
-        rep = train_decoder(cfg, log, prog, force=force)
+        rep = ensure_decoder(cfg, log, prog, force=force)
     typer.echo(f"decoder: {rep['decoder_dir']}")
 
 
@@ -110,12 +110,12 @@ def unlearn(
     the retain NLL within unlearn.eta.retain_budget (the step is refused, never applied anyway)."""
     _setup()
     from r2f.atomic import write_json
-    from r2f.engine.api import unlearn as run_unlearn
+    from r2f.engine.api import unlearn_model
 
     cfg = _cfg(params, set_, **{"data.forget_split": forget})
     try:
         with _ui() as (log, prog):
-            rep = run_unlearn(cfg, method, forget, model, out, log, prog)
+            rep = unlearn_model(cfg, method, forget, model, out, log, prog)
     except _errors() as exc:
         _fail_on(exc)
     if report:

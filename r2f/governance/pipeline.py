@@ -225,10 +225,10 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.engine.api import train_decoder as fit
+    from r2f.engine.api import ensure_decoder
     from r2f.engine.models import atomic_dir
 
-    rep = fit(cfg, log, progress)
+    rep = ensure_decoder(cfg, log, progress)
     with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
         for f in Path(rep["decoder_dir"]).iterdir():
             shutil.copy2(f, tmp / f.name)
@@ -245,8 +245,7 @@ def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
 
 
 def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
-    from r2f.engine.api import decoder_dir
-    from r2f.engine.api import unlearn as run
+    from r2f.engine.api import decoder_dir, unlearn_model
     from r2f.governance.lineage import start_unlearning_run
     from r2f.governance.tracking import make_tracker
 
@@ -260,7 +259,7 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
     # model + report replace the old outs in one rename: a run killed midway leaves the old ones
     with atomic_dir(out) as new, tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         start = start_model(cfg, tracker, Path(tmp), log)
-        rep = run(cfg, forget_split=info["eval_split"], model_path=start["path"],
+        rep = unlearn_model(cfg, forget_split=info["eval_split"], model_path=start["path"],
                   out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg), mapper=mapper)
         rep["request_id"] = info["request_id"]
         rep["decoder_hash"] = decoder_dir(cfg).name
