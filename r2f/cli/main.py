@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from r2f.cli.common import (
     ParamsOpt,
@@ -181,9 +183,21 @@ def _print_report(rep: dict) -> None:
 
 
 
-@app.command()
-def stage(name: str | None = typer.Argument(None, help="Stage: prepare, validate, train_models, "
-                                               "train_decoder, unlearn, evaluate, gate, promote."),
+class _StageCommand(TyperCommand):
+    """``r2f stage --help`` lists the stages of ``STAGES`` with their help lines (read when the help is
+    shown: the pipeline module stays out of ``r2f --help``)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from r2f.governance.pipeline import STAGES
+
+        doc = inspect.cleandoc(self.callback.__doc__ or "")
+        width = max(len(s.name) for s in STAGES)
+        self.help = f"{doc}\n\nStages, in order:\n" + "\n".join(f"{s.name:<{width}}  {s.help}" for s in STAGES)
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_StageCommand)
+def stage(name: str | None = typer.Argument(None, help="The stage to run (listed below)."),
           params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
           dvc_yaml: bool = typer.Option(False, "--dvc-yaml", help="Print dvc.yaml generated from the stage list.")) -> None:
     """Run one pipeline stage (what dvc.yaml calls; the Prefect flow runs the same functions)."""
