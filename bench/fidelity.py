@@ -16,7 +16,7 @@ DECODERS = ("learned", "prior", "analytic", "lora_only")
 def main() -> None:
     args = parser(__doc__).parse_args()
     setup()
-    from r2f.engine.api import train_decoder
+    from r2f.engine.api import ensure_decoder
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.fidelity import collect_pairs, fidelity
@@ -32,7 +32,7 @@ def main() -> None:
     for label, init, weighting in conditions:
         cfg = load_cfg(args, {"lora.init": init, "lora.weighting": weighting})
         models = ensure_models(cfg, print)
-        rep = train_decoder(cfg, print)
+        rep = ensure_decoder(cfg, print)
         meta["decoders"][label] = {k: rep.get(k) for k in ("decoder_dir", "pairs", "steps", "loss_first",
                                                             "loss_last", "weighting", "train_s")}
         learned = LearnedDecoder.load(rep["decoder_dir"])

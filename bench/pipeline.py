@@ -55,19 +55,19 @@ def temp_project(overrides: dict):
 
 def direct_ml(cfg, split: str, items, out: Path) -> dict:
     """The ML work of the pipeline without orchestration, tracking, versioning or validation."""
-    from r2f.engine.api import evaluate_model, train_decoder, train_models, unlearn
+    from r2f.engine.api import ensure_decoder, evaluate_model, train_zoo, unlearn_model
     from r2f.engine.zoo import ensure_models
 
     t = {}
     t0 = time.perf_counter()
-    train_models(cfg)
+    train_zoo(cfg)
     ensure_models(cfg, lambda _m: None, splits=(split,))
     t["train_models"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    train_decoder(cfg)
+    ensure_decoder(cfg)
     t["train_decoder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    unlearn(cfg, forget_split=split, out=out, forget_items=items)
+    unlearn_model(cfg, forget_split=split, out=out, forget_items=items)
     t["unlearn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     evaluate_model(cfg, out, split)

@@ -68,7 +68,7 @@ def state(cfg) -> Path:
 # -- parent: models, proxy, decoders, forget set ---------------------------------------------------
 def prepare_models(args, cfg) -> tuple:
     """Target, proxy and the activation-basis decoders (all cached): (target, proxy, decoders, convert_s)."""
-    from r2f.engine.api import decoder_train_items, train_decoder
+    from r2f.engine.api import decoder_train_items, ensure_decoder
     from r2f.engine.data import load_tofu
     from r2f.engine.fidelity import fit_decoder
     from r2f.engine.models import load_model
@@ -98,7 +98,7 @@ def prepare_models(args, cfg) -> tuple:
         dec.meta["proxy"] = str(proxy)
         dec.save(d)
     decoders["smollm2-L10"] = str(d)
-    decoders["tiny-default"] = train_decoder(cfg, log=print)["decoder_dir"]
+    decoders["tiny-default"] = ensure_decoder(cfg, log=print)["decoder_dir"]
     return target, proxy, decoders, convert_s
 
 
@@ -131,7 +131,7 @@ def prepare(args, cfg) -> dict:
 def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
     """Decoded-vs-exact gradient cosine on target forget items: activation basis (default) with each
     proxy's token weighting, and peft's random A with each proxy's trained spectral decoder."""
-    from r2f.engine.api import decoder_train_items, train_decoder
+    from r2f.engine.api import decoder_train_items, ensure_decoder
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.fidelity import collect_pairs, fit_decoder
@@ -155,7 +155,7 @@ def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
         dec = fit_decoder(pcfg, pm, ptok, decoder_train_items(pcfg, load_tofu(cfg.data.tofu_dir)), log=print)
         dec.save(d)
     peft_dec["smollm2-L10"] = LearnedDecoder.load(d)
-    peft_dec["tiny-default"] = LearnedDecoder.load(train_decoder(pcfg, log=print)["decoder_dir"])
+    peft_dec["tiny-default"] = LearnedDecoder.load(ensure_decoder(pcfg, log=print)["decoder_dir"])
     for key, dec in peft_dec.items():
         out["peft"][key] = fid(dec, pairs)
     return out

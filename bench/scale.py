@@ -72,7 +72,7 @@ def run(args) -> tuple[list[dict], dict]:
     import torch
 
     from flows.distributed import DaskMapper, dask_cluster
-    from r2f.engine.api import reference_eval, train_decoder
+    from r2f.engine.api import ensure_decoder, reference_eval
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.evaluation import evaluate, to_json
@@ -92,7 +92,7 @@ def run(args) -> tuple[list[dict], dict]:
     forget = resolve(req, tofu)
     split = eval_split(forget)
     models = ensure_models(cfg, log, splits=(split,))
-    decoder = LearnedDecoder.load(train_decoder(cfg, log)["decoder_dir"])
+    decoder = LearnedDecoder.load(ensure_decoder(cfg, log)["decoder_dir"])
     retain_eval = reference_eval(cfg, "retain", split, log)
     target_path = models.path("target")
     model, tok = load_model(target_path)

@@ -24,14 +24,14 @@ METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_tr
 
 def one(args, method: str, seed: int) -> None:
     """Child process: unlearn (or not, for ``target``), evaluate, print one RESULT line."""
-    from r2f.engine.api import evaluate_model, unlearn
+    from r2f.engine.api import evaluate_model, unlearn_model
 
     cfg = load_cfg(args, {**_split_cfg(args), "unlearn.seed": seed})
     row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0}
     with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         path = None
         if method != "target":
-            rep = unlearn(cfg, method, out=Path(tmp) / "model")
+            rep = unlearn_model(cfg, method, out=Path(tmp) / "model")
             row.update(eta=rep["eta"], wall_s=rep["wall_s"], nll_after=rep["nll_after"])
             path = Path(tmp) / "model"
         row["peak_rss_mb"] = peak_rss_mb()  # unlearning (and model loading) only: measured before eval
@@ -100,11 +100,11 @@ def main() -> None:
     setup()
     if args.one:
         return one(args, args.one, args.seed)
-    from r2f.engine.api import reference_eval, train_decoder, train_models
+    from r2f.engine.api import ensure_decoder, reference_eval, train_zoo
 
     cfg = load_cfg(args, _split_cfg(args))
-    train_models(cfg, print)
-    train_decoder(cfg, print)
+    train_zoo(cfg, print)
+    ensure_decoder(cfg, print)
     for role in ("retain", "target"):
         reference_eval(cfg, role, args.split, print)  # cached references, shared by the children
     methods = ["target", *args.methods.split(",")]

@@ -18,10 +18,10 @@ METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", 
 
 def one(args, method: str) -> None:
     """Child process: run one method and print its report as the last line."""
-    from r2f.engine.api import unlearn
+    from r2f.engine.api import unlearn_model
 
     cfg = load_cfg(args)
-    rep = unlearn(cfg, method)
+    rep = unlearn_model(cfg, method)
     rep["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(rep, default=str))
 
@@ -34,11 +34,11 @@ def main() -> None:
     setup()
     if args.one:
         return one(args, args.one)
-    from r2f.engine.api import train_decoder, train_models
+    from r2f.engine.api import ensure_decoder, train_zoo
 
     cfg = load_cfg(args)
-    train_models(cfg, print)
-    train_decoder(cfg, print)  # cached; its cost is reported by bench/fidelity.py
+    train_zoo(cfg, print)
+    ensure_decoder(cfg, print)  # cached; its cost is reported by bench/fidelity.py
     rows = []
     for m in args.methods.split(","):
         rep = run_child(Path(__file__), args, ["--one", m])

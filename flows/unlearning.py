@@ -5,8 +5,10 @@ The tasks call the same :func:`r2f.governance.pipeline.run_stage` that ``dvc.yam
 (:mod:`r2f.governance.versioning`), so ``dvc repro`` afterwards finds the pipeline up to date. The DVC work of
 stage N runs in a worker thread while stage N+1 computes (one ``dvc`` process at a time, in stage
 order); ``promote`` waits for it, because it logs the DVC md5s from ``dvc.lock``.
-Retries: the I/O stages (DVC push, MLflow registry) retry twice; model training and decoder fitting
-are cached by the library by input hash (config sections), so a rerun is cheap.
+Retries, caching and the wait for ``dvc.lock`` are the stage's own (``retries``, ``cached``, ``needs_lock``
+in ``STAGES``); a cached stage is keyed by the hash of the params it and the cached stages upstream of it
+declare (:func:`r2f.governance.pipeline.cache_params`, the same keys ``dvc.yaml`` lists), and the library
+caches its artifacts by input hash too, so a rerun is cheap.
 """
 
 from __future__ import annotations
@@ -17,29 +19,21 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-RETRIES = {"prepare": 2, "promote": 2}  # I/O-bound: files, MLflow registry
-
 
 def _cache_key(context, parameters) -> str | None:
-    """Model training and decoder fitting: cached by the hash of the config sections they read,
-    as long as their outs are still on disk (otherwise run, the library's own cache makes it cheap)."""
-    from r2f.governance.pipeline import STAGES, stage_dir
+    """A cached stage (model training, decoder fitting): the hash of the params it depends on, the
+    request's evaluation split and the state folder, as long as its outs are still on disk (otherwise
+    run; the library's own cache makes it cheap)."""
+    from r2f.governance.pipeline import cache_params, get_stage, request_info, stage_dir
 
     name = parameters["name"]
-    if name not in CACHED:
+    if not get_stage(name).cached:
         return None
     cfg = _cfg(parameters["config"])
-    spec = next(s for s in STAGES if s.name == name)
     if not stage_dir(cfg, name).is_dir():
         return None
-    sections = ("data", "models") if name == "train_models" else ("data", "models", "lora", "paraphrase", "decoder")
-    from r2f.governance.pipeline import request_info
-
     split = request_info(cfg)["eval_split"]
-    return f"r2f-{name}-{cfg.section_hash(*sections, *spec.params)}-{split}-{cfg.state_dir}"
-
-
-CACHED = ("train_models", "train_decoder")
+    return f"r2f-{name}-{cfg.section_hash(*cache_params(name))}-{split}-{cfg.state_dir}"
 
 
 def _cfg(config: dict):
@@ -116,7 +110,7 @@ def _run_stages(cfg, params: str, stages: list[str] | None, inbox_ids: list[str]
 
 def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: ExitStack) -> dict:
     from r2f.governance.inbox import advance
-    from r2f.governance.pipeline import NAMES, SHARDED
+    from r2f.governance.pipeline import NAMES, get_stage
     from r2f.governance.recovery import recover, results_on_disk
 
     results, pending, held, cluster = {}, [], [], None
@@ -128,17 +122,18 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
         return {"already_processed": plan["done"]}
     if "stages" in plan:  # an earlier run of this request died inside promote: finish that only
         todo, results = plan["stages"], results_on_disk(cfg)
-    if cfg.scale.executor == "dask" and set(todo) & set(SHARDED):
+    if cfg.scale.executor == "dask" and any(get_stage(n).sharded for n in todo):
         # before any stage: an unreachable scheduler fails the run with nothing changed
         from flows.distributed import dask_cluster
 
         address, workers = stack.enter_context(dask_cluster(cfg.scale, _say))
         cluster = {"address": address, "workers": workers}
     for name in todo:
-        if name in NEEDS_LOCK:
+        stage = get_stage(name)
+        if stage.needs_lock:
             _wait(pending)
-        opts = {"name": name, "retries": RETRIES.get(name, 0), "retry_delay_seconds": 2}
-        state = stage_task.with_options(**opts)(config, name, cluster if name in SHARDED else None,
+        opts = {"name": name, "retries": stage.retries, "retry_delay_seconds": 2}
+        state = stage_task.with_options(**opts)(config, name, cluster if stage.sharded else None,
                                                 return_state=True)
         results[name] = state.result()
         if state.name == "Cached":  # the stage's own lines did not run
@@ -157,9 +152,6 @@ def _run_todo(cfg, config: dict, root, version: bool, stages, inbox_ids, stack: 
             held = []
     _wait(pending)
     return results
-
-
-NEEDS_LOCK = ("promote",)  # reads dvc.lock (the md5s it logs to MLflow)
 
 
 def _wait(futures: list) -> None:

@@ -302,11 +302,25 @@ class Config(_Strict):
             raise ValueError("state_dir must not be empty")
         return v
 
-    def section_hash(self, *sections: str) -> str:
-        """A stable short hash of the named sections (the cache key of what they produce)."""
-        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+    def section_hash(self, *keys: str) -> str:
+        """A stable short hash of the named sections or dotted keys (``"unlearn.objective"``): the cache
+        key of what they produce."""
+        payload = {k: self._value(k) for k in keys}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def _value(self, key: str):
+        """The JSON value at a section or dotted key."""
+        section, *rest = key.split(".")
+        if section not in type(self).model_fields:
+            raise ConfigError(f"{key}: no such parameter")
+        value = getattr(self, section)
+        value = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        for k in rest:
+            if not isinstance(value, dict) or k not in value:
+                raise ConfigError(f"{key}: no such parameter")
+            value = value[k]
+        return value
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:

@@ -175,7 +175,7 @@ def _tofu(case, project: Path, work: Path):
 
 def _model(case, project: Path, work: Path):
     from r2f.config import load_config
-    from r2f.engine.api import unlearn
+    from r2f.engine.api import unlearn_model
     from r2f.engine.models import load_model
 
     folder = work / "models" / case["name"]
@@ -189,7 +189,7 @@ def _model(case, project: Path, work: Path):
 
     def run_unlearn():
         try:
-            unlearn(cfg, model_path=folder, out=out)
+            unlearn_model(cfg, model_path=folder, out=out)
         finally:
             if out.exists():  # a partial output would be a state change: record it, then fail
                 raise AssertionError(f"{out} was written")

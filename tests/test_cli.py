@@ -33,6 +33,18 @@ def test_subcommand_help():
         assert res.exit_code == 0 and "--params" in res.output
 
 
+def test_stage_help_lists_the_stages_and_dvc_yaml():
+    from r2f.governance.pipeline import STAGES, dvc_yaml
+
+    first = runner.invoke(app, ["stage", "--help"])
+    assert first.exit_code == 0 and "Run one pipeline stage" in first.output
+    for s in STAGES:
+        assert any(s.name in line and s.help in line for line in first.output.splitlines()), s.name
+    assert runner.invoke(app, ["stage", "--help"]).output == first.output  # the list is not added twice
+    res = runner.invoke(app, ["stage", "--dvc-yaml"])
+    assert res.exit_code == 0 and res.output == dvc_yaml()
+
+
 def _params(tmp_path, cfg):
     """cfg as a params.yaml in tmp_path; its data folder (the repo's) declared an allowed root."""
     p = tmp_path / "params.yaml"

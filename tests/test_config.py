@@ -44,3 +44,22 @@ def test_section_hash_changes_with_section_only():
     c = load_config(ROOT / "params.yaml", {"models.seed": 1})
     assert a.section_hash("models") == b.section_hash("models")
     assert a.section_hash("models") != c.section_hash("models")
+
+
+def test_section_hash_of_dotted_keys():
+    import hashlib
+    import json
+
+    a = load_config(ROOT / "params.yaml")
+    b = load_config(ROOT / "params.yaml", {"unlearn.objective": "refusal"})
+    c = load_config(ROOT / "params.yaml", {"unlearn.seed": 1})
+    assert a.section_hash("unlearn.objective") != b.section_hash("unlearn.objective")
+    assert a.section_hash("lora", "unlearn.objective") == c.section_hash("lora", "unlearn.objective")
+    assert a.section_hash("unlearn") != c.section_hash("unlearn")
+    # whole sections hash as they always did (the cache folders of models, decoders and evals)
+    old = {s: getattr(a, s).model_dump(mode="json") for s in ("lora", "paraphrase", "decoder")}
+    assert a.section_hash("lora", "paraphrase", "decoder") == hashlib.sha256(
+        json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    for bad in ("bogus", "unlearn.bogus", "unlearn.objective.x"):
+        with pytest.raises(ConfigError, match=bad):
+            a.section_hash(bad)

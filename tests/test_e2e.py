@@ -1,8 +1,8 @@
-"""train -> decode -> unlearn on the tiny configuration, through the same stage functions the CLI uses."""
+"""train -> decode -> unlearn on the tiny configuration, through the engine functions the CLI uses."""
 
 import json
 
-from r2f.engine.api import decoder_dir, train_decoder, unlearn
+from r2f.engine.api import decoder_dir, ensure_decoder, unlearn_model
 
 
 def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
@@ -11,7 +11,7 @@ def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
     # the retain model never saw the forget authors: it must be worse on them than the target
     roles = rep_models["roles"]
     assert roles["retain-forget01"]["forget_nll"]["forget01"] > roles["target"]["forget_nll"]["forget01"]
-    dec = train_decoder(tiny_cfg)
+    dec = ensure_decoder(tiny_cfg)
     assert (decoder_dir(tiny_cfg) / "decoder.safetensors").is_file()
     scores = dec["weighting_scores"]
     chosen = "uniform" if dec["weighting"] is None else "alpha={},gamma={}".format(*dec["weighting"])
@@ -20,7 +20,7 @@ def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
     # projection: its held-out proxy cosine must be well above a random direction's (~0)
     assert tiny_cfg.lora.init == "activation" and dec["pairs"] == 0 and dec["steps"] == 0
     assert 0.3 < dec["val_analytic"]["cosine_mean"] <= 1
-    rep = unlearn(tiny_cfg, "r2f", out=tmp_path / "unlearned")
+    rep = unlearn_model(tiny_cfg, "r2f", out=tmp_path / "unlearned")
     assert rep["nll_after"]["forget"] > rep["nll_before"]["forget"]
     assert rep["eta"] in tiny_cfg.unlearn.eta.grid
     meta = json.loads((tmp_path / "unlearned" / "r2f_model.json").read_text())

@@ -42,9 +42,9 @@ def test_target_eval_summary_and_files(tiny_cfg, tiny_models, retain_eval, tmp_p
 
 
 def test_unlearned_model_eval_has_drift_and_gur(tiny_cfg, tiny_models, retain_eval, tmp_path):
-    from r2f.engine.api import unlearn
+    from r2f.engine.api import unlearn_model
 
-    unlearn(tiny_cfg, "fullgrad", out=tmp_path / "m")
+    unlearn_model(tiny_cfg, "fullgrad", out=tmp_path / "m")
     s = evaluate_model(tiny_cfg, tmp_path / "m", "forget01")["summary"]
     assert s["drift_kl"] > 0
     assert s["gur"] > 0

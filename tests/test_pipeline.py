@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,37 +14,140 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dvc_yaml_is_generated_from_the_stage_list():
-    from r2f.governance.pipeline import FUNCS, NAMES, STAGES, dvc_yaml
+    from r2f.governance.pipeline import NAMES, STAGES, dvc_yaml
 
     committed = (ROOT / "dvc.yaml").read_text()
     assert committed == dvc_yaml(), "dvc.yaml is stale: run `r2f stage --dvc-yaml > dvc.yaml`"
     stages = yaml.safe_load(committed)["stages"]
-    assert list(stages) == list(NAMES) == list(FUNCS)
+    assert list(stages) == list(NAMES)
     for s in STAGES:
         assert stages[s.name]["cmd"] == f"r2f stage {s.name}"
-        assert stages[s.name]["outs"] == list(s.outs)
-    # every dep is either data, the request file, or an out of an earlier stage (a DAG in order)
+        assert stages[s.name]["outs"] == list(s.outs) == [f"${{state_dir}}/pipeline/{s.out}"]
+        assert stages[s.name]["params"] == list(s.params)
+    # every stage reads only earlier stages (a DAG in order); every other dep is data or the request
     seen = set()
     for s in STAGES:
-        for d in s.deps:
-            assert d in seen or not d.startswith("${state_dir}"), f"{s.name} depends on {d} before it is made"
-        seen.update(s.outs)
+        assert set(s.reads) <= seen, f"{s.name} reads {set(s.reads) - seen} before it is made"
+        assert not any(d.startswith("${state_dir}") for d in s.data)
+        seen.add(s.name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for s in STAGES:
         for p in s.params:
-            assert p in params, f"stage {s.name} reads params section {p} missing from params.yaml"
+            node = params
+            for k in p.split("."):
+                assert isinstance(node, dict) and k in node, f"stage {s.name} reads {p}, missing from params.yaml"
+                node = node[k]
 
 
-def test_flow_runs_the_same_stage_functions():
-    """The Prefect flow iterates r2f.governance.pipeline.NAMES and calls run_stage (no stage of its own)."""
+def test_stage_record_drives_both_runners(tiny_cfg):
+    """The flow and run_stage read retries, caching, the dvc.lock wait and sharding from STAGES."""
     import flows.unlearning as fl
+    from r2f.governance.pipeline import PipelineError, cache_params, get_stage, run_stage, stage_dir
 
     src = Path(fl.__file__).read_text()
-    assert "run_stage(" in src and "NAMES" in src
-    from r2f.governance.pipeline import run_stage
-
+    assert "run_stage(" in src and "NAMES" in src and "get_stage(" in src
     assert fl.unlearning_flow.fn.__name__ == "unlearning_flow"
-    assert callable(run_stage)
+    assert [n for n in ("prepare", "promote") if get_stage(n).retries] == ["prepare", "promote"]
+    assert get_stage("promote").needs_lock and get_stage("unlearn").sharded and get_stage("evaluate").sharded
+    assert stage_dir(tiny_cfg, "train_decoder") == Path(tiny_cfg.state_dir) / "pipeline" / "decoder"
+    # a cached stage's key covers its params and those of the cached stages upstream (the models)
+    assert cache_params("train_models") == ("data", "models")
+    assert set(cache_params("train_decoder")) == {"data", "models", *get_stage("train_decoder").params}
+    assert fl._cache_key(None, {"name": "gate", "config": {}}) is None
+    with pytest.raises(PipelineError, match="unknown stage 'nope'"):
+        run_stage(tiny_cfg, "nope")
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _literals(key: str) -> list[str]:
+    """The string values a ``Literal`` field at ``key`` accepts (unlearn methods: their names)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from r2f.config import Config
+    from r2f.engine.unlearn.base import METHODS
+
+    model, ann = Config, None
+    for k in key.split("."):
+        ann = model.model_fields[k].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    todo, out = [ann], list(METHODS)
+    while todo:
+        a = todo.pop()
+        args = typing.get_args(a)
+        out += [x for x in args if isinstance(x, str)] if typing.get_origin(a) is typing.Literal else []
+        todo += [x for x in args if typing.get_origin(x) is not None or typing.get_args(x)]
+    return out
+
+
+def _changed(dump: dict, key: str, value):
+    """The config ``dump`` with ``key`` set to a valid other value, or None when no candidate is valid."""
+    from pydantic import ValidationError
+
+    from r2f.config import Config
+
+    if isinstance(value, bool):
+        cands = [not value]
+    elif isinstance(value, (int, float)):
+        cands = [value + 1, value * 2, value / 2, value + 0.01, value - 1]
+    elif isinstance(value, str):
+        cands = [value + "x", *_literals(key)]
+    elif isinstance(value, list):
+        cands = [value[:-1], value + value[-1:]] if value else [["/tmp"]]
+    elif isinstance(value, dict):
+        cands = [{"endpointurl": "x"}]
+    else:
+        cands = [1, 0.5, True, "x"]
+    for c in cands:
+        if c == value:
+            continue
+        d = json.loads(json.dumps(dump))
+        *parents, leaf = key.split(".")
+        node = d
+        for k in parents:
+            node = node[k]
+        node[leaf] = c
+        try:
+            return Config.model_validate(d)
+        except ValidationError:
+            pass
+    return None
+
+
+def test_decoder_identity_is_declared_by_its_stage():
+    """Every config value the decoder's cache folder name depends on is a params key of train_decoder or
+    of the cached stages upstream (what dvc.yaml and the flow's cache key hash), and changing any key
+    train_decoder declares gives another decoder folder."""
+    from r2f.config import load_config
+    from r2f.engine.api import decoder_dir
+    from r2f.governance.pipeline import cache_params, get_stage
+
+    cfg = load_config(ROOT / "params.yaml", {"data.forget_split": "forget01"})  # world_split may change
+    dump = cfg.model_dump(mode="json")
+    name = decoder_dir(cfg).name
+    declared, own = cache_params("train_decoder"), get_stage("train_decoder").params
+    tried, untried = [], []
+    for key, value in _leaves(dump):
+        other = _changed(dump, key, value)
+        if other is None:
+            untried.append(key)
+            continue
+        tried.append(key)
+        changed = decoder_dir(other).name != name
+        if any(key == k or key.startswith(k + ".") for k in own):
+            assert changed, f"{key} is declared by train_decoder but does not change the decoder folder"
+        elif changed:
+            assert any(key == k or key.startswith(k + ".") for k in declared), \
+                f"the decoder folder depends on {key}, which train_decoder does not declare (dvc.yaml params)"
+    assert len(tried) > 50 and untried == ["paraphrase.paraphraser"], untried  # it has one value
 
 
 def test_gate_rules_are_independent_and_missing_values_fail():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from r2f.cli.common import (
     ParamsOpt,
@@ -38,11 +40,11 @@ app.add_typer(decoder_app, name="decoder")
 def models_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
     """Train (or load from the cache) the tokenizer and the target, proxy and retain models."""
     _setup()
-    from r2f.engine.api import train_models
+    from r2f.engine.api import train_zoo
 
     cfg = _cfg(params, set_)
     with _ui() as (log, prog):
-        rep = train_models(cfg, log, prog)
+        rep = train_zoo(cfg, log, prog)
     typer.echo(json.dumps({r: {k: v for k, v in m.items() if k != "loss_curve"} for r, m in rep["roles"].items()}, indent=2))
     typer.echo(f"models: {rep['models_dir']}")
 
@@ -86,11 +88,11 @@ def decoder_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
                   force: bool = typer.Option(False, help="Retrain even if a cached decoder exists.")) -> None:
     """Train the learned gradient decoder on (LoRA-grad, full-grad) pairs from the proxy."""
     _setup()
-    from r2f.engine.api import train_decoder
+    from r2f.engine.api import ensure_decoder
 
     cfg = _cfg(params, set_)
     with _ui() as (log, prog):
-        rep = train_decoder(cfg, log, prog, force=force)
+        rep = ensure_decoder(cfg, log, prog, force=force)
     typer.echo(f"decoder: {rep['decoder_dir']}")
 
 
@@ -110,12 +112,12 @@ def unlearn(
     the retain NLL within unlearn.eta.retain_budget (the step is refused, never applied anyway)."""
     _setup()
     from r2f.atomic import write_json
-    from r2f.engine.api import unlearn as run_unlearn
+    from r2f.engine.api import unlearn_model
 
     cfg = _cfg(params, set_, **{"data.forget_split": forget})
     try:
         with _ui() as (log, prog):
-            rep = run_unlearn(cfg, method, forget, model, out, log, prog)
+            rep = unlearn_model(cfg, method, forget, model, out, log, prog)
     except _errors() as exc:
         _fail_on(exc)
     if report:
@@ -181,9 +183,21 @@ def _print_report(rep: dict) -> None:
 
 
 
-@app.command()
-def stage(name: str | None = typer.Argument(None, help="Stage: prepare, validate, train_models, "
-                                               "train_decoder, unlearn, evaluate, gate, promote."),
+class _StageCommand(TyperCommand):
+    """``r2f stage --help`` lists the stages of ``STAGES`` with their help lines (read when the help is
+    shown: the pipeline module stays out of ``r2f --help``)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from r2f.governance.pipeline import STAGES
+
+        doc = inspect.cleandoc(self.callback.__doc__ or "")
+        width = max(len(s.name) for s in STAGES)
+        self.help = f"{doc}\n\nStages, in order:\n" + "\n".join(f"{s.name:<{width}}  {s.help}" for s in STAGES)
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_StageCommand)
+def stage(name: str | None = typer.Argument(None, help="The stage to run (listed below)."),
           params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
           dvc_yaml: bool = typer.Option(False, "--dvc-yaml", help="Print dvc.yaml generated from the stage list.")) -> None:
     """Run one pipeline stage (what dvc.yaml calls; the Prefect flow runs the same functions)."""

@@ -1,5 +1,6 @@
-"""Pipeline stages as pure functions of the configuration (the CLI, ``dvc.yaml`` and the Prefect
-flows all call these). Each returns a small JSON-able report and writes its artifacts atomically."""
+"""The engine's entry points as pure functions of the configuration (the CLI, the pipeline stages of
+:mod:`r2f.governance.pipeline` and the benches call these). Each returns a small JSON-able report and
+writes its artifacts atomically."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _noop(_msg: str) -> None:
     pass
 
 
-def train_models(cfg: Config, log: Log = _noop, progress=None) -> dict:
+def train_zoo(cfg: Config, log: Log = _noop, progress=None) -> dict:
     """Tokenizer + target, proxy and retain models (cached by config hash)."""
     from r2f.engine.zoo import ensure_models
 
@@ -31,7 +32,8 @@ def decoder_dir(cfg: Config) -> Path:
     from r2f.engine.zoo import models_dir
 
     # the decoder depends on the models (their cache key covers the data they learned), not on
-    # which forget split a later request unlearns
+    # which forget split a later request unlearns; the pipeline's train_decoder stage declares every
+    # key read here (tests/test_pipeline.py checks)
     key = cfg.section_hash("lora", "paraphrase", "decoder")
     loss = "-key" if cfg.unlearn.key_only else ""
     return Path(cfg.state_dir) / "decoders" / f"{models_dir(cfg).name}-{key}-{cfg.unlearn.objective}{loss}"
@@ -48,7 +50,7 @@ def decoder_train_items(cfg: Config, tofu):
     return retain[400:] + retain[:400]
 
 
-def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = False) -> dict:
+def ensure_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = False) -> dict:
     """Fit the learned decoder on the embedded proxy (:func:`r2f.engine.fidelity.fit_decoder`); cached by
     configuration hash."""
     from r2f.engine.decoder import LearnedDecoder
@@ -69,7 +71,7 @@ def train_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = Fa
     return {"decoder_dir": str(out), **dec.meta}
 
 
-def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = None,
+def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | None = None,
             model_path: str | Path | None = None, out: str | Path | None = None,
             log: Log = _noop, progress=None, forget_items: list | None = None, mapper=None) -> dict:
     """Apply one unlearning method to the target (default: the embedded target) and report the
@@ -96,7 +98,7 @@ def unlearn(cfg: Config, method: str | None = None, forget_split: str | None = N
     if method == "r2f":
         decoder = cfg.decoder.kind
         if decoder == "learned":
-            decoder = LearnedDecoder.load(train_decoder(cfg, log, progress)["decoder_dir"])
+            decoder = LearnedDecoder.load(ensure_decoder(cfg, log, progress)["decoder_dir"])
     forget = list(forget_items) if forget_items else tofu.split(forget_split)
     calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
     evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed"), "holdout": tofu.split("holdout10")}

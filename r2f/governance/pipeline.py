@@ -1,9 +1,10 @@
-"""The pipeline: one definition (``STAGES``), two runners.
+"""The pipeline: one definition (``STAGES``, a :class:`Stage` record per stage), two runners.
 
 ``dvc.yaml`` is generated from ``STAGES`` (``r2f stage --dvc-yaml``; a test checks the committed
 file matches) and runs each stage as ``r2f stage <name>``; the Prefect flow in ``flows/`` runs the
-same :func:`run_stage` as tasks. A stage reads its inputs from the outs of earlier stages under
-``<state_dir>/pipeline/`` and writes its own outs atomically, so either runner can resume the other.
+same :func:`run_stage` as tasks, with the retries, caching and ``dvc.lock`` wait the record declares.
+A stage reads its inputs from the outs of earlier stages under ``<state_dir>/pipeline/`` and writes
+its own outs atomically, so either runner can resume the other.
 
 prepare → validate → train_models → train_decoder → unlearn → evaluate → gate → promote
 """
@@ -24,55 +25,21 @@ from r2f.errors import R2FError
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    help: str
-    deps: tuple[str, ...]  # paths (``${...}`` = params.yaml values, DVC templating)
-    params: tuple[str, ...]  # params.yaml sections the stage reads
-    outs: tuple[str, ...]
-
-
-P = "${state_dir}/pipeline"
-STAGES: tuple[StageSpec, ...] = (
-    StageSpec("prepare", "resolve the deletion request to concrete TOFU rows (the forget set)",
-              ("data/tofu", "${pipeline.request}"), ("pipeline",), (f"{P}/request",)),
-    StageSpec("validate", "Great Expectations suites on the request, forget, retain and holdout data",
-              ("data/tofu", f"{P}/request"), ("validation",), (f"{P}/validation",)),
-    StageSpec("train_models", "tokenizer, target, proxy and the split's retain model (cached by config hash)",
-              ("data/tofu", f"{P}/request"), ("data", "models"), (f"{P}/models",)),
-    StageSpec("train_decoder", "fit the gradient decoder on the proxy (cached by config hash)",
-              (f"{P}/models",), ("lora", "paraphrase", "decoder"), (f"{P}/decoder",)),
-    StageSpec("unlearn", "apply the configured method to the target on the forget set",
-              (f"{P}/request", f"{P}/validation", f"{P}/models", f"{P}/decoder"), ("unlearn",),
-              (f"{P}/unlearned",)),
-    StageSpec("evaluate", "TOFU + paper metrics of the unlearned model (references cached)",
-              (f"{P}/unlearned", f"{P}/models"), ("eval",), (f"{P}/eval",)),
-    StageSpec("gate", "promotion rules on the evaluation", (f"{P}/eval",), ("gate",), (f"{P}/gate",)),
-    StageSpec("promote", "register the candidate; move the champion alias only if the gate passed",
-              (f"{P}/gate",), ("tracking",), (f"{P}/promotion",)),
-)
-NAMES = tuple(s.name for s in STAGES)
-
-
 class PipelineError(R2FError, RuntimeError):
     """A stage cannot run (missing input from an earlier stage, ...); the message says which."""
 
 
 def stage_dir(cfg: Config, name: str) -> Path:
-    outs = {"prepare": "request", "validate": "validation", "train_models": "models", "train_decoder": "decoder",
-            "unlearn": "unlearned", "evaluate": "eval", "gate": "gate", "promote": "promotion"}
-    return Path(cfg.state_dir) / "pipeline" / outs[name]
+    """The folder of a stage's outs."""
+    return Path(cfg.state_dir) / "pipeline" / get_stage(name).out
 
 
 def dvc_yaml() -> str:
     """``dvc.yaml`` text for ``STAGES`` (values interpolated by DVC from params.yaml)."""
     import yaml
 
-    stages = {}
-    for s in STAGES:
-        stages[s.name] = {"cmd": f"r2f stage {s.name}", "deps": list(s.deps),
-                          "params": list(s.params), "outs": list(s.outs)}
+    stages = {s.name: {"cmd": f"r2f stage {s.name}", "deps": list(s.deps), "params": list(s.params),
+                       "outs": list(s.outs)} for s in STAGES}
     head = ("# Generated from r2f/governance/pipeline.py STAGES by `r2f stage --dvc-yaml > dvc.yaml`; "
             "tests/test_pipeline.py checks it matches.\n")
     return head + yaml.safe_dump({"stages": stages}, sort_keys=False)
@@ -225,10 +192,10 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.engine.api import train_decoder as fit
+    from r2f.engine.api import ensure_decoder
     from r2f.engine.models import atomic_dir
 
-    rep = fit(cfg, log, progress)
+    rep = ensure_decoder(cfg, log, progress)
     with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
         for f in Path(rep["decoder_dir"]).iterdir():
             shutil.copy2(f, tmp / f.name)
@@ -245,8 +212,7 @@ def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
 
 
 def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
-    from r2f.engine.api import decoder_dir
-    from r2f.engine.api import unlearn as run
+    from r2f.engine.api import decoder_dir, unlearn_model
     from r2f.governance.lineage import start_unlearning_run
     from r2f.governance.tracking import make_tracker
 
@@ -260,7 +226,7 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
     # model + report replace the old outs in one rename: a run killed midway leaves the old ones
     with atomic_dir(out) as new, tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         start = start_model(cfg, tracker, Path(tmp), log)
-        rep = run(cfg, forget_split=info["eval_split"], model_path=start["path"],
+        rep = unlearn_model(cfg, forget_split=info["eval_split"], model_path=start["path"],
                   out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg), mapper=mapper)
         rep["request_id"] = info["request_id"]
         rep["decoder_hash"] = decoder_dir(cfg).name
@@ -334,23 +300,85 @@ def promote(cfg: Config, log: Log, progress=None) -> dict:
     return res
 
 
-FUNCS: dict[str, Callable] = {"prepare": prepare, "validate": validate, "train_models": train_models,
-                              "train_decoder": train_decoder, "unlearn": unlearn, "evaluate": evaluate,
-                              "gate": gate, "promote": promote}
+P = "${state_dir}/pipeline"
 
 
-SHARDED = ("unlearn", "evaluate")  # stages that take a mapper (r2f.engine.parallel): their shards may run elsewhere
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: what ``dvc.yaml``, the Prefect flow and ``r2f stage`` know about it."""
+
+    name: str
+    help: str
+    fn: Callable  # (cfg, log, progress[, mapper]) -> a small JSON-able result
+    out: str  # its folder under <state_dir>/pipeline/ (the stage's one out)
+    reads: tuple[str, ...]  # earlier stages whose outs it reads
+    params: tuple[str, ...]  # params.yaml keys it reads: whole sections ("gate") or dotted keys ("unlearn.objective")
+    data: tuple[str, ...] = ()  # other inputs: paths (``${...}`` = params.yaml values, DVC templating)
+    sharded: bool = False  # takes a mapper (r2f.engine.parallel): its shards may run elsewhere
+    retries: int = 0  # the flow's retries (I/O-bound stages: files, MLflow registry)
+    cached: bool = False  # the flow caches it by the hash of cache_params (the library caches its artifacts too)
+    needs_lock: bool = False  # reads dvc.lock (the flow waits for the DVC records of earlier stages)
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        return self.data + tuple(f"{P}/{get_stage(n).out}" for n in self.reads)
+
+    @property
+    def outs(self) -> tuple[str, ...]:
+        return (f"{P}/{self.out}",)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "resolve the deletion request to concrete TOFU rows (the forget set)", prepare,
+          out="request", reads=(), params=("pipeline",), data=("data/tofu", "${pipeline.request}"), retries=2),
+    Stage("validate", "Great Expectations suites on the request, forget, retain and holdout data", validate,
+          out="validation", reads=("prepare",), params=("validation",), data=("data/tofu",)),
+    Stage("train_models", "tokenizer, target, proxy and the split's retain model (cached by config hash)",
+          train_models, out="models", reads=("prepare",), params=("data", "models"), data=("data/tofu",),
+          cached=True),
+    # params: every key of the decoder's identity (r2f.engine.api.decoder_dir) besides the models'
+    Stage("train_decoder", "fit the gradient decoder on the proxy (cached by config hash)", train_decoder,
+          out="decoder", reads=("train_models",),
+          params=("lora", "paraphrase", "decoder", "unlearn.objective", "unlearn.loss_tokens"), cached=True),
+    Stage("unlearn", "apply the configured method to the target on the forget set", unlearn,
+          out="unlearned", reads=("prepare", "validate", "train_models", "train_decoder"), params=("unlearn",),
+          sharded=True),
+    Stage("evaluate", "TOFU + paper metrics of the unlearned model (references cached)", evaluate,
+          out="eval", reads=("unlearn", "train_models"), params=("eval",), sharded=True),
+    Stage("gate", "promotion rules on the evaluation", gate, out="gate", reads=("evaluate",), params=("gate",)),
+    Stage("promote", "register the candidate; move the champion alias only if the gate passed", promote,
+          out="promotion", reads=("gate",), params=("tracking",), retries=2, needs_lock=True),
+)
+NAMES = tuple(s.name for s in STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise PipelineError(f"unknown stage '{name}'; expected one of {', '.join(NAMES)}")
+
+
+def cache_params(name: str) -> tuple[str, ...]:
+    """The params.yaml keys a cached stage's result depends on: its own and those of the cached stages
+    upstream of it (the decoder is fitted on the models), in stage order."""
+    todo, seen = [name], set()
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(get_stage(n).reads)
+    keys = [k for s in STAGES if s.name in seen and (s.cached or s.name == name) for k in s.params]
+    return tuple(dict.fromkeys(keys))
 
 
 def run_stage(cfg: Config, name: str, log: Log = print, progress=None, mapper=None) -> dict:
-    """Run one stage. ``mapper`` (:mod:`r2f.engine.parallel`): where the shards of the ``SHARDED`` stages
+    """Run one stage. ``mapper`` (:mod:`r2f.engine.parallel`): where the shards of the sharded stages
     run; None (``r2f stage``, DVC): in this process."""
-    if name not in FUNCS:
-        raise PipelineError(f"unknown stage '{name}'; expected one of {', '.join(NAMES)}")
     import time
 
-    fn = FUNCS[name]
+    s = get_stage(name)
     t0 = time.perf_counter()
-    kwargs = {"mapper": mapper} if name in SHARDED and mapper is not None else {}
-    res = fn(cfg, log, progress, **kwargs)  # every stage: (cfg, log, progress[, mapper])
+    kwargs = {"mapper": mapper} if s.sharded and mapper is not None else {}
+    res = s.fn(cfg, log, progress, **kwargs)  # every stage: (cfg, log, progress[, mapper])
     return {**res, "stage_wall_s": round(time.perf_counter() - t0, 2)}
