@@ -50,7 +50,8 @@ QUICK = {
     "models.proxy": {"arch": {"layers": 1, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 172},
                      "train": {"epochs": 6, "lr": 2.0e-3, "batch_size": 16}},
     "decoder.pairs": 280, "decoder.steps": 120, "decoder.weight_fit_prompts": 6,
-    "unlearn.baseline_epochs": 3, "unlearn.eta.calibration_items": 24,
+    "unlearn.gradascent.epochs": 3, "unlearn.graddiff.epochs": 3, "unlearn.npo.epochs": 3,
+    "unlearn.eta.calibration_items": 24,
 }
 
 

@@ -3,7 +3,7 @@
     python bench/r2f_budget.py [--split forget01] [--quick]
 
 Runs ``bench/tofu.py --methods r2f`` (each variant in its own process, full TOFU + paper
-evaluation) for every (``unlearn.eta.retain_budget``, ``unlearn.r2f_steps``) pair in GRID and
+evaluation) for every (``unlearn.eta.retain_budget``, ``unlearn.r2f.steps``) pair in GRID and
 writes bench/results/r2f_budget_<split>[_quick].json / .md. With n steps, step k may spend k/n of
 the budget (r2f/engine/unlearn/r2f.py). The target's row is the reference.
 """
@@ -34,7 +34,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, str(ROOT / "bench/tofu.py"), "--split", args.split, "--methods", "r2f",
                    "--out", out, "--params", args.params, "--set", f"unlearn.eta.retain_budget={budget}",
-                   "--set", f"unlearn.r2f_steps={steps}", *(["--quick"] if args.quick else [])]
+                   "--set", f"unlearn.r2f.steps={steps}", *(["--quick"] if args.quick else [])]
             for s in args.sets:
                 cmd += ["--set", s]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -38,11 +38,12 @@ TARGET = "smollm2-135m-instruct"
 PROXY_LAYERS = (4, 6)  # first, last
 # Real-model settings (docs/real-models.md): short answers; the loss on the fact's key words; an eta
 # grid three decades lower than the embedded models' (a relative step of 1e-3 already breaks
-# SmolLM2); a pretrained model's fine-tuning lr for the multi-step baseline and the relearning attack.
+# SmolLM2); a pretrained model's fine-tuning lr for the multi-step baselines (unlearn.gradascent,
+# graddiff, npo) and the relearning attack.
 REAL = {"eval.max_new_tokens": 32, "eval.batch_size": 32, "eval.rap_lr": 1e-4,
         "unlearn.loss_tokens": "key",
         "unlearn.eta.grid": [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 2e-4, 5e-4, 1e-3],
-        "unlearn.baseline_lr": 1e-5, "unlearn.baseline_batch_size": 8}
+        **{f"unlearn.{m}.{k}": v for m in ("gradascent", "graddiff", "npo") for k, v in (("lr", 1e-5), ("batch_size", 8))}}
 FULL = {"n_forget": 12, "n_calibration": 24, "distill_steps": 300, "fidelity_items": 6, "peft_pairs": 420}
 QUICK = {"n_forget": 4, "n_calibration": 8, "distill_steps": 20, "fidelity_items": 2, "peft_pairs": 140}
 PROXIES = ("smollm2-L10", "tiny-default", "none")
@@ -176,7 +177,7 @@ def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None,
     if budget is not None:
         extra["unlearn.eta.retain_budget"] = budget
     if steps > 1:
-        extra["unlearn.r2f_steps"] = steps
+        extra["unlearn.r2f.steps"] = steps
     cfg = real_cfg(args, extra)
     torch.manual_seed(cfg.unlearn.seed)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -219,7 +220,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, help="child: eta's retain budget for this row")
     p.add_argument("--budgets", default="0.1,1.0",
                    help="retain budgets of the single-step rows (R2F with the same-family proxy and FullGrad)")
-    p.add_argument("--steps", type=int, default=1, help="child: R2F's decoded steps (unlearn.r2f_steps) for this row")
+    p.add_argument("--steps", type=int, default=1, help="child: R2F's decoded steps (unlearn.r2f.steps) for this row")
     p.add_argument("--r2f-steps", default="5",
                    help="extra multi-step R2F rows (same-family proxy) at the last retain budget; '' for none")
     p.add_argument("--proxies", default="smollm2-L10,tiny-default", help=f"R2F decoders, of {','.join(PROXIES)}")

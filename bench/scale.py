@@ -78,8 +78,7 @@ def run(args) -> tuple[list[dict], dict]:
     from r2f.engine.evaluation import evaluate, to_json
     from r2f.engine.models import load_model
     from r2f.engine.onepass import group_batches
-    from r2f.engine.unlearn.apply import views_split
-    from r2f.engine.unlearn.base import UnlearnContext
+    from r2f.engine.unlearn.base import UnlearnContext, views_split
     from r2f.engine.unlearn.r2f import r2f_direction
     from r2f.engine.zoo import ensure_models
     from r2f.governance.pipeline import request_rows
@@ -97,7 +96,7 @@ def run(args) -> tuple[list[dict], dict]:
     target_path = models.path("target")
     model, tok = load_model(target_path)
     calib = tofu.authors(range(20, cfg.data.retain_authors))
-    grad_views, _ = views_split(forget, cfg)
+    grad_views, _ = views_split(forget, cfg.paraphrase)
     batches, seqs = group_batches(tok, [[v] for v in grad_views], cfg.models.max_len, cfg.unlearn.objective,
                                   tofu.idontknow(), chunk=cfg.unlearn.micro_batch)
     forget_ids = request_rows(cfg, {"item_ids": [q.id for q in forget], "eval_split": split})

@@ -29,8 +29,10 @@ TINY = {
     "decoder.steps": 15,
     "decoder.hidden": 16,
     "unlearn.eta.calibration_items": 8,
-    "unlearn.baseline_epochs": 1,
-    "unlearn.lora_mul_steps": 2,
+    "unlearn.gradascent.epochs": 1,
+    "unlearn.graddiff.epochs": 1,
+    "unlearn.npo.epochs": 1,
+    "unlearn.lora_mul.steps": 2,
 }
 
 

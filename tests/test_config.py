@@ -63,3 +63,34 @@ def test_section_hash_of_dotted_keys():
     for bad in ("bogus", "unlearn.bogus", "unlearn.objective.x"):
         with pytest.raises(ConfigError, match=bad):
             a.section_hash(bad)
+
+
+def test_method_sections_keep_the_defaults():
+    from r2f.config import UnlearnConfig
+
+    u = UnlearnConfig()
+    assert (u.r2f.steps, u.lora_mul.steps, u.lora_mul.lr) == (1, 10, 1e-3)
+    for fc in (u.gradascent, u.graddiff, u.npo):
+        assert (fc.epochs, fc.lr, fc.batch_size) == (5, 1e-3, 16)
+    assert (u.graddiff.alpha, u.npo.alpha, u.npo.beta) == (1.0, 1.0, 0.1)
+    cfg = load_config(ROOT / "params.yaml", {"unlearn.npo.beta": 0.2})
+    assert cfg.unlearn.npo.beta == 0.2 and cfg.unlearn.gradascent.epochs == 10
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("npo_beta", "unlearn.npo.beta"), ("r2f_steps", "unlearn.r2f.steps"), ("lora_mul_lr", "unlearn.lora_mul.lr"),
+    ("baseline_lr", "unlearn.gradascent.lr, unlearn.graddiff.lr and unlearn.npo.lr"),
+    ("graddiff_alpha", "unlearn.graddiff.alpha and unlearn.npo.alpha"),
+])
+def test_flat_method_key_names_its_new_place(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=f"unlearn.{old} moved to {new}"):
+        load_config(ROOT / "params.yaml", {f"unlearn.{old}": 1})
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text().replace("\nunlearn:\n", f"\nunlearn:\n  {old}: 1\n"))
+    with pytest.raises(ConfigError, match=f"params.yaml: unlearn: .*unlearn.{old} moved to {new}"):
+        load_config(p)
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown method 'sgd'; expected one of r2f, fullgrad, "):
+        load_config(ROOT / "params.yaml", {"unlearn.method": "sgd"})

@@ -18,6 +18,22 @@ def test_unknown_method():
         get_method("sgd")
 
 
+def test_method_registry_agrees_with_config():
+    """Adding a method = one file in r2f/engine/unlearn/ (registered in base.METHODS) + its name in
+    r2f.config.MethodName (+ a section of that name in UnlearnConfig if it has settings)."""
+    from pydantic import BaseModel
+
+    from r2f.config import METHOD_NAMES, UnlearnConfig
+
+    assert not set(METHODS) - set(METHOD_NAMES), "add these methods to r2f.config.MethodName"
+    missing = set(METHOD_NAMES) - set(METHODS)
+    assert not missing, f"{sorted(missing)}: add a file per method in r2f/engine/unlearn/ and register it in METHODS"
+    for name in METHODS:
+        assert get_method(name).name == name
+    sections = {n for n, f in UnlearnConfig.model_fields.items() if isinstance(f.default, BaseModel)} - {"eta"}
+    assert sections and not sections - set(METHOD_NAMES), "a method section of UnlearnConfig is named after no method"
+
+
 def test_nan_update_refused_model_unchanged(tiny_cfg, tiny_models, tofu):
     ctx = _ctx(tiny_cfg, tiny_models, tofu)
     before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
@@ -117,7 +133,8 @@ def test_every_method_raises_forget_nll(name, tiny_cfg, tiny_models, tofu):
 
 
 def test_multi_step_r2f_keeps_the_total_retain_budget(tiny_cfg, tiny_models, tofu):
-    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_steps": 3})})
+    r2f = tiny_cfg.unlearn.r2f.model_copy(update={"steps": 3})
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f": r2f})})
     ctx = _ctx(cfg, tiny_models, tofu)
     retain = ctx.retain[:cfg.unlearn.eta.calibration_items]
     r_before = mean_nll(ctx.model, ctx.tokenizer, retain, cfg.models.max_len)
@@ -136,7 +153,7 @@ def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu)
     decoded update as one peft LoRA backward per item decoded by the analytic decoder."""
     from r2f.engine.decoder import decode_factors, gram_weighting, make_sketch
     from r2f.engine.grads import activation_grams, lora_gradients, top_bases, view_batches
-    from r2f.engine.unlearn.apply import LowRank, views_split
+    from r2f.engine.unlearn.apply import LowRank
     from r2f.engine.unlearn.r2f import r2f_direction
 
     cfg = tiny_cfg
@@ -144,7 +161,7 @@ def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu)
     ctx.forget = ctx.forget[:3]
     fast = r2f_direction(ctx)
     infos = target_modules(ctx.model, cfg.lora.target_modules)
-    grad_views, _ = views_split(ctx.forget, cfg)
+    grad_views, _ = ctx.views
     total = sum(len(v.questions) for v in grad_views)
     slow = {i.name: LowRank() for i in infos}
     for v in grad_views:

@@ -21,7 +21,7 @@ def usr_prompts(cfg: Config, items) -> list[tuple[str, str, str, str]]:
     and the rule paraphrases *beyond* those used for the gradient and eta calibration (unseen)."""
     from r2f.engine.paraphrase import make_all_views
 
-    n = cfg.paraphrase.views + 2  # gradient views + calibration views (r2f.engine.unlearn.apply.views_split)
+    n = cfg.paraphrase.views + 2  # gradient views + calibration views (r2f.engine.unlearn.base.views_split)
     views = make_all_views(items, n + 2, cfg.paraphrase)
     out = []
     for it, v in zip(items, views):

@@ -15,22 +15,10 @@ from typing import TYPE_CHECKING
 
 from r2f.engine.grads import target_modules
 from r2f.engine.models import collate, encode_qa, token_nll
-from r2f.engine.paraphrase import make_all_views
 from r2f.engine.unlearn.base import OverBudgetError, UnlearnContext, UnlearnError
 
 if TYPE_CHECKING:
     import torch
-
-
-def views_split(items, cfg):
-    """(gradient views, held-out views): N views for the gradient, 2 more held out for calibration."""
-    from r2f.engine.paraphrase import Views
-
-    n = cfg.paraphrase.views
-    allv = make_all_views(items, n + 2, cfg.paraphrase)
-    grad = [Views(v.item_id, v.questions[:n], v.answer, v.repeated) for v in allv]
-    held = [Views(v.item_id, v.questions[n:], v.answer, v.repeated) for v in allv]
-    return grad, held
 
 
 def _nll(model, batches) -> float:
@@ -183,7 +171,7 @@ def apply_update(mods: dict, direction: dict, c: float) -> None:
 
 
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
-                        refuse_over_budget: bool = True, budget: float | None = None) -> tuple[float, dict]:
+                        refuse_over_budget: bool = True, budget_share: tuple[int, int] = (1, 1)) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
     The grid's trials run through :class:`Trial` hooks (the weights are never written, so nothing
@@ -193,7 +181,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     When no eta in the grid keeps the budget the step is refused (:class:`OverBudgetError`, as
     for NaN: nothing is written); ``refuse_over_budget`` False instead applies nothing and returns
     eta 0 with ``info["within_budget"] = False`` (multi-step R2F stops there after its first step).
-    ``budget``: the retain budget for this call (default ``unlearn.eta.retain_budget``)."""
+    ``budget_share`` (k, n): this call may spend k/n of ``unlearn.eta.retain_budget`` (multi-step
+    R2F's step k of n)."""
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
@@ -212,13 +201,14 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         apply_update(mods, direction, eta * scale)
 
     ec = cfg.unlearn.eta
-    budget = ec.retain_budget if budget is None else budget
+    k_share, n_share = budget_share
+    budget = ec.retain_budget * k_share / n_share
     info: dict = {"trials": [], "scale": scale, "retain_budget": budget}
     if ec.value is not None:
         set_eta(ec.value)
         return ec.value, info
     k = ec.calibration_items
-    _, held = views_split(ctx.forget[:k], cfg)
+    held = ctx.views[1][:k]
     # loss_tokens: key measures the forget and retain NLL on key words only (the facts themselves)
     f_enc = [encode_qa(tok, q, v.answer, cfg.models.max_len, cfg.unlearn.key_only) for v in held for q in v.questions]
     r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len, cfg.unlearn.key_only) for q in ctx.retain[:k]]

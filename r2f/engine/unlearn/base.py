@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-from r2f.config import Config
+from r2f.config import Config, ParaphraseConfig
 from r2f.engine.data import QA
+from r2f.engine.paraphrase import Views, make_all_views
 from r2f.errors import R2FError
 
+# method name (r2f.config.MethodName, tested to agree) -> its module in this package
 METHODS = {
     "r2f": "r2f", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin", "lora_mul": "lora_mul",
     "gradascent": "grad_ascent", "graddiff": "grad_diff", "npo": "npo", "retrain": "retrain",
@@ -45,6 +48,22 @@ class UnlearnContext:
 
     def tick(self, label: str, total: int) -> Callable[[], None]:
         return self.progress(label, total) if self.progress else (lambda: None)
+
+    @cached_property
+    def views(self) -> tuple[list[Views], list[Views]]:
+        """:func:`views_split` of ``forget``, made once per request: the gradient views for the
+        method (every step of multi-step R2F) and the held-out views for eta calibration."""
+        return views_split(self.forget, self.cfg.paraphrase)
+
+
+def views_split(items: list[QA], pc: ParaphraseConfig) -> tuple[list[Views], list[Views]]:
+    """(gradient views, held-out views): N views for the gradient, 2 more held out for calibration.
+    Each item's views depend on that item alone, so the first k items' views are those of ``items[:k]``."""
+    n = pc.views
+    allv = make_all_views(items, n + 2, pc)
+    grad = [Views(v.item_id, v.questions[:n], v.answer, v.repeated) for v in allv]
+    held = [Views(v.item_id, v.questions[n:], v.answer, v.repeated) for v in allv]
+    return grad, held
 
 
 @dataclass

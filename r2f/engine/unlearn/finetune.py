@@ -1,5 +1,6 @@
 """Shared loop of the multi-step baselines (open-unlearning's formulations): AdamW with linear
-warmup over ``baseline_epochs`` on forget minibatches (original questions), an optional retain
+warmup over the method section's ``epochs`` (``unlearn.gradascent``, ``unlearn.graddiff``, ``unlearn.npo``) on
+forget minibatches (original questions), an optional retain
 minibatch per step; on a non-finite loss or weight the original weights are restored."""
 
 from __future__ import annotations
@@ -7,12 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from r2f.config import GradAscentConfig
 from r2f.engine.models import collate, encode_qa
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError
 
 
-def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bool) -> dict:
-    """``loss_fn(model, forget_batch, retain_batch_or_None) -> scalar``. Returns a small log dict."""
+def finetune(ctx: UnlearnContext, fc: GradAscentConfig, loss_fn: Callable, label: str, with_retain: bool) -> dict:
+    """``loss_fn(model, forget_batch, retain_batch_or_None) -> scalar``; ``fc``: the method's section
+    (epochs, lr, batch size). Returns a small log dict."""
     import torch
 
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
@@ -24,13 +27,13 @@ def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bo
     r_enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len, uc.key_only) for q in ctx.retain]
     if with_retain and not r_enc:
         raise UnlearnError(f"{label} needs retain items")
-    bs = uc.baseline_batch_size
+    bs = fc.batch_size
     steps_per_epoch = math.ceil(len(f_enc) / bs)
-    total = steps_per_epoch * uc.baseline_epochs
+    total = steps_per_epoch * fc.epochs
     warm = max(1, steps_per_epoch)  # one warmup epoch, as open-unlearning
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    opt = torch.optim.AdamW(model.parameters(), lr=uc.baseline_lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=fc.lr, weight_decay=0.01)
     def lr_factor(s: int) -> float:
         return min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
 
@@ -42,7 +45,7 @@ def finetune(ctx: UnlearnContext, loss_fn: Callable, label: str, with_retain: bo
         for p in model.parameters():
             p.requires_grad_(True)
         model.train()
-        for _ in range(uc.baseline_epochs):
+        for _ in range(fc.epochs):
             order = torch.randperm(len(f_enc), generator=gen).tolist()
             for s in range(steps_per_epoch):
                 fb = collate([f_enc[i] for i in order[s * bs:(s + 1) * bs]], tok.pad_token_id)

@@ -16,7 +16,7 @@ import time
 
 from r2f.engine.grads import _sign, grads_only_for, qa_batches, target_modules, view_batches
 from r2f.engine.models import token_nll
-from r2f.engine.unlearn.apply import _sq_norm, views_split
+from r2f.engine.unlearn.apply import _sq_norm
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
 
 
@@ -58,7 +58,7 @@ class FusedStep:
             raise UnlearnError("fused cannot calibrate eta (each trial needs two more backward passes): "
                                "set unlearn.eta.value")
         t0 = time.perf_counter()
-        grad_views, _ = views_split(ctx.forget, cfg)
+        grad_views, _ = ctx.views
         one = 1 << 30  # every sequence in one batch: one backward, so each hook fires once
         batch = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
                              chunk=one, key_only=cfg.unlearn.key_only)[0]

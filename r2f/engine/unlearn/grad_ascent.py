@@ -20,7 +20,7 @@ class GradAscent:
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         t0 = time.perf_counter()
         f = forget_term(ctx)
-        info = finetune(ctx, lambda m, fb, rb: f(m, fb), self.name, with_retain=False)
+        info = finetune(ctx, ctx.cfg.unlearn.gradascent, lambda m, fb, rb: f(m, fb), self.name, with_retain=False)
         info["direction_s"] = time.perf_counter() - t0
         return UnlearnResult(self.name, ctx.model, None, info)
 

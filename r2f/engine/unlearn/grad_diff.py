@@ -15,8 +15,9 @@ class GradDiff:
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         t0 = time.perf_counter()
-        f, alpha = forget_term(ctx), ctx.cfg.unlearn.graddiff_alpha
-        info = finetune(ctx, lambda m, fb, rb: f(m, fb) + alpha * token_nll(m, rb).mean(), self.name, True)
+        gc = ctx.cfg.unlearn.graddiff
+        f = forget_term(ctx)
+        info = finetune(ctx, gc, lambda m, fb, rb: f(m, fb) + gc.alpha * token_nll(m, rb).mean(), self.name, True)
         info["direction_s"] = time.perf_counter() - t0
         return UnlearnResult(self.name, ctx.model, None, info)
 

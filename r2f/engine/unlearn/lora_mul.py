@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import time
 
+from r2f.config import LoraMulConfig
 from r2f.engine.grads import _sign, target_modules, view_batches
 from r2f.engine.models import token_nll
-from r2f.engine.unlearn.apply import calibrate_and_apply, views_split
+from r2f.engine.unlearn.apply import calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
 
-def lora_train_delta(ctx: UnlearnContext, batches, steps: int, lr: float) -> dict:
-    """Train a fresh LoRA adapter for ``steps`` full-batch Adam steps; return -(s B A) per module."""
+def lora_train_delta(ctx: UnlearnContext, batches, mc: LoraMulConfig) -> dict:
+    """Train a fresh LoRA adapter for ``mc.steps`` full-batch Adam steps; return -(s B A) per module."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -24,10 +25,10 @@ def lora_train_delta(ctx: UnlearnContext, batches, steps: int, lr: float) -> dic
                                           target_modules=[i.name for i in infos]))
     try:
         params = [p for p in pm.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam(params, lr=mc.lr)
         n = sum(b["input_ids"].shape[0] for b in batches)
-        tick = ctx.tick("lora_mul steps", steps)
-        for _ in range(steps):
+        tick = ctx.tick("lora_mul steps", mc.steps)
+        for _ in range(mc.steps):
             opt.zero_grad()
             for b in batches:
                 (_sign(cfg.unlearn.objective) * token_nll(pm, b).sum() / n).backward()
@@ -49,10 +50,10 @@ class LoraMulti:
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg
         t0 = time.perf_counter()
-        grad_views, _ = views_split(ctx.forget, cfg)
+        grad_views, _ = ctx.views
         batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
                                 key_only=cfg.unlearn.key_only)
-        direction = lora_train_delta(ctx, batches, cfg.unlearn.lora_mul_steps, cfg.unlearn.lora_mul_lr)
+        direction = lora_train_delta(ctx, batches, cfg.unlearn.lora_mul)
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)
         info["direction_s"] = t_grad

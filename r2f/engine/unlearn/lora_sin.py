@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from r2f.engine.grads import lora_gradients, qa_batches, target_modules, view_batches
-from r2f.engine.unlearn.apply import calibrate_and_apply, views_split
+from r2f.engine.unlearn.apply import calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
 
@@ -16,7 +16,7 @@ class LoraSingle:
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg
         t0 = time.perf_counter()
-        grad_views, _ = views_split(ctx.forget, cfg)
+        grad_views, _ = ctx.views
         batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
                                 key_only=cfg.unlearn.key_only)
         rb = (qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)

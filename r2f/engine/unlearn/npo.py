@@ -1,5 +1,5 @@
 """NPO (Zhang et al., 2024) as in open-unlearning: ``-2/beta * logsigmoid(-beta * (logp - logp_ref))``
-on forget sequences (sum of answer-token log-probs) plus ``alpha`` x NLL on retain.
+on forget sequences (sum of answer-token log-probs) plus ``alpha`` x NLL on retain (``unlearn.npo``).
 For the ``refusal`` objective the forget term is the refusal NLL instead (DPO-free variant)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class NPO:
         import torch.nn.functional as F
 
         t0 = time.perf_counter()
-        uc, tok = ctx.cfg.unlearn, ctx.tokenizer
+        uc, nc, tok = ctx.cfg.unlearn, ctx.cfg.unlearn.npo, ctx.tokenizer
         # Reference log-probs of the untouched model, keyed by the batch's token ids.
         ref: dict[tuple, float] = {}
         enc = [encode_qa(tok, q.question, q.answer, ctx.cfg.models.max_len, uc.key_only) for q in ctx.forget]
@@ -42,10 +42,10 @@ class NPO:
                 keys = [tuple(row[m.bool()].tolist()) for row, m in zip(fb["input_ids"], fb["attention_mask"])]
                 ref_nll = torch.tensor([ref[k] for k in keys])
                 neg_log_ratio = seq_nll(model, fb) - ref_nll  # = -(logp - logp_ref)
-                forget = -F.logsigmoid(uc.npo_beta * neg_log_ratio).mean() * 2 / uc.npo_beta
-            return forget + uc.graddiff_alpha * token_nll(model, rb).mean()
+                forget = -F.logsigmoid(nc.beta * neg_log_ratio).mean() * 2 / nc.beta
+            return forget + nc.alpha * token_nll(model, rb).mean()
 
-        info = finetune(ctx, loss, self.name, with_retain=True)
+        info = finetune(ctx, nc, loss, self.name, with_retain=True)
         info["direction_s"] = time.perf_counter() - t0
         return UnlearnResult(self.name, ctx.model, None, info)
 

@@ -9,7 +9,7 @@ from r2f.engine.decoder import check_family, decode_factors, gram_weighting, mak
 from r2f.engine.grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
 from r2f.engine.onepass import group_batches, one_pass_lora_gradients, shard_batches
 from r2f.engine.parallel import distributed, load_cached, model_snapshot
-from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply, views_split
+from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
 
@@ -24,7 +24,7 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
         raise ValueError("r2f needs a decoder (a LearnedDecoder or a fixed decoder name)")
     check_family(decoder, model)
     infos = target_modules(model, cfg.lora.target_modules)
-    grad_views, _ = views_split(ctx.forget, cfg)
+    grad_views, _ = ctx.views
     groups = [[v] for v in grad_views] if cfg.lora.basis == "item" else [grad_views]
     total = sum(len(v.questions) for v in grad_views)
     direction = {i.name: LowRank() for i in infos}
@@ -159,18 +159,17 @@ class R2F:
     name = "r2f"
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
-        """``unlearn.r2f_steps`` decoded steps (default 1, the paper's single update); each step
+        """``unlearn.r2f.steps`` decoded steps (default 1, the paper's single update); each step
         recomputes the LoRA gradients on the current weights and is calibrated against the
         *original* retain NLL. Step k (1-based) of n may spend k/n of the retain budget in total,
         so the budget holds for all steps together and no single step spends it all."""
-        steps, etas, t_grad, base_r, info = ctx.cfg.unlearn.r2f_steps, [], 0.0, None, {}
-        total = ctx.cfg.unlearn.eta.retain_budget
+        steps, etas, t_grad, base_r, info = ctx.cfg.unlearn.r2f.steps, [], 0.0, None, {}
         for step in range(steps):
             t0 = time.perf_counter()
             direction = r2f_direction(ctx)
             t_grad += time.perf_counter() - t0
             eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
-                                            budget=total * (step + 1) / steps)
+                                            budget_share=(step + 1, steps))
             base_r = info.get("base_retain_nll", base_r)
             if eta == 0.0:
                 break  # the retain budget is spent: nothing applied in this step
