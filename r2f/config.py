@@ -174,6 +174,11 @@ _MOVED = {
 }
 
 
+def _listed(keys: tuple[str, ...]) -> str:
+    *rest, last = (f"unlearn.{k}" for k in keys)
+    return f"{', '.join(rest)} and {last}" if rest else last
+
+
 class UnlearnConfig(_Strict):
     """Settings every method shares, then one section per method that has its own (methods without
     settings, like fullgrad, have none)."""
@@ -201,8 +206,7 @@ class UnlearnConfig(_Strict):
     @classmethod
     def _moved_keys(cls, data):
         if isinstance(data, dict):
-            moved = [f"unlearn.{k} moved to " + " and ".join(", ".join(f"unlearn.{n}" for n in new).rsplit(", ", 1))
-                     for k, new in _MOVED.items() if k in data]
+            moved = [f"unlearn.{k} moved to {_listed(new)}" for k, new in _MOVED.items() if k in data]
             if moved:
                 raise ValueError("; ".join(moved))
         return data

@@ -1,7 +1,7 @@
 """Shared loop of the multi-step baselines (open-unlearning's formulations): AdamW with linear
-warmup over the method section's ``epochs`` (``unlearn.gradascent``, ``unlearn.graddiff``, ``unlearn.npo``) on
-forget minibatches (original questions), an optional retain
-minibatch per step; on a non-finite loss or weight the original weights are restored."""
+warmup over the method section's ``epochs`` (``unlearn.gradascent``, ``graddiff``, ``npo``) on forget
+minibatches (original questions), an optional retain minibatch per step; on a non-finite loss or
+weight the original weights are restored."""
 
 from __future__ import annotations
 
