@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -98,6 +99,15 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     assert rep["verdict"] == "VERIFIED", [c for c in rep["checks"] if not c["ok"]]
     assert rep["models"]["before"] in ("1", "None") and rep["models"]["after"] == "2"
     assert rep["forget_rows"]["n_rows"] == 20 and len(rep["checks"]) >= 10
+    # one check per link, in the order of audit.CHECKS (no git check: the project has no commit)
+    assert [re.sub(r"[0-9a-f]{32}\.dir", "<md5>", c["check"]) for c in rep["checks"]] == [
+        "MLflow run of the request found", "request file matches the inbox record",
+        "request file matches the MLflow run", "selectors re-resolve to the recorded forget rows",
+        "forget set: DVC object <md5> intact", "forget set: every file of the DVC folder stored and intact",
+        "versioned forget set hashes to the recorded rows digest", "decoder: DVC object <md5> intact",
+        "decoder: every file of the DVC folder stored and intact", "decoder's MLflow run found",
+        "registered model weights match the hash recorded at registration",
+        "registry tag agrees with the gate decision", "inbox state agrees with the gate decision"]
     text = json.dumps(rep, default=str)
     assert "Nikolai" not in text and tofu.split("full")[3990].answer not in text
     from typer.testing import CliRunner

@@ -40,7 +40,7 @@ def test_tracker_runs_metrics_and_resume(tmp_path):
         tr.log_dict({"a": 1}, "x/a.json")
     with tr.start_run(None, run_id=rid):
         tr.set_tags({"status": "evaluated"})
-    run = tr.client.get_run(rid)
+    run = tr.run(rid)
     assert run.data.params["lora.rank"] == "8" and run.data.metrics == {"ok": 0.5, "nested.x": 1.0}
     assert run.data.tags["skipped_metrics"] == "nan,none" and run.data.tags["status"] == "evaluated"
     assert tr.find_run("exp", {"request_id": "req-1"}) == rid and tr.find_run("exp", {"request_id": "no"}) is None
@@ -49,24 +49,30 @@ def test_tracker_runs_metrics_and_resume(tmp_path):
 
 def test_model_dir_logged_registered_and_answers(tmp_path, tiny_cfg, tiny_models):
     import mlflow
+    from mlflow import MlflowClient
 
-    from r2f.governance.registry import get_alias_version, promote
+    from r2f.governance.registry import promote
     from r2f.governance.tracking import make_tracker
 
     cfg = tiny_config(tmp_path / "state")
     tr = make_tracker(cfg)
     with tr.start_run("exp", "m") as rid:
         uri, version = tr.log_model_dir(str(tiny_models.path("target")), "model", registered_name="tiny")
-    assert version == 1 and tr.client.get_model_version("tiny", "1").run_id == rid
+    assert version == 1 and tr.model_version("tiny", 1).run_id == rid
+    assert tr.version_of_run("tiny", rid) == 1 and tr.version_of_run("tiny", "no-such-run") is None
     with tr._uris():
         answers = mlflow.pyfunc.load_model(uri).predict(["Who wrote the book?"])
     assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
-    assert get_alias_version(tr.client, "tiny", "champion") is None
-    assert promote(tr.client, "tiny", 1, {"passed": False, "reasons": ["usr: 0.1 fails >= 0.5"]}) is False
-    assert get_alias_version(tr.client, "tiny", "champion") is None
-    assert tr.client.get_model_version("tiny", "1").tags["gate.passed"] == "false"
-    assert promote(tr.client, "tiny", 1, {"passed": True, "reasons": []}) is True
-    assert get_alias_version(tr.client, "tiny", "champion") == 1
+    client = MlflowClient(tracking_uri=tr.uri, registry_uri=tr.uri)  # promote is the registry adapter: it takes a client
+    assert tr.alias_version("tiny", "champion") is None
+    assert promote(client, "tiny", 1, {"passed": False, "reasons": ["usr: 0.1 fails >= 0.5"]}) is False
+    assert tr.alias_version("tiny", "champion") is None and tr.final_version("tiny", "req-1") is None
+    assert tr.model_version("tiny", 1).tags["gate.passed"] == "false"
+    assert promote(client, "tiny", 1, {"passed": True, "reasons": []}) is True
+    assert tr.alias_version("tiny", "champion") == 1
+    tr.set_version_tag("tiny", 1, "request_id", "req-1")
+    assert [int(mv.version) for mv in tr.versions("tiny", request_id="req-1")] == [1]
+    assert int(tr.final_version("tiny", "req-1").version) == 1 and tr.versions("tiny", request_id="req-2") == []
 
 
 def test_tracker_does_not_leak_its_uri(tmp_path, monkeypatch):

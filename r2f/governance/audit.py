@@ -1,20 +1,15 @@
 """The lineage audit of one deletion request, reconstructed offline and verified.
 
-``audit(cfg, request_id)`` follows the chain the pipeline recorded and re-computes every hash it can:
-
-1. the request file (inbox copy, or the file the main job ran) and its sha256 — against the inbox
-   record and the MLflow run's ``request_sha256`` tag;
-2. the resolved forget rows: the selectors re-resolved against the packaged TOFU data must give the
-   ``forget_rows_sha256`` the run recorded; the forget set's DVC object (md5 from the run's
-   ``dvc/md5s.json``) must be in the DVC cache or remote, hash to its name, and its rows must hash
-   to the same ``forget_rows_sha256``; the git revision the run ran at;
-3. the decoder: its MLflow run in the decoder experiment (by decoder hash), its registered
-   version, the proxy architecture it was fitted on, the DVC md5 of the decoder folder;
-4. the model before (the version the request was unlearned from) and after (the registered
-   candidate), the weights' sha256 recorded at registration re-computed from the registry's copy,
-   and where ``champion`` points now;
-5. every gate rule with its value and threshold, and the decision;
-6. who asked and when, and each state change.
+``audit(cfg, request_id)`` finds the request's records (its inbox record and its MLflow run), then
+follows the chain the pipeline recorded, one link at a time, re-computing every hash it can.
+:data:`CHECKS` lists the links in order and is the one place that says what the audit verifies:
+the request's MLflow run; the request file against the inbox record and the run; the selectors
+re-resolved to the recorded forget rows; the git revision of the run; the DVC md5s the run
+recorded; the forget set's DVC object (stored, intact, its rows hashing to the recorded digest);
+the decoder (its DVC object, its MLflow run and registered version); the registered model's
+weights against the sha256 recorded at registration; the gate decision against the registry tag
+and the inbox state; where ``champion`` points now. A request never unlearned (failed, or its data
+rejected) is checked up to its request file only.
 
 Each check is ``{"check", "ok", "detail"}``; the verdict is VERIFIED when every check passed, else
 the report names what does not match. The report holds ids, versions and hashes only: never the
@@ -26,11 +21,20 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2f.config import Config
 from r2f.digest import sha256_file
+from r2f.engine.data import QA, load_tofu
 from r2f.errors import R2FError
+from r2f.governance.inbox import InboxError, Record, inbox
+from r2f.governance.requests import DeletionRequest, RequestError, read_request, resolve, rows_digest
+from r2f.governance.tracking import MlflowTracker, TrackingError, make_tracker
+from r2f.governance.versioning import cache_dir, find_root, remote_url
 
 
 class AuditError(R2FError, RuntimeError):
@@ -54,13 +58,35 @@ def weights_sha256(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-class _Checks:
-    def __init__(self):
-        self.items: list[dict] = []
+RUN_FOUND = "MLflow run of the request found"
 
-    def add(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.items.append({"check": name, "ok": bool(ok), "detail": detail})
+
+@dataclass
+class _Trail:
+    """What the checks share: the request's records as found, what earlier links established, and
+    the report they fill in (its sections in the order the links write them)."""
+
+    cfg: Config
+    tracker: MlflowTracker
+    rec: Record | None  # the inbox record, None for a request run from a file
+    run_id: str | None  # the request's run in the unlearning experiment
+    tags: dict  # that run's tags
+    report: dict
+    checks: list[dict] = field(default_factory=list)
+    req: DeletionRequest | None = None  # the request file, parsed (``_request_file``)
+    md5s: dict = field(default_factory=dict)  # the DVC md5s the run recorded (``_dvc_md5s``)
+    cache: Path | None = None  # the DVC cache and local remote they are looked up in
+    remote: Path | None = None
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
         return ok
+
+    @property
+    def unlearned(self) -> bool:
+        """False for a request that failed or whose data was rejected before any model was registered."""
+        never = (self.rec and self.rec.state == "failed") or self.tags.get("status") == "rejected_data"
+        return not never or bool(self.tags.get("registered_version"))
 
 
 def _dvc_object(cache: Path, remote: Path | None, md5: str) -> Path | None:
@@ -71,47 +97,206 @@ def _dvc_object(cache: Path, remote: Path | None, md5: str) -> Path | None:
     return None
 
 
-def _verify_dvc(ck: _Checks, label: str, md5: str, cache: Path, remote: Path | None) -> dict[str, Path]:
+def _verify_dvc(t: _Trail, label: str, md5: str) -> dict[str, Path]:
     """Check a DVC object (file or ``.dir``) is stored and hashes to its name; returns
     ``relpath -> stored file`` for a directory."""
-    obj = _dvc_object(cache, remote, md5)
+    obj = _dvc_object(t.cache, t.remote, md5)
     if obj is None:
-        ck.add(f"{label}: DVC object {md5} stored", False, "not in the DVC cache or the remote")
+        t.check(f"{label}: DVC object {md5} stored", False, "not in the DVC cache or the remote")
         return {}
     got = _md5(obj)
-    if not ck.add(f"{label}: DVC object {md5} intact", got == md5.removesuffix(".dir"),
-                  f"{obj}" if got == md5.removesuffix(".dir") else f"{obj} hashes to {got}"):
+    if not t.check(f"{label}: DVC object {md5} intact", got == md5.removesuffix(".dir"),
+                   f"{obj}" if got == md5.removesuffix(".dir") else f"{obj} hashes to {got}"):
         return {}
     if not md5.endswith(".dir"):
         return {"": obj}
     files, bad = {}, []
     for entry in json.loads(obj.read_text()):
-        f = _dvc_object(cache, remote, entry["md5"])
+        f = _dvc_object(t.cache, t.remote, entry["md5"])
         if f is None or _md5(f) != entry["md5"]:
             bad.append(entry["relpath"])
         else:
             files[entry["relpath"]] = f
-    ck.add(f"{label}: every file of the DVC folder stored and intact", not bad,
-           f"{len(files)} files" if not bad else f"missing or altered: {bad[:10]}")
+    t.check(f"{label}: every file of the DVC folder stored and intact", not bad,
+            f"{len(files)} files" if not bad else f"missing or altered: {bad[:10]}")
     return files
 
 
-def audit(cfg: Config, request_id: str) -> dict:
-    """The lineage report of ``request_id`` (see the module doc); raises ``AuditError`` when there
-    is nothing to audit."""
-    from r2f.engine.data import load_tofu
-    from r2f.governance.inbox import InboxError, inbox
-    from r2f.governance.requests import RequestError, read_request, resolve, rows_digest
-    from r2f.governance.tracking import TrackingError, make_tracker
-    from r2f.governance.versioning import cache_dir, find_root, remote_url
+def _rows_digest_of(path: Path) -> str:
+    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return rows_digest([QA(r["id"], r["question"], r["answer"]) for r in rows])
 
+
+# -- the links, in lineage order -----------------------------------------------------------------------
+def _mlflow_run(t: _Trail) -> None:
+    """The request's run in the unlearning experiment exists."""
+    t.check(RUN_FOUND, t.run_id is not None, t.run_id or "none")
+
+
+def _request_file(t: _Trail) -> None:
+    """The request file (inbox copy, or the file the run was given) hashes to the sha256 in the inbox
+    record and in the run, and parses."""
+    src = inbox(t.cfg).path(t.report["request_id"]) if t.rec else Path(t.tags.get("request_source", ""))
+    if not src.is_file():
+        t.check("request file present", False, f"{src} missing")
+        return
+    sha = sha256_file(src)
+    t.report["request"] = {"file": str(src), "sha256": sha}
+    if t.rec:
+        t.check("request file matches the inbox record", sha == t.rec.source_sha256,
+                f"{sha[:16]} vs recorded {t.rec.source_sha256[:16]}")
+    if "request_sha256" in t.tags:
+        t.check("request file matches the MLflow run", sha == t.tags["request_sha256"],
+                f"{sha[:16]} vs recorded {t.tags['request_sha256'][:16]}")
+    try:
+        t.req = read_request(src)
+        t.report["request"].update({"created_at": str(t.req.created_at), "requester": t.req.requester,
+                                    **t.req.digests()})
+    except RequestError as exc:
+        t.check("request file parses", False, str(exc))
+
+
+def _forget_rows(t: _Trail) -> None:
+    """The request's selectors, re-resolved against the packaged TOFU data, give the recorded
+    ``forget_rows_sha256``."""
+    recorded = t.tags.get("forget_rows_sha256")
+    rows = t.report["forget_rows"] = {"rows_sha256_recorded": recorded, "git_sha": t.tags.get("git_sha")}
+    if t.req is None:
+        return
+    try:
+        items = resolve(t.req, load_tofu(t.cfg.data.tofu_dir))
+        rows.update(n_rows=len(items), item_ids=[q.id for q in items])
+        t.check("selectors re-resolve to the recorded forget rows", rows_digest(items) == recorded,
+                f"{rows_digest(items)[:16]} vs recorded {str(recorded)[:16]}")
+    except (RequestError, ValueError) as exc:
+        t.check("selectors re-resolve", False, str(exc))
+
+
+def _git_revision(t: _Trail) -> None:
+    """The git revision the run ran at is a commit of this repository."""
+    sha = t.tags.get("git_sha", "")
+    if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
+        known = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True,
+                               check=False).returncode == 0
+        t.check("git revision of the run exists in this repository", known, sha[:12])
+
+
+def _dvc_md5s(t: _Trail) -> None:
+    """The run recorded the DVC md5 of every stage out (``dvc/md5s.json``); finds the DVC cache and
+    local remote to look them up in."""
+    md5s = t.tracker.load_json_artifact(t.run_id, "dvc/md5s.json") if t.run_id else None
+    root = find_root(Path(t.cfg.pipeline.request).resolve().parent) or find_root()
+    if md5s is None:
+        t.check("DVC md5s recorded in the MLflow run", False, "dvc/md5s.json missing")
+        md5s = {}
+    t.md5s = md5s
+    t.cache = cache_dir(root) if root else None
+    t.remote = Path(remote_url(t.cfg, root)) if root and "://" not in remote_url(t.cfg, root) else None
+
+
+def _forget_set(t: _Trail) -> None:
+    """The forget set's DVC object is stored and intact, and its rows hash to the recorded digest."""
+    rows = t.report["forget_rows"]
+    key = next((k for k in t.md5s if k.startswith("prepare:") and k.endswith("/request")), None)
+    if key and t.cache:
+        files = _verify_dvc(t, "forget set", t.md5s[key])
+        if "forget.jsonl" in files:
+            got, recorded = _rows_digest_of(files["forget.jsonl"]), rows["rows_sha256_recorded"]
+            t.check("versioned forget set hashes to the recorded rows digest", got == recorded,
+                    f"{got[:16]} vs recorded {str(recorded)[:16]}")
+        rows["dvc_md5"] = t.md5s[key]
+    elif not key:
+        t.check("forget set's DVC md5 recorded", False, "no prepare:…/request entry")
+
+
+def _decoder(t: _Trail) -> None:
+    """The decoder's DVC object is stored and intact; its MLflow run (by decoder hash) exists, with
+    the proxy architecture it was fitted on and its registered version."""
+    dkey = next((k for k in t.md5s if k.startswith("train_decoder:") and k.endswith("/decoder")), None)
+    dec: dict = {"dvc_md5": t.md5s.get(dkey) if dkey else None}
+    if dkey and t.cache:
+        files = _verify_dvc(t, "decoder", t.md5s[dkey])
+        meta = json.loads(files["decoder.json"].read_text()) if "decoder.json" in files else {}
+        dec["decoder_hash"] = meta.get("key") or t.tags.get("decoder_hash")
+    dhash = t.tags.get("decoder_hash") or dec.get("decoder_hash")
+    tracking = t.cfg.tracking
+    drun = t.tracker.find_run(tracking.decoder_experiment, {"decoder_hash": dhash}) if dhash else None
+    if drun:
+        params = t.tracker.run(drun).data.params
+        dec.update(mlflow_run_id=drun, proxy={k.removeprefix("proxy."): v for k, v in params.items()
+                                              if k.startswith("proxy.")},
+                   version=t.tracker.version_of_run(tracking.decoder_model_name, drun))
+    t.check("decoder's MLflow run found", drun is not None, f"decoder_hash {str(dhash)[:24]}")
+    t.report["decoder"] = dec
+
+
+def _model_weights(t: _Trail) -> None:
+    """The model before and after; the registered version's weights, downloaded from the registry,
+    hash to the ``weights_sha256`` recorded at registration."""
+    name, after = t.cfg.tracking.target_model_name, t.tags.get("registered_version")
+    models = t.report["models"] = {"registered_model": name, "before": t.tags.get("start_model_version"),
+                                   "before_source": t.tags.get("start_model_source"), "after": after}
+    if not after:
+        return
+    mv = t.tracker.model_version(name, after)
+    models["after_gate_tag"] = mv.tags.get("gate.passed")
+    recorded = mv.tags.get("weights_sha256")
+    if not recorded:
+        t.check("weights hash recorded on the registered version", False, f"version {after} has no weights_sha256")
+        return
+    with tempfile.TemporaryDirectory(dir=Path(t.cfg.state_dir)) as tmp:
+        try:
+            got = weights_sha256(t.tracker.download_model(name, int(after), tmp))
+        except TrackingError as exc:
+            got = f"missing ({exc})"
+    t.check("registered model weights match the hash recorded at registration", got == recorded,
+            f"{got[:16]} vs recorded {recorded[:16]}")
+
+
+def _gate(t: _Trail) -> None:
+    """The gate's decision (``gate/decision.json``: every rule) agrees with the registered version's
+    ``gate.passed`` tag and with the inbox state."""
+    decision = t.tracker.load_json_artifact(t.run_id, "gate/decision.json") if t.run_id else None
+    if not decision:
+        t.check("gate decision recorded", False, "gate/decision.json missing from the run")
+        return
+    t.report["gate"] = {"passed": decision["passed"], "decided_at": decision.get("decided_at"),
+                        "rules": decision["rules"], "champion_model_utility": decision.get("champion_model_utility")}
+    tag = t.report["models"].get("after_gate_tag")
+    if t.tags.get("registered_version"):
+        t.check("registry tag agrees with the gate decision", tag == str(bool(decision["passed"])).lower(),
+                f"tag {tag} vs decision {decision['passed']}")
+    if t.rec and t.rec.state in ("promoted", "rejected"):
+        t.check("inbox state agrees with the gate decision",
+                (t.rec.state == "promoted") == bool(decision["passed"]), t.rec.state)
+
+
+def _champion(t: _Trail) -> None:
+    """Where the ``champion`` alias points now (recorded, nothing to re-compute)."""
+    t.report["models"]["champion_now"] = t.tracker.alias_version(t.cfg.tracking.target_model_name, "champion")
+
+
+# What the audit verifies, link by link in lineage order: (check, also run for a request never
+# unlearned). docs/requests.md ("Audit") describes the same list.
+CHECKS: tuple[tuple[Callable[[_Trail], None], bool], ...] = (
+    (_mlflow_run, True),
+    (_request_file, True),
+    (_forget_rows, False),
+    (_git_revision, False),
+    (_dvc_md5s, False),
+    (_forget_set, False),
+    (_decoder, False),
+    (_model_weights, False),
+    (_gate, False),
+    (_champion, False),
+)
+
+
+def _trail(cfg: Config, request_id: str) -> _Trail:
+    """The request's inbox record and MLflow run; ``AuditError`` when there is neither."""
     tracker = make_tracker(cfg)
     if not tracker.active:
         raise AuditError("tracking is disabled (tracking.enabled: false): there is no record to audit")
-    ck = _Checks()
-    rep: dict = {"request_id": request_id}
-
-    # 0. the records: inbox state and the MLflow run of the request
     try:
         rec = inbox(cfg).get(request_id)
     except InboxError:
@@ -120,159 +305,31 @@ def audit(cfg: Config, request_id: str) -> dict:
     if rec is None and run_id is None:
         raise AuditError(f"request {request_id}: not in the inbox and no MLflow run in "
                          f"{cfg.tracking.unlearning_experiment}")
-    client = tracker.client
-    run = client.get_run(run_id) if run_id else None
-    tags = dict(run.data.tags) if run else {}
-    rep["states"] = rec.history if rec else []
-    rep["state"] = rec.state if rec else tags.get("status")
-    ck.add("MLflow run of the request found", run is not None, run_id or "none")
+    tags = dict(tracker.run(run_id).data.tags) if run_id else {}
+    report = {"request_id": request_id, "states": rec.history if rec else [],
+              "state": rec.state if rec else tags.get("status")}
+    return _Trail(cfg, tracker, rec, run_id, tags, report)
 
-    # 1. the request file
-    src = inbox(cfg).path(request_id) if rec else Path(tags.get("request_source", ""))
-    req = None
-    if src.is_file():
-        sha = sha256_file(src)
-        rep["request"] = {"file": str(src), "sha256": sha}
-        if rec:
-            ck.add("request file matches the inbox record", sha == rec.source_sha256,
-                   f"{sha[:16]} vs recorded {rec.source_sha256[:16]}")
-        if "request_sha256" in tags:
-            ck.add("request file matches the MLflow run", sha == tags["request_sha256"],
-                   f"{sha[:16]} vs recorded {tags['request_sha256'][:16]}")
-        try:
-            req = read_request(src)
-            rep["request"].update({"created_at": str(req.created_at), "requester": req.requester,
-                                   **req.digests()})
-        except RequestError as exc:
-            ck.add("request file parses", False, str(exc))
-    else:
-        ck.add("request file present", False, f"{src} missing")
 
-    if (rec and rec.state == "failed" or tags.get("status") == "rejected_data") and not tags.get("registered_version"):
-        # never unlearned: nothing downstream to verify; the reason is in the state history
-        rep["checks"] = ck.items
-        rep["verified"] = all(c["ok"] for c in ck.items if c["check"] != "MLflow run of the request found")
-        reason = next((h.get("reason") for h in reversed(rep["states"]) if h.get("reason")), tags.get("status"))
-        rep["verdict"] = ("VERIFIED (not processed: " + str(reason)[:300] + ")" if rep["verified"]
-                          else "MISMATCH: " + "; ".join(c["check"] for c in ck.items if not c["ok"]))
+def audit(cfg: Config, request_id: str) -> dict:
+    """The lineage report of ``request_id``: every link of :data:`CHECKS` in turn (see the module
+    doc); raises ``AuditError`` when there is nothing to audit."""
+    t = _trail(cfg, request_id)
+    for check, for_every_request in CHECKS:
+        if for_every_request or t.unlearned:
+            check(t)
+    rep, failed = t.report, [c["check"] for c in t.checks if not c["ok"]]
+    rep["checks"] = t.checks
+    if t.unlearned:
+        rep["verified"] = not failed
+        rep["verdict"] = "VERIFIED" if not failed else "MISMATCH: " + "; ".join(failed)
         return rep
-
-    # 2. the forget rows: re-resolved from the data, and as versioned by DVC
-    recorded = tags.get("forget_rows_sha256")
-    rows: dict = {"rows_sha256_recorded": recorded, "git_sha": tags.get("git_sha")}
-    if req is not None:
-        try:
-            items = resolve(req, load_tofu(cfg.data.tofu_dir))
-            rows.update(n_rows=len(items), item_ids=[q.id for q in items])
-            ck.add("selectors re-resolve to the recorded forget rows", rows_digest(items) == recorded,
-                   f"{rows_digest(items)[:16]} vs recorded {str(recorded)[:16]}")
-        except (RequestError, ValueError) as exc:
-            ck.add("selectors re-resolve", False, str(exc))
-    sha = tags.get("git_sha", "")
-    if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
-        import subprocess
-
-        known = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True,
-                               check=False).returncode == 0
-        ck.add("git revision of the run exists in this repository", known, sha[:12])
-    md5s = tracker.load_json_artifact(run_id, "dvc/md5s.json") if run_id else None
-    root = find_root(Path(cfg.pipeline.request).resolve().parent) or find_root()
-    if md5s is None:
-        ck.add("DVC md5s recorded in the MLflow run", False, "dvc/md5s.json missing")
-        md5s = {}
-    cache = cache_dir(root) if root else None
-    remote = Path(remote_url(cfg, root)) if root and "://" not in remote_url(cfg, root) else None
-    key = next((k for k in md5s if k.startswith("prepare:") and k.endswith("/request")), None)
-    if key and cache:
-        files = _verify_dvc(ck, "forget set", md5s[key], cache, remote)
-        if "forget.jsonl" in files:
-            got = _rows_digest_of(files["forget.jsonl"])
-            ck.add("versioned forget set hashes to the recorded rows digest", got == recorded,
-                   f"{got[:16]} vs recorded {str(recorded)[:16]}")
-        rows["dvc_md5"] = md5s[key]
-    elif not key:
-        ck.add("forget set's DVC md5 recorded", False, "no prepare:…/request entry")
-    rep["forget_rows"] = rows
-
-    # 3. the decoder
-    dkey = next((k for k in md5s if k.startswith("train_decoder:") and k.endswith("/decoder")), None)
-    dec: dict = {"dvc_md5": md5s.get(dkey) if dkey else None}
-    if dkey and cache:
-        files = _verify_dvc(ck, "decoder", md5s[dkey], cache, remote)
-        meta = json.loads(files["decoder.json"].read_text()) if "decoder.json" in files else {}
-        dec["decoder_hash"] = meta.get("key") or tags.get("decoder_hash")
-    dhash = tags.get("decoder_hash") or dec.get("decoder_hash")
-    drun = tracker.find_run(cfg.tracking.decoder_experiment, {"decoder_hash": dhash}) if dhash else None
-    if drun:
-        d = client.get_run(drun)
-        dec.update(mlflow_run_id=drun, proxy={k.removeprefix("proxy."): v for k, v in d.data.params.items()
-                                              if k.startswith("proxy.")},
-                   version=_version_of_run(client, cfg.tracking.decoder_model_name, drun))
-    ck.add("decoder's MLflow run found", drun is not None, f"decoder_hash {str(dhash)[:24]}")
-    rep["decoder"] = dec
-
-    # 4. the models before and after
-    name = cfg.tracking.target_model_name
-    after = tags.get("registered_version")
-    models = {"registered_model": name, "before": tags.get("start_model_version"),
-              "before_source": tags.get("start_model_source"), "after": after}
-    if after:
-        mv = client.get_model_version(name, after)
-        models["after_gate_tag"] = mv.tags.get("gate.passed")
-        recorded_w = mv.tags.get("weights_sha256")
-        if recorded_w:
-            import tempfile
-
-            with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
-                try:
-                    got = weights_sha256(tracker.download_model(name, int(after), tmp))
-                except TrackingError as exc:
-                    got = f"missing ({exc})"
-            ck.add("registered model weights match the hash recorded at registration", got == recorded_w,
-                   f"{got[:16]} vs recorded {recorded_w[:16]}")
-        else:
-            ck.add("weights hash recorded on the registered version", False, f"version {after} has no weights_sha256")
-    from r2f.governance.registry import get_alias_version
-
-    models["champion_now"] = get_alias_version(client, name, "champion")
-    rep["models"] = models
-
-    # 5. gate
-    decision = tracker.load_json_artifact(run_id, "gate/decision.json") if run_id else None
-    if decision:
-        rep["gate"] = {"passed": decision["passed"], "decided_at": decision.get("decided_at"),
-                       "rules": decision["rules"], "champion_model_utility": decision.get("champion_model_utility")}
-        if after:
-            ck.add("registry tag agrees with the gate decision",
-                   models.get("after_gate_tag") == str(bool(decision["passed"])).lower(),
-                   f"tag {models.get('after_gate_tag')} vs decision {decision['passed']}")
-        if rec and rec.state in ("promoted", "rejected"):
-            ck.add("inbox state agrees with the gate decision",
-                   (rec.state == "promoted") == bool(decision["passed"]), rec.state)
-    else:
-        ck.add("gate decision recorded", False, "gate/decision.json missing from the run")
-
-    rep["checks"] = ck.items
-    rep["verified"] = all(c["ok"] for c in ck.items)
-    rep["verdict"] = "VERIFIED" if rep["verified"] else "MISMATCH: " + "; ".join(
-        c["check"] for c in ck.items if not c["ok"])
+    # never unlearned: nothing downstream to verify; the reason is in the state history
+    rep["verified"] = all(c != RUN_FOUND for c in failed)
+    reason = next((h.get("reason") for h in reversed(rep["states"]) if h.get("reason")), t.tags.get("status"))
+    rep["verdict"] = ("VERIFIED (not processed: " + str(reason)[:300] + ")" if rep["verified"]
+                      else "MISMATCH: " + "; ".join(failed))
     return rep
-
-
-def _rows_digest_of(path: Path) -> str:
-    from r2f.engine.data import QA
-    from r2f.governance.requests import rows_digest
-
-    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return rows_digest([QA(r["id"], r["question"], r["answer"]) for r in rows])
-
-
-def _version_of_run(client, name: str, run_id: str) -> int | None:
-    try:
-        vs = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    except Exception:  # noqa: BLE001
-        return None
-    return int(vs[0].version) if vs else None
 
 
 # -- rendering ----------------------------------------------------------------------------------------

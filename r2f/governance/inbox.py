@@ -25,8 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2f.config import Config
+from r2f.engine.data import load_tofu
 from r2f.errors import R2FError
 from r2f.governance.locks import LockBusy
+from r2f.governance.requests import eval_split, read_request, resolve
+from r2f.governance.tracking import make_tracker
+from r2f.governance.validation import ValidationError, validate_request
 
 STATES = ("pending", "validated", "unlearned", "evaluated", "promoted", "rejected", "failed")
 FINAL = ("promoted", "rejected", "failed")
@@ -98,9 +102,6 @@ class Inbox:
         """Validate ``src`` (schema, then the GX request suite against the data) and add it as
         ``pending``. Nothing is written when it is invalid or its id is taken (the same file
         submitted again returns the existing record unchanged)."""
-        from r2f.governance.requests import read_request
-        from r2f.governance.validation import ValidationError, validate_request
-
         src = Path(src)
         req = read_request(src)
         data = src.read_bytes()
@@ -117,8 +118,6 @@ class Inbox:
             lines = "\n".join(f"  - {f.describe()}" for f in report.failures)
             raise ValidationError(f"{src}: request {req.request_id} is invalid, nothing was submitted:\n{lines}",
                                   report.failures, [report])
-        from r2f.governance.requests import eval_split, resolve
-
         eval_split(resolve(req, tofu))  # rows the pipeline could never evaluate (retain authors): refused now
         at = now()
         rec = Record(req.request_id, "pending", sha, at, str(req.created_at), [{"state": "pending", "at": at}])
@@ -225,14 +224,10 @@ def finished_in_registry(cfg: Config, ib: Inbox, path: Path, ids: list[str], log
     """After a crash between the promotion and the inbox update: when the registry already holds
     the final decision on this job's request (a version tagged with its request id and
     ``decision`` promoted | rejected), record it in the inbox instead of unlearning again."""
-    from r2f.governance.registry import final_version
-    from r2f.governance.requests import read_request
-    from r2f.governance.tracking import make_tracker
-
     tracker = make_tracker(cfg)
     if not tracker.active:
         return False
-    mv = final_version(tracker.client, cfg.tracking.target_model_name, read_request(path).request_id)
+    mv = tracker.final_version(cfg.tracking.target_model_name, read_request(path).request_id)
     if mv is None:
         return False
     for i in ids:
@@ -246,9 +241,6 @@ def finished_in_registry(cfg: Config, ib: Inbox, path: Path, ids: list[str], log
 def batch_request(cfg: Config, ib: Inbox, recs: list[Record]) -> Path:
     """One request file for several pending requests: the union of their resolved rows."""
     import yaml
-
-    from r2f.engine.data import load_tofu
-    from r2f.governance.requests import read_request, resolve
 
     tofu = load_tofu(cfg.data.tofu_dir)
     ids = [r.request_id for r in recs]

@@ -17,6 +17,10 @@ import subprocess
 from pathlib import Path
 
 from r2f.config import Config
+from r2f.engine.api import reference_eval
+from r2f.governance.audit import weights_sha256
+from r2f.governance.tracking import make_tracker
+from r2f.governance.versioning import find_root, lock_md5s
 
 
 def git_sha() -> str:
@@ -32,8 +36,6 @@ def config_hash(cfg: Config) -> str:
 
 
 def dvc_md5s(cfg: Config) -> dict[str, str]:
-    from r2f.governance.versioning import find_root, lock_md5s
-
     root = find_root()
     return lock_md5s(root) if root else {}
 
@@ -137,9 +139,6 @@ def champion_utility(cfg: Config, split: str) -> float | None:
     """Model utility of the current champion: the registered champion's recorded evaluation (utility
     does not depend on the forget split), else (the untouched target is champion, or nothing is
     registered yet) the target's reference evaluation on ``split``."""
-    from r2f.engine.api import reference_eval
-    from r2f.governance.tracking import make_tracker
-
     tracker = make_tracker(cfg)
     got = tracker.champion_summary(cfg.tracking.target_model_name, split) if tracker.active else None
     if got and isinstance(got.get("model_utility"), (int, float)):
@@ -169,8 +168,6 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
                          decision: dict, info: dict) -> dict:
     """Base target as version 1 / champion (once); the unlearned model as a new version with alias
     ``candidate``; ``champion`` moves to it only if the gate passed. Logs the DVC md5s."""
-    from r2f.governance.audit import weights_sha256
-
     name = cfg.tracking.target_model_name
     md5s = dvc_md5s(cfg)
     with tracker.start_run(None, run_id=run_id):

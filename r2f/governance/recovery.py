@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 from r2f.config import Config
+from r2f.governance.audit import weights_sha256
 from r2f.governance.pipeline import Log, PipelineError, _json, request_info, stage_dir
+from r2f.governance.requests import read_request
+from r2f.governance.tracking import make_tracker
 
 
 def recover(cfg: Config, log: Log) -> dict:
@@ -18,23 +21,18 @@ def recover(cfg: Config, log: Log) -> dict:
     request, MLflow run and weights), returns ``{"stages": ["promote"]}``: only the promotion is
     finished, nothing is unlearned twice; else such a version is tagged ``decision=abandoned`` and
     ``{}`` says: run every stage."""
-    from r2f.governance.audit import weights_sha256
-    from r2f.governance.registry import final_version, versions
-    from r2f.governance.requests import read_request
-    from r2f.governance.tracking import make_tracker
-
     tracker = make_tracker(cfg)
     if not tracker.active:
         return {}
     rid = read_request(cfg.pipeline.request).request_id
     name = cfg.tracking.target_model_name
-    mv = final_version(tracker.client, name, rid)
+    mv = tracker.final_version(name, rid)
     if mv is not None and not cfg.pipeline.rerun:
         log(f"request {rid}: already processed, version {mv.version} {mv.tags['decision']}; not processed again "
             "(set pipeline.rerun=true to run it again as a new candidate)")
         return {"done": {"request_id": rid, "version": int(mv.version), "decision": mv.tags["decision"],
                          "passed": mv.tags["decision"] == "promoted", "registered_model": name}}
-    unfinished = [v for v in versions(tracker.client, name, request_id=rid) if "decision" not in v.tags]
+    unfinished = [v for v in tracker.versions(name, request_id=rid) if "decision" not in v.tags]
     mv = unfinished[-1] if unfinished else None
     same = False
     try:
@@ -55,7 +53,7 @@ def recover(cfg: Config, log: Log) -> dict:
         log(f"request {rid}: the promotion of version {mv.version} was cut short; finishing it")
         return {"stages": ["promote"]}
     for v in unfinished:
-        tracker.client.set_model_version_tag(name, v.version, "decision", "abandoned")
+        tracker.set_version_tag(name, v.version, "decision", "abandoned")
     log(f"request {rid}: unfinished version(s) {', '.join(v.version for v in unfinished)} marked abandoned; "
         "running every stage")
     return {}

@@ -133,14 +133,24 @@ def final_version(client, name: str, request_id: str):
     return done[-1] if done else None
 
 
-def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlearning") -> int:
+def version_of_run(client, name: str, run_id: str) -> int | None:
+    """The version of ``name`` registered from run ``run_id`` (None when there is none or the
+    registry cannot be searched)."""
+    try:
+        vs = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except Exception:  # noqa: BLE001
+        return None
+    return int(vs[0].version) if vs else None
+
+
+def ensure_base(client, tracker, name: str, base_dir: str, experiment: str = "r2f-unlearning") -> int:
     """Register the untouched target as the first ``champion`` when ``name`` has none (idempotent,
-    also after a crash between registering it and setting the alias: the tagged version is reused)."""
-    c = tracker.client
-    current = get_alias_version(c, name, "champion")
+    also after a crash between registering it and setting the alias: the tagged version is reused);
+    ``client`` is the client on ``tracker``'s store, ``tracker`` logs the model."""
+    current = get_alias_version(client, name, "champion")
     if current is not None:
         return current
-    earlier = versions(c, name, role="base_target")
+    earlier = versions(client, name, role="base_target")
     if earlier:
         version = int(earlier[0].version)
     else:
@@ -150,7 +160,7 @@ def ensure_base(tracker, name: str, base_dir: str, experiment: str = "r2f-unlear
                 base_dir, "model", registered_name=name, tags={"role": "base_target"},
                 description="The untouched base target: the first champion of the deletion chain. "
                             "Deletion requests are unlearned from the champion in turn.")
-    set_alias(c, name, "champion", version)
+    set_alias(client, name, "champion", version)
     return version
 
 

@@ -125,13 +125,14 @@ class MlflowTracker:
                     os.environ[k] = v
 
     @property
-    def client(self):
+    def _client(self):
+        """A client on this store; it stays inside the tracker (and the registry adapter it hands it to)."""
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def _experiment_id(self, name: str) -> str:
-        c = self.client
+        c = self._client
         exp = c.get_experiment_by_name(name)
         if exp is not None:
             if name in self.notes and NOTE not in exp.tags:
@@ -150,7 +151,7 @@ class MlflowTracker:
     def describe_run(self, text: str) -> None:
         """The active run's description (MLflow UI: the run's "Description"). Only ids, counts,
         hashes and decisions go in, never forget-set text."""
-        self.client.set_tag(self._need_run(), NOTE, text)
+        self._client.set_tag(self._need_run(), NOTE, text)
 
     @contextmanager
     def start_run(self, experiment: str | None, run_name: str | None = None, tags: dict | None = None,
@@ -173,7 +174,7 @@ class MlflowTracker:
 
     def log_params(self, params: dict) -> None:
         rid = self._need_run()
-        c = self.client
+        c = self._client
         existing = c.get_run(rid).data.params
         from mlflow.entities import Param
 
@@ -195,27 +196,27 @@ class MlflowTracker:
                 continue
             ok.append(Metric(k, float(v), ts, step or 0))
         for i in range(0, len(ok), 900):
-            self.client.log_batch(rid, metrics=ok[i:i + 900])
+            self._client.log_batch(rid, metrics=ok[i:i + 900])
         if skipped:
             self.set_tags({"skipped_metrics": ",".join(sorted(skipped))[:MAX_PARAM]})
 
     def set_tags(self, tags: dict) -> None:
         rid = self._need_run()
         for k, v in safe_params(tags).items():
-            self.client.set_tag(rid, k, v)
+            self._client.set_tag(rid, k, v)
 
     def log_dict(self, obj, artifact_file: str) -> None:
-        self.client.log_dict(self._need_run(), obj, artifact_file)
+        self._client.log_dict(self._need_run(), obj, artifact_file)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self._need_run(), path, artifact_path)
+        self._client.log_artifact(self._need_run(), path, artifact_path)
 
     def find_run(self, experiment: str, tags: dict) -> str | None:
-        exp = self.client.get_experiment_by_name(experiment)
+        exp = self._client.get_experiment_by_name(experiment)
         if exp is None:
             return None
         flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([exp.experiment_id], flt, max_results=1)
+        runs = self._client.search_runs([exp.experiment_id], flt, max_results=1)
         return runs[0].info.run_id if runs else None
 
     def close_stale_runs(self, experiment: str, tags: dict, keep: str | None = None) -> list[str]:
@@ -223,21 +224,57 @@ class MlflowTracker:
         RUNNING, or finished without a registered model (and not a record of rejected data). They are
         marked KILLED with tag ``status=abandoned``; ``keep`` (a run being resumed) is left alone.
         Called under the pipeline lock, when no live run can own them."""
-        exp = self.client.get_experiment_by_name(experiment)
+        exp = self._client.get_experiment_by_name(experiment)
         if exp is None:
             return []
         flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
         out = []
-        for r in self.client.search_runs([exp.experiment_id], flt):
+        for r in self._client.search_runs([exp.experiment_id], flt):
             t = r.data.tags
             stale = r.info.status == "RUNNING" or ("registered_version" not in t and t.get("status") not in (
                 "rejected_data", "abandoned"))
             if r.info.run_id == keep or not stale:
                 continue
-            self.client.set_tag(r.info.run_id, "status", "abandoned")
-            self.client.set_terminated(r.info.run_id, "KILLED")
+            self._client.set_tag(r.info.run_id, "status", "abandoned")
+            self._client.set_terminated(r.info.run_id, "KILLED")
             out.append(r.info.run_id)
         return out
+
+    # -- reading the record (audit, recovery, inbox): MLflow entities, never the client ----------------
+    def run(self, run_id: str):
+        """The MLflow ``Run`` ``run_id`` (its ``data.tags``, ``data.params``, ``data.metrics``)."""
+        return self._client.get_run(run_id)
+
+    def model_version(self, name: str, version: int | str):
+        """The ``ModelVersion`` ``name``/``version`` (its ``tags``, ``run_id``, ``source``)."""
+        return self._client.get_model_version(name, str(version))
+
+    def versions(self, name: str, **tags) -> list:
+        """The versions of ``name`` whose tags include ``tags``, oldest first."""
+        from r2f.governance.registry import versions
+
+        return versions(self._client, name, **tags)
+
+    def final_version(self, name: str, request_id: str):
+        """The newest version of ``name`` holding a final decision on ``request_id``, or None."""
+        from r2f.governance.registry import final_version
+
+        return final_version(self._client, name, request_id)
+
+    def version_of_run(self, name: str, run_id: str) -> int | None:
+        """The version of ``name`` registered from run ``run_id``, or None."""
+        from r2f.governance.registry import version_of_run
+
+        return version_of_run(self._client, name, run_id)
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        """The version ``alias`` (``champion``, ``candidate``) of ``name`` points to, or None."""
+        from r2f.governance.registry import get_alias_version
+
+        return get_alias_version(self._client, name, alias)
+
+    def set_version_tag(self, name: str, version: int | str, key: str, value: str) -> None:
+        self._client.set_model_version_tag(name, str(version), key, value)
 
     # -- models and registry ------------------------------------------------------------------------
     def log_model_dir(self, model_dir: str, artifact_path: str, registered_name: str | None = None,
@@ -252,7 +289,7 @@ class MlflowTracker:
         self._need_run()
         with self._uris():
             uri = log_pyfunc(model_dir, artifact_path, kind)
-        version = (register(self.client, uri, registered_name, tags=tags, description=description,
+        version = (register(self._client, uri, registered_name, tags=tags, description=description,
                             model_description=self.notes.get(registered_name))
                    if registered_name else None)
         return uri, version
@@ -261,15 +298,13 @@ class MlflowTracker:
         """Metrics of the run that produced the champion version, if it was evaluated (any split:
         model utility is computed on the retain / real-author / world-fact sets, which do not
         depend on the forget split; ``split`` is kept for the caller's record)."""
-        from r2f.governance.registry import get_alias_version
-
-        v = get_alias_version(self.client, name, "champion")
+        v = self.alias_version(name, "champion")
         if v is None:
             return None
-        mv = self.client.get_model_version(name, str(v))
+        mv = self.model_version(name, v)
         if not mv.run_id:
             return None
-        run = self.client.get_run(mv.run_id)
+        run = self.run(mv.run_id)
         if "model_utility" not in run.data.metrics:
             return None
         return dict(run.data.metrics)
@@ -278,12 +313,10 @@ class MlflowTracker:
         """The champion version of ``name``: ``{"version", "role", "run_id", "path"}`` with its
         model folder downloaded under ``dest`` (``path`` None, nothing downloaded, when its ``role``
         tag is in ``skip_roles``); ``None`` when there is no champion yet."""
-        from r2f.governance.registry import get_alias_version
-
-        v = get_alias_version(self.client, name, "champion")
+        v = self.alias_version(name, "champion")
         if v is None:
             return None
-        mv = self.client.get_model_version(name, str(v))
+        mv = self.model_version(name, v)
         role = mv.tags.get("role", "unlearned")
         if role in skip_roles:
             return {"version": int(v), "role": role, "run_id": mv.run_id, "path": None}
@@ -292,7 +325,7 @@ class MlflowTracker:
 
     def download_model(self, name: str, version: int, dest: str | Path) -> Path:
         """The HF model folder of registered version ``name``/``version``, downloaded under ``dest``."""
-        mv = self.client.get_model_version(name, str(version))
+        mv = self.model_version(name, version)
         with self._uris() as mlflow:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
         found = [p.parent for p in sorted(local.glob("artifacts/*/config.json"))]
@@ -322,12 +355,12 @@ class MlflowTracker:
         version (``tags`` from its creation on) with alias ``candidate``; ``champion`` moves only if
         ``decision['passed']``. After a crash mid-promotion, a rerun reuses the version already
         registered for the same request and weights (no ``decision`` tag yet) instead of adding one."""
-        from r2f.governance.registry import ensure_base, get_alias_version, promote, versions
+        from r2f.governance.registry import ensure_base, promote
 
-        base = ensure_base(self, name, base_dir, experiment)
-        c = self.client
-        same = [mv for mv in versions(c, name, request_id=tags.get("request_id"),
-                                      weights_sha256=tags.get("weights_sha256"))
+        c = self._client
+        base = ensure_base(c, self, name, base_dir, experiment)
+        same = [mv for mv in self.versions(name, request_id=tags.get("request_id"),
+                                           weights_sha256=tags.get("weights_sha256"))
                 if "decision" not in mv.tags and mv.run_id == run_id] if run_id else []
         if same:
             version = int(same[-1].version)
@@ -338,7 +371,7 @@ class MlflowTracker:
                 self.set_tags({"registered_model": name, "registered_version": version})
         c.set_registered_model_alias(name, "candidate", str(version))
         promote(c, name, version, decision)
-        return {"version": version, "champion_version": get_alias_version(c, name, "champion"),
+        return {"version": version, "champion_version": self.alias_version(name, "champion"),
                 "base_version": base}
 
 
