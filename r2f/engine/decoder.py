@@ -147,7 +147,7 @@ class LearnedDecoder:
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from r2f.engine.models import atomic_dir
+        from r2f.atomic import atomic_dir
 
         with atomic_dir(path) as tmp:
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, tmp / "decoder.safetensors")

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from r2f.engine.grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
-from r2f.engine.models import answer_logits, collate, encode_qa, nll_from_logits, token_nll
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import answer_logits, nll_from_logits, token_nll
 
 if TYPE_CHECKING:
     import torch

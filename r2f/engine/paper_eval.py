@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from r2f.config import Config
 from r2f.engine.metrics.base import MetricResult
 from r2f.engine.metrics.paper import contains_answer, mean_kl, usr
-from r2f.engine.models import collate, encode_qa, prompt_format, train_model
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.prompt import prompt_format
+from r2f.engine.models.training import train_model
 from r2f.engine.scoring import generate, score
 
 Tick = Callable[[int], None] | None

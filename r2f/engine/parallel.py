@@ -61,7 +61,7 @@ def split_even(n: int, k: int) -> list[range]:
 def model_snapshot(model, tokenizer, state_dir: str | Path) -> Iterator[Path]:
     """The in-memory ``model`` saved (safetensors) under ``<state_dir>/shards/`` for workers to load;
     removed afterwards."""
-    from r2f.engine.models import save_model
+    from r2f.engine.models.io import save_model
 
     path = Path(state_dir).resolve() / "shards" / f"model-{uuid.uuid4().hex[:12]}"
     try:
@@ -77,7 +77,7 @@ _CACHE_SIZE = 2  # the evaluated model and the original (identity drift)
 
 def load_cached(path: str | Path):
     """``load_model(path)`` once per worker process (keyed by folder and its weights' mtime)."""
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
 
     path = Path(path)
     weights = sorted(path.glob("*.safetensors"))

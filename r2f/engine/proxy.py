@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from r2f.engine.metrics.paper import mean_kl_tensor
-from r2f.engine.models import collate, encode_qa, load_model, save_model
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.io import load_model, save_model
 
 
 def keep_layers(n_layers: int, first: int, last: int) -> list[int]:
