@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from r2f.engine.grads import target_modules
 from r2f.engine.models.encoding import collate, encode_qa
 from r2f.engine.models.nll import token_nll
-from r2f.engine.paraphrase import make_all_views
+from r2f.engine.paraphrase import Views, make_all_views
 from r2f.engine.unlearn.base import OverBudgetError, UnlearnContext, UnlearnError
 
 if TYPE_CHECKING:
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 def views_split(items, cfg):
     """(gradient views, held-out views): N views for the gradient, 2 more held out for calibration."""
-    from r2f.engine.paraphrase import Views
-
     n = cfg.paraphrase.views
     allv = make_all_views(items, n + 2, cfg.paraphrase)
     grad = [Views(v.item_id, v.questions[:n], v.answer, v.repeated) for v in allv]
