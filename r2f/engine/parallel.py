@@ -69,7 +69,6 @@ def split_even(n: int, k: int) -> list[range]:
 def model_snapshot(model, tokenizer, state_dir: str | Path) -> Iterator[Path]:
     """The in-memory ``model`` saved (safetensors) under ``<state_dir>/shards/`` for workers to load;
     removed afterwards."""
-
     path = Path(state_dir).resolve() / "shards" / f"model-{uuid.uuid4().hex[:12]}"
     try:
         save_model(model, tokenizer, path)
@@ -84,7 +83,6 @@ _CACHE_SIZE = 2  # the evaluated model and the original (identity drift)
 
 def load_cached(path: str | Path):
     """``load_model(path)`` once per worker process (keyed by folder and its weights' mtime)."""
-
     path = Path(path)
     weights = sorted(path.glob("*.safetensors"))
     key = (str(path.resolve()), tuple(f.stat().st_mtime_ns for f in weights))
