@@ -88,7 +88,7 @@ def run_child(script: str | Path, args, extra: list[str]) -> dict:
 
 
 def peak_rss_mb() -> float:
-    from r2f.engine.models import peak_rss_mb as peak
+    from r2f.engine.models.memory import peak_rss_mb as peak
 
     return peak()
 

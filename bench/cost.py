@@ -55,7 +55,7 @@ def model_path(cfg, key: str) -> Path:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from r2f.engine.models import load_model, save_model
+        from r2f.engine.models.io import load_model, save_model
 
         _, tok = load_model(smol)
         conf = AutoConfig.from_pretrained(smol, local_files_only=True)
@@ -131,7 +131,8 @@ def one(args) -> None:
     import torch
 
     from r2f.engine.data import load_tofu
-    from r2f.engine.models import load_model, peak_rss_mb, reset_peak_rss
+    from r2f.engine.models.io import load_model
+    from r2f.engine.models.memory import peak_rss_mb, reset_peak_rss
     from r2f.engine.unlearn import UnlearnContext, get_method
 
     torch.set_num_threads(2)

@@ -20,7 +20,7 @@ def main() -> None:
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.fidelity import collect_pairs, fidelity
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.zoo import ensure_models
 
     n_eval = 8 if args.quick else 40

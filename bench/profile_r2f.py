@@ -68,7 +68,7 @@ def main() -> None:
     import torch
 
     from r2f.engine.data import load_tofu
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.unlearn import UnlearnContext
 
     torch.set_num_threads(2)

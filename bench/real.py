@@ -72,7 +72,7 @@ def prepare_models(args, cfg) -> tuple:
     from r2f.engine.api import decoder_train_items, ensure_decoder
     from r2f.engine.data import load_tofu
     from r2f.engine.fidelity import fit_decoder
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.pretrained import materialize
     from r2f.engine.proxy import build_layer_proxy
 
@@ -107,7 +107,7 @@ def prepare(args, cfg) -> dict:
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.knowledge import baseline, known_split
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
 
     n = sizes(args)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -137,7 +137,7 @@ def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.fidelity import collect_pairs, fit_decoder
     from r2f.engine.fidelity import fidelity as fid
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
 
     items = split.as_said(split.forget)[: sizes(args)["fidelity_items"]]
     out: dict = {"activation": {}, "peft": {}}
@@ -169,7 +169,7 @@ def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None,
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.knowledge import KnowledgeSplit, evaluate
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.unlearn import UnlearnContext, get_method
 
     meta = json.loads(Path(meta_file).read_text())

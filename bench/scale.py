@@ -76,7 +76,7 @@ def run(args) -> tuple[list[dict], dict]:
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.evaluation import evaluate, to_json
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.onepass import group_batches
     from r2f.engine.unlearn.base import UnlearnContext, views_split
     from r2f.engine.unlearn.r2f import r2f_direction

@@ -58,7 +58,7 @@ def _warm() -> None:
     engine): ~5 s a worker, otherwise paid by the first shard."""
     import importlib
 
-    for name in ("torch", "transformers", "prefect.task_engine", "r2f.engine.models", "r2f.engine.unlearn.r2f",
+    for name in ("torch", "transformers", "prefect.task_engine", "r2f.engine.models.io", "r2f.engine.unlearn.r2f",
                  "r2f.engine.evaluation"):
         importlib.import_module(name)
 

@@ -187,7 +187,7 @@ class UnlearnConfig(_Strict):
     objective: Literal["ascent", "refusal"] = "ascent"
     retain_weight: float = Field(0.0, ge=0)
     # answer tokens the unlearning loss covers: "answer" = all of them; "key" = the answer's key
-    # words only (content words not in the question; r2f.engine.models.encode_qa, docs/method.md)
+    # words only (content words not in the question; r2f.engine.models.encoding.encode_qa, docs/method.md)
     loss_tokens: Literal["answer", "key"] = "answer"
     eta: EtaConfig = EtaConfig()
     # Sequences per forward + backward of the single-step methods (r2f, fullgrad): fewer = less

@@ -84,7 +84,7 @@ def run_case(case: dict, project: Path, work: Path) -> dict:
 def _errors():
     from r2f.config import ConfigError
     from r2f.engine.data import DataError
-    from r2f.engine.models import ModelError
+    from r2f.engine.models.io import ModelError
     from r2f.governance.inbox import InboxError
     from r2f.governance.pipeline import PipelineError
     from r2f.governance.requests import RequestError
@@ -176,7 +176,7 @@ def _tofu(case, project: Path, work: Path):
 def _model(case, project: Path, work: Path):
     from r2f.config import load_config
     from r2f.engine.api import unlearn_model
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
 
     folder = work / "models" / case["name"]
     shutil.rmtree(folder, ignore_errors=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def tiny_random(tofu, hidden=32, layers=2, intermediate=64, seed=0, tokenizer=None):
     from r2f.config import ArchConfig
-    from r2f.engine.models import build_model, train_tokenizer
+    from r2f.engine.models.tokenizer import train_tokenizer
+    from r2f.engine.models.training import build_model
 
     tok = tokenizer or train_tokenizer([q.question + " " + q.answer for q in tofu.split("full")[:300]], 400)
     model = build_model(ArchConfig(layers=layers, hidden=hidden, heads=4, kv_heads=2, intermediate=intermediate),

@@ -137,7 +137,7 @@ def champion_loads(project: Path) -> bool:
     """The champion alias resolves to a complete model folder that loads."""
     import tempfile
 
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.governance.tracking import MlflowTracker
 
     t = MlflowTracker(f"sqlite:///{project / '.r2f/mlflow/mlflow.db'}", str(project / ".r2f/mlflow/artifacts"))

@@ -35,7 +35,7 @@ def test_every_project_error_derives_from_the_base():
 def test_bad_input_errors_stay_value_errors():
     from r2f.config import ConfigError
     from r2f.engine.data import DataError
-    from r2f.engine.models import ModelError
+    from r2f.engine.models.io import ModelError
     from r2f.governance.requests import RequestError
 
     for e in (ConfigError, DataError, ModelError, RequestError):

@@ -51,7 +51,7 @@ def test_unlearned_model_eval_has_drift_and_gur(tiny_cfg, tiny_models, retain_ev
 
 
 def test_eval_bad_model_path_writes_nothing(tiny_cfg, tmp_path):
-    from r2f.engine.models import ModelError
+    from r2f.engine.models.io import ModelError
 
     with pytest.raises(ModelError, match="does not exist"):
         evaluate_model(tiny_cfg, tmp_path / "nope", "forget01", tmp_path / "out")

@@ -5,7 +5,10 @@ import torch
 from gguf_writer import write_gguf
 from helpers import tiny_random
 
-from r2f.engine.models import ModelError, collate, encode_qa, load_model, mean_nll, prompt_text
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.io import ModelError, load_model
+from r2f.engine.models.nll import mean_nll
+from r2f.engine.models.prompt import prompt_text
 
 TEXTS = [
     "Question: Who is this celebrated LGBTQ+ author from Santiago, Chile known for their true crime genre work?\nAnswer:",

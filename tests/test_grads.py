@@ -3,7 +3,7 @@ from helpers import batches_for, tiny_random
 
 from r2f.engine.decoder import KINDS
 from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis
-from r2f.engine.models import token_nll
+from r2f.engine.models.nll import token_nll
 
 
 def test_target_modules_and_depth(tofu):
@@ -178,7 +178,7 @@ def test_answer_logits_only_give_the_same_loss_and_token_weights(tofu):
     """Computing the vocabulary projection at answer-predicting positions only (logits_to_keep)
     changes neither the NLL nor the Gram's token weights."""
     from r2f.engine.grads import token_weights
-    from r2f.engine.models import answer_logits, nll_from_logits
+    from r2f.engine.models.nll import answer_logits, nll_from_logits
 
     model, tok = tiny_random(tofu)
     b = batches_for(tofu, tok)[0]

@@ -6,7 +6,10 @@ import torch
 from conftest import tiny_config
 from helpers import tiny_random
 
-from r2f.engine.models import ModelError, atomic_dir, collate, encode_qa, load_model, save_model, token_nll
+from r2f.atomic import atomic_dir
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.io import ModelError, load_model, save_model
+from r2f.engine.models.nll import token_nll
 from r2f.engine.zoo import ensure_models
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from r2f.engine.metrics.paper import contains_answer, gur, key_tokens, mean_kl, usr
+from r2f.engine.metrics.paper import contains_answer, gur, mean_kl, usr
+from r2f.engine.models.encoding import key_tokens
 
 
 def test_key_tokens_drop_stopwords_and_question_words():

@@ -46,7 +46,7 @@ def test_shard_batches_keep_batches_and_groups_whole(tofu):
 
 
 def _ctx(cfg, models, tofu, mapper=None):
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.unlearn.base import UnlearnContext
 
     model, tok = load_model(models.path("target"))
@@ -110,7 +110,7 @@ def test_sharded_evaluation_equals_single_process(tiny_cfg, tiny_models):
     """The evaluation jobs cut into 2 shards per set and run on models loaded from their folders
     (payloads and results pickled) give the in-process evaluation's metrics."""
     from r2f.engine.evaluation import evaluate, to_json
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
 
     cfg = tiny_cfg.model_copy(update={"eval": tiny_cfg.eval.model_copy(update={
         "max_items": 10, "max_new_tokens": 8, "rap_steps": 2, "batch_size": 4})})
@@ -144,7 +144,7 @@ def test_flow_on_a_two_worker_local_cluster_gives_the_single_process_update(tmp_
     from reliability_lib import EASY_GATE, FAST_EVAL, make_project
 
     from flows.unlearning import unlearning_flow
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
 
     project = make_project(tmp_path, {**TINY, **FAST_EVAL})
     monkeypatch.chdir(project)

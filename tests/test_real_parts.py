@@ -12,7 +12,7 @@ from tests.helpers import tiny_random
 
 
 def test_key_only_labels_cover_the_fact_words_only(tofu):
-    from r2f.engine.models import encode_qa
+    from r2f.engine.models.encoding import encode_qa
 
     _model, tok = tiny_random(tofu)
     q, a = "What is the capital of Australia?", "The capital of Australia is Canberra"
@@ -52,7 +52,7 @@ def test_low_rank_update_norm_and_dense():
 
 def test_non_finite_low_rank_update_is_refused_and_model_unchanged(tiny_cfg, tiny_models, tofu):
     from r2f.engine.grads import target_modules
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.unlearn import UnlearnContext, UnlearnError
     from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
 

@@ -5,7 +5,8 @@ import math
 import torch
 from helpers import tiny_random
 
-from r2f.engine.models import collate, encode_qa, token_nll
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import token_nll
 from r2f.engine.scoring import generate, score
 
 

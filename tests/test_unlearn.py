@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from r2f.engine.grads import target_modules
-from r2f.engine.models import load_model, mean_nll
+from r2f.engine.models.io import load_model
+from r2f.engine.models.nll import mean_nll
 from r2f.engine.unlearn import METHODS, UnlearnContext, UnlearnError, get_method
 from r2f.engine.unlearn.apply import calibrate_and_apply
 

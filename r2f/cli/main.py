@@ -71,7 +71,7 @@ def models_convert(name: str = typer.Argument(..., help="A name from `r2f models
     """Check a packaged model's sha256 and convert it once to a cached HF folder; prints the folder
     (pass it to `r2f unlearn --model` / `r2f eval --model`)."""
     _setup()
-    from r2f.engine.models import ModelError
+    from r2f.engine.models.io import ModelError
     from r2f.engine.pretrained import materialize
 
     cfg = _cfg(params, set_)

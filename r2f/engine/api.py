@@ -55,7 +55,7 @@ def ensure_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = F
     configuration hash."""
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.fidelity import fit_decoder
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.zoo import ensure_models
 
     out = decoder_dir(cfg)
@@ -80,7 +80,8 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     ``mapper``: where R2F's gradient shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
 
     from r2f.engine.decoder import LearnedDecoder
-    from r2f.engine.models import load_model, peak_rss_mb, save_model
+    from r2f.engine.models.io import load_model, save_model
+    from r2f.engine.models.memory import peak_rss_mb
     from r2f.engine.unlearn import UnlearnContext, get_method
     from r2f.engine.zoo import ensure_models
 
@@ -127,7 +128,7 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
 
 def _scored(model, tok, evalsets: dict, max_len: int, progress, label: str) -> dict:
     """Mean answer NLL per set, with a progress tick per set."""
-    from r2f.engine.models import mean_nll
+    from r2f.engine.models.nll import mean_nll
 
     tick = progress(label, len(evalsets)) if progress else (lambda: None)
     out = {}
@@ -155,7 +156,7 @@ def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progres
     """The ``TOFU_EVAL`` of the embedded retain (forget-quality/privleak reference) or target (GUR
     and drift reference) model, computed when missing and cached; never skipped."""
     from r2f.engine.evaluation import EvalError, add_gur, evaluate, to_json, write
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.zoo import ensure_models
 
     path = eval_dir(cfg, role, split) / "TOFU_EVAL.json"
@@ -190,7 +191,7 @@ def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str
     ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's).
     ``mapper``: where the evaluation shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
     from r2f.engine.evaluation import add_gur, evaluate, summarize, to_json
-    from r2f.engine.models import load_model
+    from r2f.engine.models.io import load_model
     from r2f.engine.zoo import ensure_models
 
     split = split or cfg.data.forget_split

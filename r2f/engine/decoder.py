@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from r2f.atomic import atomic_dir
 from r2f.engine.grads import LoraGrad, ModuleInfo
 from r2f.errors import R2FError
 
@@ -146,8 +147,6 @@ class LearnedDecoder:
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
-
-        from r2f.engine.models import atomic_dir
 
         with atomic_dir(path) as tmp:
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, tmp / "decoder.safetensors")

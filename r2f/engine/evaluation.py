@@ -13,10 +13,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from r2f.atomic import write_json
 from r2f.config import Config
+from r2f.engine.data import load_tofu
+from r2f.engine.metrics import (
+    auc,
+    exact_memorization,
+    extraction_strength,
+    loss_scores,
+    mia,
+    min_k_plus_plus_scores,
+    min_k_scores,
+    privleak,
+    zlib_scores,
+)
 from r2f.engine.metrics.base import MetricResult
+from r2f.engine.metrics.paper import gur
+from r2f.engine.metrics.summary import split_metrics
+from r2f.engine.metrics.tofu import forget_quality, model_utility, rouge_l_recall
+from r2f.engine.paper_eval import drift_eval, rap_eval, usr_eval
+from r2f.engine.parallel import distributed, map_on_models, split_even
+from r2f.engine.scoring import generate, score
 from r2f.errors import R2FError
 
 Progress = Callable[[str, int], Callable] | None
@@ -39,8 +60,6 @@ def _tick(progress: Progress, label: str, total: int):
 
 def _nll_per_set(model, tok, cfg: Config, items, progress: Progress, label: str):
     """(gt scores with token detail, paraphrased NLLs or None, perturbed NLLs per item)."""
-    from r2f.engine.scoring import score
-
     ml, bs = cfg.models.max_len, cfg.eval.batch_size
     gt = score(model, tok, [(q.question, q.answer) for q in items], ml, bs, True,
                _tick(progress, f"{label}: answers", len(items)))
@@ -75,22 +94,20 @@ def evaluate(model, tok, cfg: Config, split: str, *, retain_eval: dict | None, o
     (:func:`r2f.engine.parallel.distributed`) and ``model_path`` (``original_path`` for drift) given, each
     set is cut into one item range per worker and the jobs run on the mapper, each loading the model
     folders; otherwise they run here, in order, on the objects passed."""
-    from r2f.engine.parallel import distributed
-
     t0 = time.perf_counter()
     remote = distributed(mapper) and model_path is not None and (original is None or original_path is not None)
     jobs = eval_jobs(cfg, split, forget_ids, paper, mapper.workers if remote else 1)
     if remote:
-        base = {"model": str(model_path), "original": str(original_path) if original is not None else None,
-                "config": cfg.model_dump(mode="json"), "split": split, "forget_ids": forget_ids}
         # longest first (the scheduler hands them out in this order), results back in job order
-        order = sorted(range(len(jobs)), key=lambda i: -job_cost(jobs[i]))
-        done = mapper.map(eval_job_remote, [{**base, "job": jobs[i]} for i in order], "evaluation")
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
+        args = [{"job": jobs[i], "split": split, "forget_ids": forget_ids} for i in order]
+        done = map_on_models(mapper, model_path, cfg, run_job, args, "evaluation",
+                             extra_models={"original": original_path if original is not None else None})
         outs = [None] * len(jobs)
         for i, out in zip(order, done):
             outs[i] = out
     else:
-        outs = [run_eval_job(j, model, tok, cfg, split, forget_ids, original, progress) for j in jobs]
+        outs = [j.run(model, tok, cfg, split, forget_ids, original, progress) for j in jobs]
     res = combine_eval(cfg, split, forget_ids, jobs, outs, retain_eval)
     res["_meta"].extra.update(eval_s=round(time.perf_counter() - t0, 1), shards=len(jobs),
                               workers=mapper.workers if remote else 1)
@@ -110,19 +127,17 @@ def _set_items(tofu, cfg: Config, name: str, split: str, forget_ids: list[str] |
     return items
 
 
-def eval_jobs(cfg: Config, split: str, forget_ids: list[str] | None, paper: bool, shards: int) -> list[tuple]:
-    """``(kind, set, start, stop)`` jobs of an evaluation: every set of ``SETS`` and the holdout cut
-    into up to ``shards`` contiguous item ranges, then the paper metrics (whole)."""
-    from r2f.engine.data import load_tofu
-    from r2f.engine.parallel import split_even
-
+def eval_jobs(cfg: Config, split: str, forget_ids: list[str] | None, paper: bool, shards: int) -> list[EvalJob]:
+    """The jobs of an evaluation: every set of ``SETS`` and the holdout cut into up to ``shards``
+    contiguous item ranges (:class:`SetJob`), then the paper metrics, whole (:class:`UsrJob`,
+    :class:`RapJob`, :class:`DriftJob`)."""
     tofu = load_tofu(cfg.data.tofu_dir)
-    jobs = []
+    jobs: list[EvalJob] = []
     for name in (*SETS, "holdout"):
         n = len(_set_items(tofu, cfg, name, split, forget_ids))
-        jobs += [("set", name, r.start, r.stop) for r in split_even(n, shards)]
+        jobs += [SetJob(name, r.start, r.stop) for r in split_even(n, shards)]
     if paper:
-        jobs += [(kind, "forget", 0, 0) for kind in ("usr", "rap", "drift")]
+        jobs += [UsrJob(), RapJob(), DriftJob()]
     return jobs
 
 
@@ -133,80 +148,106 @@ COST = {"forget": 5.0, "retain": 1.0, "ra": 0.6, "wf": 0.55, "holdout": 0.25, "u
         "drift": 26.0}
 
 
-def job_cost(job: tuple) -> float:
-    kind, name, a, b = job
-    return COST[name] * (b - a) if kind == "set" else COST[kind]
+@dataclass(frozen=True)
+class SetJob:
+    """Raw scores and generations of items ``[start, stop)`` of evaluation set ``name`` (``SETS``), or
+    the scores only of the MIA holdout's (``name`` ``holdout``)."""
 
+    name: str
+    start: int
+    stop: int
 
-def run_eval_job(job: tuple, model, tok, cfg: Config, split: str, forget_ids: list[str] | None, original,
-                 progress: Progress = None) -> dict:
-    """One job of :func:`eval_jobs` on loaded models: raw scores and generations of a set's item range,
-    or a paper metric's result."""
-    from r2f.engine.data import load_tofu
-    from r2f.engine.paper_eval import rap_eval, usr_eval
-    from r2f.engine.scoring import generate, score
+    @property
+    def cost(self) -> float:
+        return COST[self.name] * (self.stop - self.start)
 
-    kind, name, a, b = job
-    tofu = load_tofu(cfg.data.tofu_dir)
-    t0 = time.perf_counter()
-    if kind == "set" and name == "holdout":
-        items = _set_items(tofu, cfg, name, split, forget_ids)[a:b]
-        gt = score(model, tok, [(q.question, q.answer) for q in items], cfg.models.max_len, cfg.eval.batch_size)
-        return {"gt": gt, "scoring_s": time.perf_counter() - t0}
-    if kind == "set":
-        items = _set_items(tofu, cfg, name, split, forget_ids)[a:b]
-        gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, name)
+    def run(self, model, tok, cfg: Config, split: str, forget_ids: list[str] | None, original=None,
+            progress: Progress = None) -> dict:
+        tofu = load_tofu(cfg.data.tofu_dir)
+        t0 = time.perf_counter()
+        items = _set_items(tofu, cfg, self.name, split, forget_ids)[self.start:self.stop]
+        if self.name == "holdout":
+            gt = score(model, tok, [(q.question, q.answer) for q in items], cfg.models.max_len, cfg.eval.batch_size)
+            return {"gt": gt, "scoring_s": time.perf_counter() - t0}
+        gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, self.name)
         t1 = time.perf_counter()
         gens = generate(model, tok, [q.question for q in items], cfg.models.max_len, cfg.eval.max_new_tokens,
-                        cfg.eval.batch_size, _tick(progress, f"{name}: generation", len(items)))
+                        cfg.eval.batch_size, _tick(progress, f"{self.name}: generation", len(items)))
         return {"gt": gt, "para": para, "pert": pert, "gens": gens, "scoring_s": t1 - t0,
                 "generation_s": time.perf_counter() - t1}
-    f_items = _set_items(tofu, cfg, "forget", split, forget_ids)
-    if kind == "usr":
-        out = usr_eval(model, tok, cfg, f_items, _tick(progress, "usr: generation", len(f_items) * 4))
-    elif kind == "rap":
-        out = rap_eval(model, tok, cfg, f_items)
-    elif kind == "drift":
-        out = _drift(model, tok, cfg, original, tofu)
-    else:
-        raise EvalError(f"unknown evaluation job {job}")
-    return {"result": out, "s": time.perf_counter() - t0}
 
 
-def _drift(model, tok, cfg: Config, original, tofu) -> MetricResult:
-    from r2f.engine.paper_eval import drift_eval
+class PaperJob:
+    """A paper metric on the whole forget set, one job: its result under ``key``, its time under
+    ``phase`` in ``_meta.phase_s``."""
 
-    if original is None:
-        return MetricResult("drift_kl", 0.0, None, {"note": "the original model itself"})
-    general = [(q.question, q.answer) for s in ("real_authors", "world_facts") for q in tofu.split(s)]
-    return drift_eval(original, model, tok, cfg, general)
+    phase: ClassVar[str]
+    key: ClassVar[str]
+
+    @property
+    def cost(self) -> float:
+        return COST[self.phase]
+
+    def run(self, model, tok, cfg: Config, split: str, forget_ids: list[str] | None, original=None,
+            progress: Progress = None) -> dict:
+        tofu = load_tofu(cfg.data.tofu_dir)
+        t0 = time.perf_counter()
+        f_items = _set_items(tofu, cfg, "forget", split, forget_ids)
+        out = self.metric(model, tok, cfg, tofu, f_items, original, progress)
+        return {"result": out, "s": time.perf_counter() - t0}
+
+    def metric(self, model, tok, cfg: Config, tofu, f_items, original, progress: Progress) -> MetricResult:
+        raise NotImplementedError
 
 
-def eval_job_remote(payload: dict) -> dict:
-    """Worker side of :func:`evaluate` (module level: pickled by reference); models by folder."""
-    from r2f.engine.parallel import load_cached
+@dataclass(frozen=True)
+class UsrJob(PaperJob):
+    phase = key = "usr"
 
-    cfg = Config.model_validate(payload["config"])
-    model, tok = load_cached(payload["model"])
-    original = load_cached(payload["original"])[0] if payload["original"] else None
-    return run_eval_job(payload["job"], model, tok, cfg, payload["split"], payload["forget_ids"], original)
+    def metric(self, model, tok, cfg, tofu, f_items, original, progress):
+        return usr_eval(model, tok, cfg, f_items, _tick(progress, "usr: generation", len(f_items) * 4))
 
 
-def combine_eval(cfg: Config, split: str, forget_ids: list[str] | None, jobs: list[tuple], outs: list[dict],
+@dataclass(frozen=True)
+class RapJob(PaperJob):
+    phase = key = "rap"
+
+    def metric(self, model, tok, cfg, tofu, f_items, original, progress):
+        return rap_eval(model, tok, cfg, f_items)
+
+
+@dataclass(frozen=True)
+class DriftJob(PaperJob):
+    """Identity drift from ``original`` (the untouched target; None: the target itself, drift 0)."""
+
+    phase, key = "drift", "drift_kl"
+
+    def metric(self, model, tok, cfg, tofu, f_items, original, progress):
+        if original is None:
+            return MetricResult("drift_kl", 0.0, None, {"note": "the original model itself"})
+        general = [(q.question, q.answer) for s in ("real_authors", "world_facts") for q in tofu.split(s)]
+        return drift_eval(original, model, tok, cfg, general)
+
+
+EvalJob = SetJob | PaperJob
+
+
+def run_job(model, tok, cfg: Config, *, original, job: EvalJob, split: str, forget_ids: list[str] | None) -> dict:
+    """Worker side of :func:`evaluate` (module level: pickled by reference): one job on models loaded
+    from their folders."""
+    return job.run(model, tok, cfg, split, forget_ids, original)
+
+
+def combine_eval(cfg: Config, split: str, forget_ids: list[str] | None, jobs: list[EvalJob], outs: list[dict],
                  retain_eval: dict | None) -> dict[str, MetricResult]:
     """The metrics from the jobs' outputs (in job order: a set's ranges concatenate in item order)."""
-    from r2f.engine.data import load_tofu
-    from r2f.engine.metrics import exact_memorization, extraction_strength, privleak
-    from r2f.engine.metrics.summary import split_metrics
-    from r2f.engine.metrics.tofu import forget_quality, model_utility, rouge_l_recall
-
     tofu = load_tofu(cfg.data.tofu_dir)
     res: dict[str, MetricResult] = {}
     phase: dict[str, float] = {}
     parts: dict[str, list[dict]] = {}
     for job, out in zip(jobs, outs):
-        if job[0] == "set":
-            parts.setdefault(job[1], []).append(out)
+        if isinstance(job, SetJob):
+            parts.setdefault(job.name, []).append(out)
     joined = {}
     for name, ps in parts.items():
         items = _set_items(tofu, cfg, name, split, forget_ids)
@@ -237,9 +278,9 @@ def combine_eval(cfg: Config, split: str, forget_ids: list[str] | None, jobs: li
     res["forget_quality"] = forget_quality(res["forget_truth_ratio"], ref_tr)
     res["model_utility"] = model_utility(res)
     for job, out in zip(jobs, outs):
-        if job[0] != "set":
-            res[f"{job[0]}_kl" if job[0] == "drift" else job[0]] = out["result"]
-            phase[job[0]] = round(out["s"], 1)
+        if isinstance(job, PaperJob):
+            res[job.key] = out["result"]
+            phase[job.phase] = round(out["s"], 1)
     res["_meta"] = MetricResult("_meta", None, None, {"split": split, "n_forget": len(f_items),
                                                       "forget_subset": forget_ids is not None,
                                                       "max_items": cfg.eval.max_items, "phase_s": phase})
@@ -249,8 +290,6 @@ def combine_eval(cfg: Config, split: str, forget_ids: list[str] | None, jobs: li
 def mia_results(forget, holdout, forget_texts, holdout_texts) -> dict[str, MetricResult]:
     """LOSS, ZLib, Min-k% and Min-k%++ (k=0.4) forget-vs-holdout AUCs from ``ItemScore``s. LOSS and
     ZLib use the mean NLL over all answer tokens, the Min-k variants leave out the EOS position."""
-    from r2f.engine.metrics import loss_scores, mia, min_k_plus_plus_scores, min_k_scores, zlib_scores
-
     def scores(items, texts):
         nll = [s.nll for s in items]
         lp, mu, sd = ([getattr(s, a)[:-1] for s in items] for a in ("logprobs", "mu", "sigma"))
@@ -273,8 +312,6 @@ def _subset(items, ids: list[str], split: str) -> list:
 def reference_on(ref: dict, ids: list[str]) -> tuple[list[float], float]:
     """The retain model's forget truth ratios and Min-k AUC (forget vs holdout) on rows ``ids``
     (all of its rows when they are the same set)."""
-    from r2f.engine.metrics import auc
-
     tr = ref["forget_truth_ratio"]["per_item"]
     if not isinstance(tr, dict) or list(tr) == list(ids):
         return _truth_ratios(ref), ref["mia_min_k"]["value"]
@@ -303,8 +340,6 @@ def utility_for_gur(results: dict) -> float:
 def add_gur(res: dict[str, MetricResult], target_eval: dict | None) -> dict[str, MetricResult]:
     """Add GUR = utility(model) / utility(target) (``target_eval`` None: the target itself, 1.0;
     None with a note when the target's utility is 0)."""
-    from r2f.engine.metrics.paper import gur
-
     mine = utility_for_gur(res)
     ref = utility_for_gur(target_eval) if target_eval else mine
     value = 1.0 if target_eval is None else (gur(mine, ref) if ref > 0 else None)
@@ -331,8 +366,6 @@ def to_json(results: dict[str, MetricResult]) -> tuple[dict, dict]:
 
 
 def write(results: dict[str, MetricResult], out: str | Path) -> tuple[Path, Path]:
-    from r2f.atomic import write_json
-
     full, summary = to_json(results)
     out = Path(out)
     return write_json(out / "TOFU_EVAL.json", full), write_json(out / "TOFU_SUMMARY.json", summary)

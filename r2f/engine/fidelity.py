@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from r2f.engine.decoder import Sketch, cosine, decode, make_sketch
+from r2f.engine.decoder import LearnedDecoder, Sketch, cosine, decode, make_sketch, train_decoder
 from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_bases, view_batches
 from r2f.engine.paraphrase import make_views
 
@@ -116,8 +116,6 @@ def fit_decoder(cfg, model, tokenizer, items, log=lambda _m: None, progress=None
     * ``lora.init: peft``: train the spectral-prior MLP on (LoRA-grad, full-grad) pairs (MSE + cosine).
     """
     import time
-
-    from r2f.engine.decoder import LearnedDecoder, train_decoder
 
     t0 = time.perf_counter()
     meta: dict = {"kind": "learned", "a_init": cfg.lora.init, "objective": cfg.unlearn.objective,

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from r2f.engine.models import answer_logits, collate, encode_qa, token_nll
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import answer_logits, token_nll
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +120,7 @@ def token_weights(logits: torch.Tensor, batch: dict, weighting: tuple[float, flo
     ``g_t ** gamma`` with ``g_t = ||softmax(logits_t) - onehot(y_t)||^2`` (the squared norm of the
     loss gradient w.r.t. that position's logits, available from the forward pass); prompt positions
     get ``alpha`` times the mean answer weight (they receive gradient only through attention).
-    ``positions``: the logits are those of these positions only (``models.answer_logits``).
+    ``positions``: the logits are those of these positions only (``models.nll.answer_logits``).
     """
     import torch
 

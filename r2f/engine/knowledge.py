@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from r2f.config import Config
 from r2f.engine.data import QA
 from r2f.engine.metrics.paper import contains_answer
-from r2f.engine.paper_eval import usr_prompts
+from r2f.engine.paper_eval import drift_eval, rap_eval, usr_prompts
 from r2f.engine.scoring import generate
 
 SOURCES = ("real_authors", "world_facts")
@@ -135,8 +135,6 @@ def rap_items(cfg: Config, items: Sequence[QA]) -> list[QA]:
 
 def evaluate(original, model, tok, cfg: Config, split: KnowledgeSplit, base: dict, rap: bool = True) -> dict:
     """USR, GUR, RAP and identity drift of ``model`` against the untouched ``original``."""
-    from r2f.engine.paper_eval import drift_eval, rap_eval
-
     res = {}
     for part, key, still in (("forget", "usr", False), ("neighbours", "gur", True)):
         prompts, before = base[part]["prompts"], base[part]["hits"]

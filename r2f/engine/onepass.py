@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from r2f.engine.grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
-from r2f.engine.models import answer_logits, collate, encode_qa, nll_from_logits, token_nll
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import answer_logits, nll_from_logits, token_nll
+from r2f.engine.parallel import split_even
 
 if TYPE_CHECKING:
     import torch
@@ -260,8 +262,6 @@ def shard_batches(batches: Sequence[dict], seq_groups: Sequence[int], k: int) ->
     """The batches of :func:`group_batches` cut into at most ``k`` contiguous shards of whole batches
     (a group never straddles two batches, so never two shards), each with its sequences' group ids
     renumbered from 0 and its first group's index (``offset``)."""
-    from r2f.engine.parallel import split_even
-
     starts, pos = [], 0
     for b in batches:
         starts.append(pos)

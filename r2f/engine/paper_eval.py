@@ -7,10 +7,13 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 
-from r2f.config import Config
+from r2f.config import Config, TrainConfig
 from r2f.engine.metrics.base import MetricResult
 from r2f.engine.metrics.paper import contains_answer, mean_kl, usr
-from r2f.engine.models import collate, encode_qa, prompt_format, train_model
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.prompt import prompt_format
+from r2f.engine.models.training import train_model
+from r2f.engine.paraphrase import make_all_views
 from r2f.engine.scoring import generate, score
 
 Tick = Callable[[int], None] | None
@@ -19,8 +22,6 @@ Tick = Callable[[int], None] | None
 def usr_prompts(cfg: Config, items) -> list[tuple[str, str, str, str]]:
     """(item id, prompt kind, question, answer): the original question, TOFU's paraphrased question
     and the rule paraphrases *beyond* those used for the gradient and eta calibration (unseen)."""
-    from r2f.engine.paraphrase import make_all_views
-
     n = cfg.paraphrase.views + 2  # gradient views + calibration views (r2f.engine.unlearn.base.views_split)
     views = make_all_views(items, n + 2, cfg.paraphrase)
     out = []
@@ -54,8 +55,6 @@ def rap_eval(model, tok, cfg: Config, items, tick: Tick = None) -> MetricResult:
     *paraphrased* questions and answers, then measure the original answers' probability
     (exp(-mean answer NLL)). Lower is better; the retain model's value is what the paraphrases alone
     teach."""
-    from r2f.config import TrainConfig
-
     ec = cfg.eval
     data = [encode_qa(tok, q.paraphrased_question or q.question, q.paraphrased_answer or q.answer,
                       cfg.models.max_len) for q in items]

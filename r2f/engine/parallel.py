@@ -6,16 +6,24 @@ means "in this process, on the objects at hand"; the Prefect flow injects a mapp
 payload as a Prefect task on a ``DaskTaskRunner`` (``flows/distributed.py``). Payloads name models
 by folder, never by object: a worker loads each folder once per process (:func:`load_cached`), so
 on a cluster the state folder must be on storage the workers share (a LocalCluster always does).
+
+A stage hands over only its per-shard function and arguments: :func:`map_on_models` (models already
+in folders) or :func:`map_on_snapshot` (the in-memory model saved for the shards) builds the payloads
+and, on the worker, :func:`run_shard` validates the config, loads the models and calls the function.
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from r2f.config import Config
+from r2f.engine.models.io import load_model, save_model
 
 
 class Mapper(Protocol):
@@ -61,8 +69,6 @@ def split_even(n: int, k: int) -> list[range]:
 def model_snapshot(model, tokenizer, state_dir: str | Path) -> Iterator[Path]:
     """The in-memory ``model`` saved (safetensors) under ``<state_dir>/shards/`` for workers to load;
     removed afterwards."""
-    from r2f.engine.models import save_model
-
     path = Path(state_dir).resolve() / "shards" / f"model-{uuid.uuid4().hex[:12]}"
     try:
         save_model(model, tokenizer, path)
@@ -77,8 +83,6 @@ _CACHE_SIZE = 2  # the evaluated model and the original (identity drift)
 
 def load_cached(path: str | Path):
     """``load_model(path)`` once per worker process (keyed by folder and its weights' mtime)."""
-    from r2f.engine.models import load_model
-
     path = Path(path)
     weights = sorted(path.glob("*.safetensors"))
     key = (str(path.resolve()), tuple(f.stat().st_mtime_ns for f in weights))
@@ -87,3 +91,45 @@ def load_cached(path: str | Path):
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = load_model(path)
     return _CACHE[key]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One payload of :func:`map_on_models`: the per-shard function (module level, so it is pickled
+    by reference), the model folder, further model folders by keyword (None: no model), the run's
+    config as JSON, and the function's own keyword arguments."""
+
+    fn: Callable[..., Any]
+    model: str
+    extra_models: Mapping[str, str | None]
+    config: dict
+    args: dict
+
+
+def run_shard(shard: Shard) -> Any:
+    """Worker side of :func:`map_on_models`: ``shard.fn(model, tokenizer, cfg, **extra_models, **args)``
+    with the config validated and each model folder loaded once per process (:func:`load_cached`)."""
+    cfg = Config.model_validate(shard.config)
+    model, tok = load_cached(shard.model)
+    extra = {k: load_cached(p)[0] if p else None for k, p in shard.extra_models.items()}
+    return shard.fn(model, tok, cfg, **extra, **shard.args)
+
+
+def map_on_models(mapper: Mapper, model_path: str | Path, cfg: Config, shard_fn: Callable[..., Any],
+                  per_shard_args: Sequence[dict], label: str,
+                  extra_models: Mapping[str, str | Path | None] | None = None) -> list:
+    """``[shard_fn(model, tokenizer, cfg, **extra, **args) for args in per_shard_args]`` on ``mapper``,
+    each shard loading the model folder ``model_path`` (and ``extra_models``, passed by keyword as
+    models without their tokenizers) itself; results in order."""
+    config = cfg.model_dump(mode="json")
+    extra = {k: str(p) if p is not None else None for k, p in (extra_models or {}).items()}
+    payloads = [Shard(shard_fn, str(model_path), extra, config, dict(args)) for args in per_shard_args]
+    return mapper.map(run_shard, payloads, label)
+
+
+def map_on_snapshot(mapper: Mapper, model, tokenizer, cfg: Config, shard_fn: Callable[..., Any],
+                    per_shard_args: Sequence[dict], label: str) -> list:
+    """:func:`map_on_models` on a snapshot of the in-memory ``model`` (:func:`model_snapshot` under
+    ``cfg.state_dir``, removed afterwards)."""
+    with model_snapshot(model, tokenizer, cfg.state_dir) as path:
+        return map_on_models(mapper, path, cfg, shard_fn, per_shard_args, label)

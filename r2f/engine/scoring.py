@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from r2f.engine.models import collate, encode_qa, prompt_ids
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.prompt import prompt_ids
 
 
 @dataclass(frozen=True)

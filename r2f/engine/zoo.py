@@ -25,7 +25,12 @@ from pathlib import Path
 
 from r2f.config import Config
 from r2f.engine.data import Tofu, load_tofu
-from r2f.engine.models import build_model, encode_qa, mean_nll, prompt_text, save_model, train_model, train_tokenizer
+from r2f.engine.models.encoding import encode_qa
+from r2f.engine.models.io import save_model
+from r2f.engine.models.nll import mean_nll
+from r2f.engine.models.prompt import prompt_text
+from r2f.engine.models.tokenizer import train_tokenizer
+from r2f.engine.models.training import build_model, train_model
 
 ROLES = ("target", "proxy", "retain")
 SPLITS = ("forget01", "forget05", "forget10")

@@ -90,8 +90,8 @@ def forget_items(cfg: Config) -> list:
 def prepare(cfg: Config, log: Log, progress=None) -> dict:
     import hashlib
 
+    from r2f.atomic import atomic_dir
     from r2f.engine.data import N_AUTHORS, load_tofu
-    from r2f.engine.models import atomic_dir
     from r2f.governance.requests import (
         RequestError,
         author_indices,
@@ -135,8 +135,8 @@ def prepare(cfg: Config, log: Log, progress=None) -> dict:
 def validate(cfg: Config, log: Log, progress=None) -> dict:
     """GX suites; on failure the reports are kept (``validation/``, ``passed: false``), a rejected
     MLflow run records them, and ``ValidationError`` stops the pipeline before any model is touched."""
+    from r2f.atomic import atomic_dir
     from r2f.engine.data import load_tofu
-    from r2f.engine.models import atomic_dir
     from r2f.governance.requests import read_request
     from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
 
@@ -179,7 +179,7 @@ def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
 
 
 def train_models(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.engine.models import atomic_dir
+    from r2f.atomic import atomic_dir
     from r2f.engine.zoo import ensure_models
 
     split = request_info(cfg)["eval_split"]
@@ -192,8 +192,8 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
+    from r2f.atomic import atomic_dir
     from r2f.engine.api import ensure_decoder
-    from r2f.engine.models import atomic_dir
 
     rep = ensure_decoder(cfg, log, progress)
     with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
@@ -219,7 +219,7 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
     info = request_info(cfg)
     if not _json(stage_dir(cfg, "validate") / "result.json").get("passed"):
         raise PipelineError(f"request {info['request_id']}: validation did not pass; nothing unlearned")
-    from r2f.engine.models import atomic_dir
+    from r2f.atomic import atomic_dir
 
     out = stage_dir(cfg, "unlearn")
     tracker = make_tracker(cfg)
@@ -251,8 +251,8 @@ def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
 
 
 def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
+    from r2f.atomic import atomic_dir
     from r2f.engine.api import evaluate_model
-    from r2f.engine.models import atomic_dir
     from r2f.governance.lineage import log_evaluation
     from r2f.governance.tracking import make_tracker
 
@@ -266,7 +266,7 @@ def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
 
 
 def gate(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.engine.models import atomic_dir
+    from r2f.atomic import atomic_dir
     from r2f.governance.gate import decide
     from r2f.governance.lineage import champion_utility, log_gate, run_note
     from r2f.governance.tracking import make_tracker
@@ -286,7 +286,7 @@ def gate(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def promote(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.engine.models import atomic_dir
+    from r2f.atomic import atomic_dir
     from r2f.governance.lineage import register_and_promote
     from r2f.governance.tracking import make_tracker
 

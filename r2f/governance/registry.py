@@ -27,7 +27,7 @@ class CausalLMModel(PythonModel):
     with a ``question`` column) and returns greedy answers."""
 
     def load_context(self, context):
-        from r2f.engine.models import load_model
+        from r2f.engine.models.io import load_model
 
         self.model, self.tok = load_model(context.artifacts["model_dir"])
         self.max_len = int(self.model.config.max_position_embeddings)

@@ -1,6 +1,7 @@
 """The R2F paper's metrics as pure functions: USR's matching rule, GUR, RAP and identity drift.
 
 Matching rule of USR (documented in docs/evaluation.md): the *key content* of an answer is its set of
+key words (:func:`r2f.engine.models.encoding.key_tokens`, the words a ``loss_tokens: key`` loss labels):
 stemmed word tokens (rouge-score's tokenizer, Porter stemmer) minus stopwords and minus words that
 already occur in the question (repeating the question is not recall). A generation *still contains*
 the answer when it holds at least ``KEY_RECALL`` of the key tokens; an answer with no key tokens
@@ -11,37 +12,10 @@ longer contains the answer's key content.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+
+from r2f.engine.models.encoding import key_tokens, tokens
 
 KEY_RECALL = 0.5
-STOPWORDS = frozenset([
-    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from",
-    "as", "into", "about", "over", "after", "before", "under", "between", "is", "are", "was", "were", "be",
-    "been", "being", "am", "do", "does", "did", "has", "have", "had", "having", "it", "its", "it's", "this",
-    "that", "these", "those", "he", "she", "they", "them", "his", "her", "their", "hers", "theirs", "him",
-    "i", "me", "my", "we", "our", "you", "your", "who", "whom", "whose", "which", "what", "when", "where",
-    "why", "how", "not", "no", "nor", "so", "than", "too", "very", "can", "could", "would", "should", "will",
-    "shall", "may", "might", "must", "also", "there", "here", "such", "each", "both", "all", "any", "some",
-    "more", "most", "other", "only", "own", "same", "s", "t", "just"
-])
-
-
-@lru_cache(maxsize=1)
-def _tokenizer():
-    from rouge_score.tokenizers import DefaultTokenizer
-
-    return DefaultTokenizer(use_stemmer=True)
-
-
-def tokens(text: str) -> list[str]:
-    return _tokenizer().tokenize(text)
-
-
-def key_tokens(question: str, answer: str) -> set[str]:
-    """Stemmed content words of the answer that the question does not already contain."""
-    ans = set(tokens(answer))
-    key = ans - STOPWORDS - set(tokens(question))
-    return key or ans
 
 
 def contains_answer(generation: str, question: str, answer: str, threshold: float = KEY_RECALL) -> bool:

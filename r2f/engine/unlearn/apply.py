@@ -14,7 +14,8 @@ import math
 from typing import TYPE_CHECKING
 
 from r2f.engine.grads import target_modules
-from r2f.engine.models import collate, encode_qa, token_nll
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.base import OverBudgetError, UnlearnContext, UnlearnError
 
 if TYPE_CHECKING:

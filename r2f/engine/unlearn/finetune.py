@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 
 from r2f.config import GradAscentConfig
-from r2f.engine.models import collate, encode_qa
+from r2f.engine.models.encoding import collate, encode_qa
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError
 
 

@@ -15,7 +15,7 @@ import math
 import time
 
 from r2f.engine.grads import _sign, grads_only_for, qa_batches, target_modules, view_batches
-from r2f.engine.models import token_nll
+from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.apply import _sq_norm
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
 

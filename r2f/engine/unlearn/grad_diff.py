@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from r2f.engine.models import token_nll
+from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 from r2f.engine.unlearn.finetune import finetune
 from r2f.engine.unlearn.grad_ascent import forget_term

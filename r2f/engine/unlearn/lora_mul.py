@@ -7,7 +7,7 @@ import time
 
 from r2f.config import LoraMulConfig
 from r2f.engine.grads import _sign, target_modules, view_batches
-from r2f.engine.models import token_nll
+from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.apply import calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 

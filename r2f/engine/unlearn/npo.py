@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 
-from r2f.engine.models import collate, encode_qa, token_nll
+from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 from r2f.engine.unlearn.finetune import finetune
 

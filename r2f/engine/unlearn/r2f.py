@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from r2f.engine.decoder import check_family, decode_factors, gram_weighting, make_sketch
-from r2f.engine.grads import activation_grams, lora_gradients, target_modules, top_bases, view_batches
+from r2f.engine.grads import activation_grams, lora_gradients, qa_batches, target_modules, top_bases, view_batches
 from r2f.engine.onepass import group_batches, one_pass_lora_gradients, shard_batches
-from r2f.engine.parallel import distributed, load_cached, model_snapshot
+from r2f.engine.parallel import distributed, map_on_snapshot, split_even
 from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
@@ -64,8 +64,6 @@ def r2f_direction(ctx: UnlearnContext, decoder=None) -> dict:
                 direction[info.name].add(weight, *factors[info.name])
             tick()
     if cfg.unlearn.retain_weight > 0:
-        from r2f.engine.grads import qa_batches
-
         rb = qa_batches(tok, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
         grams = {}
         lg = lora_gradients(model, infos, rb, cfg.lora.rank, cfg.lora.alpha, "descent", grams_out=grams)
@@ -94,27 +92,19 @@ def group_factors(model, tok, cfg, infos, views, decoder, weighting, refusals) -
 
 def sharded_groups(ctx: UnlearnContext, groups, decoder, weighting) -> list[dict]:
     """:func:`group_factors` of every group, in contiguous shards of groups on ``ctx.mapper``."""
-    from r2f.engine.parallel import split_even
-
     cfg = ctx.cfg
     parts = split_even(len(groups), cfg.scale.shards or ctx.mapper.workers)
     ctx.log(f"r2f gradients: {len(groups)} groups in {len(parts)} shards on {ctx.mapper.workers} workers")
-    with model_snapshot(ctx.model, ctx.tokenizer, cfg.state_dir) as path:
-        payloads = [{"model": str(path), "config": cfg.model_dump(mode="json"), "groups": [groups[i] for i in r],
-                     "decoder": decoder, "weighting": weighting, "refusals": list(ctx.refusals)} for r in parts]
-        outs = ctx.mapper.map(groups_shard, payloads, "r2f-gradients")
+    args = [{"groups": [groups[i] for i in r], "decoder": decoder, "weighting": weighting,
+             "refusals": list(ctx.refusals)} for r in parts]
+    outs = map_on_snapshot(ctx.mapper, ctx.model, ctx.tokenizer, cfg, groups_shard, args, "r2f-gradients")
     return [f for out in outs for f in out]
 
 
-def groups_shard(payload: dict) -> list[dict]:
-    """Worker side of :func:`sharded_groups`."""
-    from r2f.config import Config
-
-    cfg = Config.model_validate(payload["config"])
-    model, tok = load_cached(payload["model"])
+def groups_shard(model, tok, cfg, *, groups, decoder, weighting, refusals) -> list[dict]:
+    """Worker side of :func:`sharded_groups` (module level: pickled by reference)."""
     infos = target_modules(model, cfg.lora.target_modules)
-    return [group_factors(model, tok, cfg, infos, g, payload["decoder"], payload["weighting"], payload["refusals"])
-            for g in payload["groups"]]
+    return [group_factors(model, tok, cfg, infos, g, decoder, weighting, refusals) for g in groups]
 
 
 def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting) -> tuple[dict, list]:
@@ -134,25 +124,18 @@ def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting) -> tup
     shards = shard_batches(batches, seq_groups, cfg.scale.shards or ctx.mapper.workers)
     ctx.log(f"r2f gradients: {len(seq_groups)} sequences in {len(batches)} batches, {len(shards)} shards "
             f"on {ctx.mapper.workers} workers")
-    with model_snapshot(ctx.model, ctx.tokenizer, cfg.state_dir) as path:
-        payloads = [{"model": str(path), "config": cfg.model_dump(mode="json"), "batches": sh["batches"],
-                     "seq_groups": sh["seq_groups"], "weighting": weighting, "n_seqs": len(seq_groups)}
-                    for sh in shards]
-        outs = ctx.mapper.map(one_pass_shard, payloads, "r2f-gradients")
+    args = [{"batches": sh["batches"], "seq_groups": sh["seq_groups"], "weighting": weighting,
+             "n_seqs": len(seq_groups)} for sh in shards]
+    outs = map_on_snapshot(ctx.mapper, ctx.model, ctx.tokenizer, cfg, one_pass_shard, args, "r2f-gradients")
     Y = {name: torch.cat([y[name] for y, _ in outs]) for name in outs[0][0]}
     return Y, [b for _, bases in outs for b in bases]
 
 
-def one_pass_shard(payload: dict) -> tuple[dict, list]:
-    """Worker side of :func:`sharded_one_pass` (a module-level function: pickled by reference)."""
-    from r2f.config import Config
-
-    cfg = Config.model_validate(payload["config"])
-    model, _tok = load_cached(payload["model"])
+def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs) -> tuple[dict, list]:
+    """Worker side of :func:`sharded_one_pass` (module level: pickled by reference)."""
     infos = target_modules(model, cfg.lora.target_modules)
-    return one_pass_lora_gradients(model, infos, payload["batches"], payload["seq_groups"], cfg.lora.rank,
-                                   payload["weighting"], cfg.unlearn.objective,
-                                   micro_batch=cfg.unlearn.micro_batch, n_seqs=payload["n_seqs"])
+    return one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, cfg.unlearn.objective,
+                                   micro_batch=cfg.unlearn.micro_batch, n_seqs=n_seqs)
 
 
 class R2F:

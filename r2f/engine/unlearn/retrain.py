@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from r2f.engine.models import load_model
+from r2f.engine.models.io import load_model
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
 
 
