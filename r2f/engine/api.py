@@ -12,6 +12,14 @@ from pathlib import Path
 from r2f.atomic import write_json
 from r2f.config import Config
 from r2f.engine.data import load_tofu
+from r2f.engine.decoder import LearnedDecoder
+from r2f.engine.evaluation import EvalError, add_gur, evaluate, summarize, to_json, write
+from r2f.engine.fidelity import fit_decoder
+from r2f.engine.models.io import load_model, save_model
+from r2f.engine.models.memory import peak_rss_mb
+from r2f.engine.models.nll import mean_nll
+from r2f.engine.unlearn import UnlearnContext, get_method
+from r2f.engine.zoo import ensure_models, models_dir, training_items
 
 Log = Callable[[str], None]
 
@@ -22,15 +30,11 @@ def _noop(_msg: str) -> None:
 
 def train_zoo(cfg: Config, log: Log = _noop, progress=None) -> dict:
     """Tokenizer + target, proxy and retain models (cached by config hash)."""
-    from r2f.engine.zoo import ensure_models
-
     models = ensure_models(cfg, log, progress)
     return {"models_dir": str(models.root), **models.report()}
 
 
 def decoder_dir(cfg: Config) -> Path:
-    from r2f.engine.zoo import models_dir
-
     # the decoder depends on the models (their cache key covers the data they learned), not on
     # which forget split a later request unlearns; the pipeline's train_decoder stage declares every
     # key read here (tests/test_pipeline.py checks)
@@ -44,8 +48,6 @@ def decoder_train_items(cfg: Config, tofu):
 
     Authors ``20..retain_authors-1`` first (not in retain_perturbed), then the rest if needed.
     """
-    from r2f.engine.zoo import training_items
-
     retain = training_items(cfg, tofu, "retain")
     return retain[400:] + retain[:400]
 
@@ -53,11 +55,6 @@ def decoder_train_items(cfg: Config, tofu):
 def ensure_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = False) -> dict:
     """Fit the learned decoder on the embedded proxy (:func:`r2f.engine.fidelity.fit_decoder`); cached by
     configuration hash."""
-    from r2f.engine.decoder import LearnedDecoder
-    from r2f.engine.fidelity import fit_decoder
-    from r2f.engine.models.io import load_model
-    from r2f.engine.zoo import ensure_models
-
     out = decoder_dir(cfg)
     if (out / "decoder.json").is_file() and not force:
         return {"decoder_dir": str(out), **LearnedDecoder.load(out).meta}
@@ -78,12 +75,6 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     mean answer-token NLL on forget, retain and holdout before and after. ``forget_items``: the
     rows of a deletion request (default: the whole ``forget_split``, which must contain them).
     ``mapper``: where R2F's gradient shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
-
-    from r2f.engine.decoder import LearnedDecoder
-    from r2f.engine.models.io import load_model, save_model
-    from r2f.engine.models.memory import peak_rss_mb
-    from r2f.engine.unlearn import UnlearnContext, get_method
-    from r2f.engine.zoo import ensure_models
 
     method = method or cfg.unlearn.method
     forget_split = forget_split or cfg.data.forget_split
@@ -128,8 +119,6 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
 
 def _scored(model, tok, evalsets: dict, max_len: int, progress, label: str) -> dict:
     """Mean answer NLL per set, with a progress tick per set."""
-    from r2f.engine.models.nll import mean_nll
-
     tick = progress(label, len(evalsets)) if progress else (lambda: None)
     out = {}
     for k, v in evalsets.items():
@@ -146,8 +135,6 @@ def _ids_digest(ids: list[str]) -> str:
 
 def eval_dir(cfg: Config, role: str, split: str) -> Path:
     """Cache folder of a reference evaluation (embedded ``target`` or ``retain`` model)."""
-    from r2f.engine.zoo import models_dir
-
     key = cfg.section_hash("eval", "paraphrase")
     return Path(cfg.state_dir) / "evals" / models_dir(cfg).name / f"{role}-{split}-{key}-s{cfg.unlearn.seed}"
 
@@ -155,10 +142,6 @@ def eval_dir(cfg: Config, role: str, split: str) -> Path:
 def reference_eval(cfg: Config, role: str, split: str, log: Log = _noop, progress=None, mapper=None) -> dict:
     """The ``TOFU_EVAL`` of the embedded retain (forget-quality/privleak reference) or target (GUR
     and drift reference) model, computed when missing and cached; never skipped."""
-    from r2f.engine.evaluation import EvalError, add_gur, evaluate, to_json, write
-    from r2f.engine.models.io import load_model
-    from r2f.engine.zoo import ensure_models
-
     path = eval_dir(cfg, role, split) / "TOFU_EVAL.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -190,10 +173,6 @@ def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str
     ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary.
     ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's).
     ``mapper``: where the evaluation shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
-    from r2f.engine.evaluation import add_gur, evaluate, summarize, to_json
-    from r2f.engine.models.io import load_model
-    from r2f.engine.zoo import ensure_models
-
     split = split or cfg.data.forget_split
     if model_path is None:
         if forget_ids is not None:

@@ -19,8 +19,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from r2f.atomic import atomic_dir
 from r2f.config import Config
+from r2f.engine.api import decoder_dir, ensure_decoder, evaluate_model, unlearn_model
+from r2f.engine.data import N_AUTHORS, load_tofu
+from r2f.engine.zoo import ensure_models
 from r2f.errors import R2FError
+from r2f.governance.gate import decide
+from r2f.governance.lineage import (
+    champion_utility,
+    log_decoder_run,
+    log_evaluation,
+    log_gate,
+    register_and_promote,
+    run_note,
+    start_unlearning_run,
+)
+from r2f.governance.requests import (
+    RequestError,
+    author_indices,
+    eval_split,
+    read_request,
+    resolve,
+    rows_digest,
+    write_forget_set,
+)
+from r2f.governance.tracking import make_tracker
+from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
 
 Log = Callable[[str], None]
 
@@ -72,15 +97,11 @@ def request_info(cfg: Config) -> dict:
 def request_rows(cfg: Config, info: dict) -> list[str] | None:
     """The request's rows when they are a strict part of its evaluation split (forget metrics are
     then computed on them alone), ``None`` when the request is the whole split."""
-    from r2f.engine.data import load_tofu
-
     split_ids = [q.id for q in load_tofu(cfg.data.tofu_dir).split(info["eval_split"])]
     return None if set(info["item_ids"]) == set(split_ids) else list(info["item_ids"])
 
 
 def forget_items(cfg: Config) -> list:
-    from r2f.engine.data import load_tofu
-
     info = request_info(cfg)
     full = {q.id: q for q in load_tofu(cfg.data.tofu_dir).split("full")}
     return [full[i] for i in info["item_ids"]]
@@ -89,18 +110,6 @@ def forget_items(cfg: Config) -> list:
 # -- stages -----------------------------------------------------------------------------------------
 def prepare(cfg: Config, log: Log, progress=None) -> dict:
     import hashlib
-
-    from r2f.atomic import atomic_dir
-    from r2f.engine.data import N_AUTHORS, load_tofu
-    from r2f.governance.requests import (
-        RequestError,
-        author_indices,
-        eval_split,
-        read_request,
-        resolve,
-        rows_digest,
-        write_forget_set,
-    )
 
     src = Path(cfg.pipeline.request)
     req = read_request(src)
@@ -135,11 +144,6 @@ def prepare(cfg: Config, log: Log, progress=None) -> dict:
 def validate(cfg: Config, log: Log, progress=None) -> dict:
     """GX suites; on failure the reports are kept (``validation/``, ``passed: false``), a rejected
     MLflow run records them, and ``ValidationError`` stops the pipeline before any model is touched."""
-    from r2f.atomic import atomic_dir
-    from r2f.engine.data import load_tofu
-    from r2f.governance.requests import read_request
-    from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
-
     info = request_info(cfg)
     tofu = load_tofu(cfg.data.tofu_dir)
     out = stage_dir(cfg, "validate")
@@ -169,8 +173,6 @@ def validate(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
-    from r2f.governance.tracking import make_tracker
-
     tr = make_tracker(cfg)
     with tr.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-rejected",
                       {"request_id": info["request_id"], "status": "rejected_data"}):
@@ -179,9 +181,6 @@ def _track_rejected(cfg: Config, info: dict, out: Path) -> None:
 
 
 def train_models(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.atomic import atomic_dir
-    from r2f.engine.zoo import ensure_models
-
     split = request_info(cfg)["eval_split"]
     models = ensure_models(cfg, log, progress, splits=(split,))
     with atomic_dir(stage_dir(cfg, "train_models")) as tmp:
@@ -192,9 +191,6 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.atomic import atomic_dir
-    from r2f.engine.api import ensure_decoder
-
     rep = ensure_decoder(cfg, log, progress)
     with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
         for f in Path(rep["decoder_dir"]).iterdir():
@@ -205,21 +201,13 @@ def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
 
 def _track_decoder(cfg: Config, rep: dict, log: Log) -> None:
     """One run per decoder (config hash) in the decoder experiment, the decoder registered."""
-    from r2f.governance.lineage import log_decoder_run
-    from r2f.governance.tracking import make_tracker
-
     log_decoder_run(make_tracker(cfg), cfg, rep, stage_dir(cfg, "train_decoder"), log)
 
 
 def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
-    from r2f.engine.api import decoder_dir, unlearn_model
-    from r2f.governance.lineage import start_unlearning_run
-    from r2f.governance.tracking import make_tracker
-
     info = request_info(cfg)
     if not _json(stage_dir(cfg, "validate") / "result.json").get("passed"):
         raise PipelineError(f"request {info['request_id']}: validation did not pass; nothing unlearned")
-    from r2f.atomic import atomic_dir
 
     out = stage_dir(cfg, "unlearn")
     tracker = make_tracker(cfg)
@@ -251,11 +239,6 @@ def start_model(cfg: Config, tracker, tmp: Path, log: Log) -> dict:
 
 
 def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
-    from r2f.atomic import atomic_dir
-    from r2f.engine.api import evaluate_model
-    from r2f.governance.lineage import log_evaluation
-    from r2f.governance.tracking import make_tracker
-
     info = request_info(cfg)
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
     with atomic_dir(stage_dir(cfg, "evaluate")) as tmp:
@@ -266,11 +249,6 @@ def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
 
 
 def gate(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.atomic import atomic_dir
-    from r2f.governance.gate import decide
-    from r2f.governance.lineage import champion_utility, log_gate, run_note
-    from r2f.governance.tracking import make_tracker
-
     info = request_info(cfg)
     summary = _json(stage_dir(cfg, "evaluate") / "TOFU_SUMMARY.json")
     champ = champion_utility(cfg, info["eval_split"])
@@ -286,10 +264,6 @@ def gate(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def promote(cfg: Config, log: Log, progress=None) -> dict:
-    from r2f.atomic import atomic_dir
-    from r2f.governance.lineage import register_and_promote
-    from r2f.governance.tracking import make_tracker
-
     info = request_info(cfg)
     decision = _json(stage_dir(cfg, "gate") / "decision.json")
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
@@ -306,7 +280,6 @@ P = "${state_dir}/pipeline"
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage: what ``dvc.yaml``, the Prefect flow and ``r2f stage`` know about it."""
-
     name: str
     help: str
     fn: Callable  # (cfg, log, progress[, mapper]) -> a small JSON-able result

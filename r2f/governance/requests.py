@@ -24,7 +24,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from r2f.engine.data import N_AUTHORS, Tofu
 from r2f.errors import R2FError
+from r2f.safeyaml import UnsafeYAML, load_file
 
 SPLITS = ("forget01", "forget05", "forget10")
 FIELDS = ("request_id", "subject", "selectors", "requester", "legal_basis", "created_at")
@@ -144,8 +146,6 @@ def read_request(path: str | Path) -> DeletionRequest:
 
 def load_raw(path: Path):
     """The parsed file, through :mod:`r2f.safeyaml` (size, UTF-8, aliases, depth, duplicate keys)."""
-    from r2f.safeyaml import UnsafeYAML, load_file
-
     try:
         return load_file(path, max_bytes=MAX_BYTES, max_depth=6)
     except FileNotFoundError as exc:
@@ -159,8 +159,6 @@ def load_raw(path: Path):
 def author_indices(req: DeletionRequest, tofu) -> list[int]:
     """The author selectors as TOFU indices; a name that matches no author (or several) is an error
     naming the selector's position (not the name: it is the subject's)."""
-    from r2f.engine.data import N_AUTHORS
-
     out = []
     for i, a in enumerate(req.selectors.authors):
         where = f"request {req.request_id}: selectors.authors[{i}]"
@@ -195,8 +193,6 @@ def resolve(req: DeletionRequest, tofu) -> list:
 def eval_split(items) -> str:
     """The smallest TOFU forget split that contains every requested row: its retain model and
     holdout set are the references of the evaluation."""
-    from r2f.engine.data import Tofu
-
     authors = {q.author for q in items}
     for s in SPLITS:
         if authors <= set(Tofu.forget_authors(s)):
