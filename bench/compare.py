@@ -99,10 +99,11 @@ def _record(args, stems: list[str], rows: list[dict]) -> None:
     from common import write  # the results' provenance (commit, code hash) and markdown
 
     ns = argparse.Namespace(out=str(RESULTS), quick=False, params=None, sets=[])
-    before = f"commit {args.base}" if args.base else f"results in {args.base_dir}"
+    before = (f"the results committed at {args.base}" if args.base else
+              f"results written by the code at before_commit (the same commands, run in a worktree: {args.base_dir})")
     write(args.write, ns, rows, ["result", "rows", "values_compared", "values_differing", "same", "before_commit",
                                  "after_commit", "first_difference"],
-          [f"'before' = {before}; 'after' = bench/results/ as written by the current code.",
+          [f"'before' = {before}; 'after' = bench/results/ as written by the code at after_commit.",
            f"Metrics must agree to {args.tol:g} (absolute); wall time, memory and other measured fields are "
            "not compared (compare.NOT_COMPARED)."],
           {"tol": args.tol}, deps=["bench/compare.py", *(f"bench/results/{s}.json" for s in stems)], cfg={})
