@@ -1,0 +1,120 @@
+"""The ``unlearn`` section: settings every method shares, then one section per method that has its own."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from r2f.config._base import _Strict
+
+
+class EtaConfig(_Strict):
+    value: float | None = Field(None, gt=0)  # fixed eta; None = calibrate
+    # eta is the update's size relative to the adapted weights: ||dW|| = eta * ||W|| (Frobenius)
+    grid: tuple[float, ...] = (0.001, 0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+    retain_budget: float = Field(0.10, gt=0)  # allowed relative rise of retain NLL
+    calibration_items: int = Field(64, ge=4)
+
+
+# The unlearning methods; r2f.engine.unlearn.base.METHODS maps each to its file (tests/test_unlearn.py
+# checks that the two agree). A method with settings also has a section of that name in UnlearnConfig.
+MethodName = Literal["r2f", "fullgrad", "fused", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain"]
+METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
+
+
+class R2FMethodConfig(_Strict):
+    """``unlearn.r2f``: R2F's decoded steps (1 = the paper's single update); the retain budget holds
+    for all of them together."""
+
+    steps: int = Field(1, ge=1, le=50)
+
+
+class GradAscentConfig(_Strict):
+    """``unlearn.gradascent``: the multi-step fine-tuning baselines' loop (open-unlearning defaults
+    scaled down); GradDiff and NPO add their own settings to it."""
+
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class GradDiffConfig(GradAscentConfig):
+    """``unlearn.graddiff``: the fine-tuning loop plus ``alpha`` x NLL on retain."""
+
+    alpha: float = Field(1.0, ge=0)
+
+
+class NPOConfig(GradDiffConfig):
+    """``unlearn.npo``: the fine-tuning loop, NPO's ``beta`` and ``alpha`` x NLL on retain."""
+
+    beta: float = Field(0.1, gt=0)
+
+
+class LoraMulConfig(_Strict):
+    """``unlearn.lora_mul``: Adam steps on the LoRA adapter before it is merged."""
+
+    steps: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+# Flat keys of earlier params files -> where they live now (a clear error instead of "extra field")
+_MOVED = {
+    "r2f_steps": ("r2f.steps",),
+    "baseline_epochs": ("gradascent.epochs", "graddiff.epochs", "npo.epochs"),
+    "baseline_lr": ("gradascent.lr", "graddiff.lr", "npo.lr"),
+    "baseline_batch_size": ("gradascent.batch_size", "graddiff.batch_size", "npo.batch_size"),
+    "npo_beta": ("npo.beta",),
+    "graddiff_alpha": ("graddiff.alpha", "npo.alpha"),
+    "lora_mul_steps": ("lora_mul.steps",),
+    "lora_mul_lr": ("lora_mul.lr",),
+}
+
+
+def _listed(keys: tuple[str, ...]) -> str:
+    *rest, last = (f"unlearn.{k}" for k in keys)
+    return f"{', '.join(rest)} and {last}" if rest else last
+
+
+class UnlearnConfig(_Strict):
+    """Settings every method shares, then one section per method that has its own (methods without
+    settings, like fullgrad, have none)."""
+
+    method: MethodName = "r2f"
+    objective: Literal["ascent", "refusal"] = "ascent"
+    retain_weight: float = Field(0.0, ge=0)
+    # answer tokens the unlearning loss covers: "answer" = all of them; "key" = the answer's key
+    # words only (content words not in the question; r2f.engine.models.encoding.encode_qa, docs/method.md)
+    loss_tokens: Literal["answer", "key"] = "answer"
+    eta: EtaConfig = EtaConfig()
+    # Sequences per forward + backward of the single-step methods (r2f, fullgrad): fewer = less
+    # activation memory. R2F below an item's view count adds one no-grad forward (low-memory mode,
+    # r2f.engine.onepass; docs/performance.md). It is also R2F's batch size, and with the fitted token
+    # weighting an item's basis depends slightly on the items batched with it (docs/performance.md).
+    micro_batch: int = Field(40, ge=1, le=4096)
+    seed: int = 0  # batch order, LoRA init and the relearning attack (the models' seed is models.seed)
+    r2f: R2FMethodConfig = R2FMethodConfig()
+    gradascent: GradAscentConfig = GradAscentConfig()
+    graddiff: GradDiffConfig = GradDiffConfig()
+    npo: NPOConfig = NPOConfig()
+    lora_mul: LoraMulConfig = LoraMulConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict):
+            moved = [f"unlearn.{k} moved to {_listed(new)}" for k, new in _MOVED.items() if k in data]
+            if moved:
+                raise ValueError("; ".join(moved))
+        return data
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, v):
+        if v not in METHOD_NAMES:
+            raise ValueError(f"unknown method '{v}'; expected one of {', '.join(METHOD_NAMES)}")
+        return v
+
+    @property
+    def key_only(self) -> bool:
+        return self.loss_tokens == "key" and self.objective != "refusal"
