@@ -38,7 +38,8 @@ def make_project(root: Path, overrides: dict) -> Path:
 
 # -- real processes: kills and concurrent runs -------------------------------------------------------
 FAST_EVAL = {"eval.max_items": 12, "eval.max_new_tokens": 12, "eval.rap_steps": 2, "eval.batch_size": 32}
-EASY_GATE = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.max_abs_privleak": 1000.0,
+EASY_GATE = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.min_utility_vs_base": 0.0,
+        "gate.max_abs_privleak": 1000.0,
              "gate.min_usr": 0.0}
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true",

@@ -155,19 +155,20 @@ def test_gate_rules_are_independent_and_missing_values_fail():
 
     cfg = GateConfig(min_forget_quality=0.05, min_utility_ratio=0.95, max_abs_privleak=50, min_usr=0.5)
     good = {"forget_quality": 0.2, "model_utility": 0.5, "privleak": -10.0, "usr": 0.9}
-    d = decide(good, 0.5, cfg)
-    assert d.passed and not d.reasons and [r.name for r in d.rules] == ["forget_quality", "model_utility", "privleak", "usr"]
-    bad = decide({**good, "forget_quality": 1e-5, "privleak": -80.0}, 0.5, cfg)
+    d = decide(good, 0.5, cfg, 0.5)
+    assert d.passed and not d.reasons
+    assert [r.name for r in d.rules] == ["forget_quality", "model_utility", "model_utility_vs_base", "privleak", "usr"]
+    bad = decide({**good, "forget_quality": 1e-5, "privleak": -80.0}, 0.5, cfg, 0.5)
     assert not bad.passed
     assert {r.name for r in bad.rules if not r.passed} == {"forget_quality", "privleak"}
     assert any("forget_quality" in r for r in bad.reasons)
     # utility ratio against the champion; unknown champion utility fails, never passes silently
-    assert not decide({**good, "model_utility": 0.4}, 0.5, cfg).passed
+    assert not decide({**good, "model_utility": 0.4}, 0.5, cfg, 0.5).passed
     missing = decide({**good, "usr": None}, None, cfg)
-    assert {r.name for r in missing.rules if not r.passed} == {"usr", "model_utility"}
+    assert {r.name for r in missing.rules if not r.passed} == {"usr", "model_utility", "model_utility_vs_base"}
     # a champion with utility 0 cannot be undercut: the rule passes (no division)
-    assert decide(good, 0.0, cfg).passed
-    assert decide({**good, "forget_quality": float("nan")}, 0.5, cfg).passed is False
+    assert decide(good, 0.0, cfg, 0.0).passed
+    assert decide({**good, "forget_quality": float("nan")}, 0.5, cfg, 0.5).passed is False
 
 
 H = "subject: s\nrequester: r\nlegal_basis: x\ncreated_at: 2026-01-01\n"

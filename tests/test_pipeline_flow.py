@@ -61,7 +61,8 @@ def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = str(project / "params.yaml")
     # 1. a gate every candidate passes: promoted, champion moves to the new version
-    easy = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.max_abs_privleak": 1000.0,
+    easy = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.min_utility_vs_base": 0.0,
+        "gate.max_abs_privleak": 1000.0,
             "gate.min_usr": 0.0}
     res = unlearning_flow(params, easy)
     assert res["gate"]["passed"] is True

@@ -13,7 +13,8 @@ from test_pipeline_flow import _alias, _registry, harness, make_project  # noqa:
 
 pytestmark = pytest.mark.slow
 
-EASY = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.max_abs_privleak": 1000.0,
+EASY = {"gate.min_forget_quality": 0.0, "gate.min_utility_ratio": 0.0, "gate.min_utility_vs_base": 0.0,
+        "gate.max_abs_privleak": 1000.0,
         "gate.min_usr": 0.0}
 HEAD = "subject: {s}\nrequester: dpo@example.org\nlegal_basis: GDPR art. 17\ncreated_at: 2026-11-2{d}T10:00:00Z\n"
 

@@ -107,6 +107,9 @@ class GateConfig(_Strict):
     """Promotion rules (docs/pipeline.md); every rule is an independent, named check."""
 
     min_forget_quality: float = Field(0.05, ge=0, le=1)
-    min_utility_ratio: float = Field(0.95, ge=0)  # model_utility >= this x the champion's
+    min_utility_ratio: float = Field(0.95, ge=0)  # model_utility >= this x the champion's (per-step loss)
+    # model_utility >= this x the base target's, the chain's first champion: bounds the total loss of a
+    # chain of deletions that each pass the per-step rule (0.96^3 = 0.885 < 0.90)
+    min_utility_vs_base: float = Field(0.90, ge=0)
     max_abs_privleak: float = Field(50.0, ge=0)
     min_usr: float = Field(0.5, ge=0, le=1)

@@ -261,7 +261,8 @@ def _gate(t: _Trail) -> None:
         t.check("gate decision recorded", False, "gate/decision.json missing from the run")
         return
     t.report["gate"] = {"passed": decision["passed"], "decided_at": decision.get("decided_at"),
-                        "rules": decision["rules"], "champion_model_utility": decision.get("champion_model_utility")}
+                        "rules": decision["rules"], "champion_model_utility": decision.get("champion_model_utility"),
+                        "base_model_utility": decision.get("base_model_utility")}
     tag = t.report["models"].get("after_gate_tag")
     if t.tags.get("registered_version"):
         t.check("registry tag agrees with the gate decision", tag == str(bool(decision["passed"])).lower(),

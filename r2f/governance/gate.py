@@ -43,44 +43,61 @@ def _num(x) -> float | None:
 
 
 @dataclass(frozen=True)
+class References:
+    """The utilities relative rules compare with: the current champion's (per-step loss) and the base
+    target's, the first champion of the chain (total loss over a chain of deletions)."""
+
+    champion_utility: float | None
+    base_utility: float | None
+
+
+@dataclass(frozen=True)
 class Rule:
-    """One promotion rule: the ``TOFU_SUMMARY`` key it reads (its name), its threshold from the gate
-    config (and the champion's utility, for relative rules), the test and the words a reason uses."""
+    """One promotion rule: its name, the ``TOFU_SUMMARY`` key it reads (default: its name), its
+    threshold from the gate config (and a reference utility, for relative rules), the test and the
+    words a reason uses."""
 
     name: str
-    threshold: Callable[[GateConfig, float | None], float]
+    threshold: Callable[[GateConfig, References], float]
     ok: Callable[[float, float], bool]  # (value, threshold) -> passed
-    text: Callable[[GateConfig, float | None], str]
+    text: Callable[[GateConfig, References], str]
+    key: str | None = None
 
-    def check(self, summary: dict, champion_utility: float | None, cfg: GateConfig) -> RuleResult:
-        v, thr = _num(summary.get(self.name)), self.threshold(cfg, champion_utility)
+    def check(self, summary: dict, refs: References, cfg: GateConfig) -> RuleResult:
+        v, thr = _num(summary.get(self.key or self.name)), self.threshold(cfg, refs)
         if v is None or not math.isfinite(thr):
             return RuleResult(self.name, False, v, thr,
                               f"{self.name}: no value or no threshold (missing or not finite)")
         passed = bool(self.ok(v, thr))
         return RuleResult(self.name, passed, v, thr,
-                          f"{self.name}: {v:.4g} {'meets' if passed else 'fails'} {self.text(cfg, champion_utility)}")
+                          f"{self.name}: {v:.4g} {'meets' if passed else 'fails'} {self.text(cfg, refs)}")
 
 
-def _relative(ratio: float, champ: float | None) -> float:
-    return ratio * champ if champ is not None else float("nan")
+def _relative(ratio: float, ref: float | None) -> float:
+    return ratio * ref if ref is not None else float("nan")
 
 
 # The gate: adding a rule is one entry here plus its threshold in GateConfig (params.yaml `gate:`).
 RULES: tuple[Rule, ...] = (
     Rule("forget_quality", lambda c, _: c.min_forget_quality, lambda v, t: v >= t,
          lambda c, _: f">= {c.min_forget_quality}"),
-    Rule("model_utility", lambda c, champ: _relative(c.min_utility_ratio, champ), lambda v, t: v >= t,
-         lambda c, champ: f">= {c.min_utility_ratio} x the champion's model_utility ({champ})"),
+    Rule("model_utility", lambda c, r: _relative(c.min_utility_ratio, r.champion_utility), lambda v, t: v >= t,
+         lambda c, r: f">= {c.min_utility_ratio} x the champion's model_utility ({r.champion_utility})"),
+    Rule("model_utility_vs_base", lambda c, r: _relative(c.min_utility_vs_base, r.base_utility),
+         lambda v, t: v >= t,
+         lambda c, r: f">= {c.min_utility_vs_base} x the base target's model_utility ({r.base_utility})",
+         key="model_utility"),
     Rule("privleak", lambda c, _: c.max_abs_privleak, lambda v, t: abs(v) <= t,
          lambda c, _: f"|privleak| <= {c.max_abs_privleak}"),
     Rule("usr", lambda c, _: c.min_usr, lambda v, t: v >= t, lambda c, _: f">= {c.min_usr}"),
 )
 
 
-def decide(summary: dict, champion_utility: float | None, cfg: GateConfig) -> Decision:
+def decide(summary: dict, champion_utility: float | None, cfg: GateConfig,
+           base_utility: float | None = None) -> Decision:
     """Apply every rule of :data:`RULES` to a ``TOFU_SUMMARY`` dict. ``champion_utility``: the model
-    utility of the current champion (the utility rule fails when it is unknown)."""
-    champ = _num(champion_utility)
-    rules = [rule.check(summary, champ, cfg) for rule in RULES]
+    utility of the current champion; ``base_utility``: the base target's (the chain's first champion).
+    A relative rule fails when its reference is unknown."""
+    refs = References(_num(champion_utility), _num(base_utility))
+    rules = [rule.check(summary, refs, cfg) for rule in RULES]
     return Decision(all(r.passed for r in rules), rules, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -143,8 +143,13 @@ def champion_utility(cfg: Config, split: str) -> float | None:
     got = tracker.champion_summary(cfg.tracking.target_model_name, split) if tracker.active else None
     if got and isinstance(got.get("model_utility"), (int, float)):
         return float(got["model_utility"])
-    ref = reference_eval(cfg, "target", split)
-    return ref["model_utility"]["value"]
+    return base_utility(cfg, split)
+
+
+def base_utility(cfg: Config, split: str) -> float:
+    """Model utility of the base target (the untouched embedded target, the first champion of every
+    chain of deletions): its reference evaluation on ``split``."""
+    return reference_eval(cfg, "target", split)["model_utility"]["value"]
 
 
 def gate_note(decision: dict) -> str:

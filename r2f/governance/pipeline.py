@@ -27,6 +27,7 @@ from r2f.engine.zoo import ensure_models
 from r2f.errors import R2FError
 from r2f.governance.gate import decide
 from r2f.governance.lineage import (
+    base_utility,
     champion_utility,
     log_decoder_run,
     log_evaluation,
@@ -251,9 +252,10 @@ def evaluate(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
 def gate(cfg: Config, log: Log, progress=None) -> dict:
     info = request_info(cfg)
     summary = _json(stage_dir(cfg, "evaluate") / "TOFU_SUMMARY.json")
-    champ = champion_utility(cfg, info["eval_split"])
-    decision = decide(summary, champ, cfg.gate).to_dict()
+    champ, base = champion_utility(cfg, info["eval_split"]), base_utility(cfg, info["eval_split"])
+    decision = decide(summary, champ, cfg.gate, base).to_dict()
     decision["champion_model_utility"] = champ
+    decision["base_model_utility"] = base
     with atomic_dir(stage_dir(cfg, "gate")) as tmp:
         _write(tmp / "decision.json", decision)
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
