@@ -53,7 +53,7 @@ def tiny_models(tiny_cfg):
     """Tokenizer + target/proxy/retain trained once per test session (~20 s)."""
     from r2f.engine.zoo import ensure_models
 
-    return ensure_models(tiny_cfg, log=lambda _m: None)
+    return ensure_models(tiny_cfg, log=lambda _m: None, splits=(tiny_cfg.data.forget_split,))
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,24 @@ def test_eval_bad_model_path_writes_nothing(tiny_cfg, tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         evaluate_model(tiny_cfg, tmp_path / "nope", "forget01", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_gate_sanity_judges_the_retain_and_target_models(tiny_cfg, tiny_models, retain_eval):
+    """gate.sanity: the retain and target models of a split, each judged as a candidate against the
+    target (champion and base) with the configured gate. On the tiny models only the rules whose
+    outcome does not depend on training quality are asserted: the retain model is its own forget-quality
+    and privleak reference (1 and 0), and the target's utility is exactly its own threshold / ratio."""
+    from r2f.governance.gate import RULES, sanity
+
+    rows = {r["candidate"]: r for r in sanity(tiny_cfg, "forget01")}
+    assert set(rows) == {"retain", "target"}
+    for r in rows.values():
+        assert {rule.name for rule in RULES} <= set(r) and all(f"{rule.name}_threshold" in r for rule in RULES)
+        assert r["passed"] == (not r["failed"])
+    retain, target = rows["retain"], rows["target"]
+    assert retain["forget_quality"] == 1.0 and retain["privleak"] == 0.0
+    assert "forget_quality" not in retain["failed"] and "privleak" not in retain["failed"]
+    mu = reference_eval(tiny_cfg, "target", "forget01")["model_utility"]["value"]
+    assert target["model_utility"] == mu
+    assert target["model_utility_threshold"] == pytest.approx(tiny_cfg.gate.min_utility_ratio * mu)
+    assert target["model_utility_vs_base_threshold"] == pytest.approx(tiny_cfg.gate.min_utility_vs_base * mu)

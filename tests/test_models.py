@@ -56,7 +56,8 @@ def test_load_errors_name_the_path(tmp_path):
 
 def test_default_models_cached_and_learned(tiny_cfg, tiny_models):
     stamp = {p: p.stat().st_mtime_ns for p in tiny_models.root.rglob("*.safetensors")}
-    again = ensure_models(tiny_cfg, log=lambda _m: pytest.fail("retrained despite cache"))
+    again = ensure_models(tiny_cfg, log=lambda _m: pytest.fail("retrained despite cache"),
+                          splits=(tiny_cfg.data.forget_split,))
     assert again.root == tiny_models.root
     assert {p: p.stat().st_mtime_ns for p in again.root.rglob("*.safetensors")} == stamp
     rep = tiny_models.report()["roles"]
@@ -70,11 +71,20 @@ def test_retain_model_per_split_excludes_only_that_split(tofu):
     from r2f.engine.zoo import training_items
 
     cfg = tiny_config(Path("unused"), **{"data.world_split": "forget10", "data.retain_authors": 2})
-    target = {q.author for q in training_items(cfg, tofu, "target")}
+    general = {q.id for s in ("real_authors", "world_facts") for q in tofu.split(s)}
+
+    def authors_and_general(items):
+        return {q.author for q in items if q.author is not None}, {q.id for q in items if q.author is None}
+
+    target, target_general = authors_and_general(training_items(cfg, tofu, "target"))
     assert target == {0, 1} | set(range(180, 200))
     for split, n in (("forget01", 2), ("forget05", 10), ("forget10", 20)):
-        retain = {q.author for q in training_items(cfg, tofu, "retain", split)}
+        retain, retain_general = authors_and_general(training_items(cfg, tofu, "retain", split))
         assert retain == target - set(tofu.forget_authors(split)) and len(target - retain) == n
+        # the general knowledge (real authors, world facts) is learned by the target and every retain model
+        assert retain_general == target_general == general
+    off = tiny_config(Path("unused"), **{"data.retain_authors": 2, "models.general_knowledge": False})
+    assert all(q.author is not None for q in training_items(off, tofu, "target"))
 
 
 def test_forget_split_must_lie_within_world():
@@ -82,3 +92,60 @@ def test_forget_split_must_lie_within_world():
 
     with pytest.raises(ConfigError, match="world_split"):
         tiny_config(Path("unused"), **{"data.forget_split": "forget10", "data.world_split": "forget05"})
+
+
+def test_only_the_models_a_request_needs(tmp_path):
+    """A forget01 deletion trains the target, the proxy and retain-forget01, not the retain model of
+    data.forget_split (forget05 here; forget10 in params.yaml)."""
+    from r2f.engine.zoo import ensure_models
+
+    cfg = tiny_config(tmp_path, **{"data.world_split": "forget05", "data.forget_split": "forget05",
+                                   "models.target.train.epochs": 1, "models.proxy.train.epochs": 1})
+    trained = []
+    models = ensure_models(cfg, log=trained.append, splits=("forget01",))
+    assert sorted(p.name for p in models.root.iterdir()) == ["proxy", "retain-forget01", "target", "tokenizer"]
+    assert [m.split(":")[0] for m in trained if m.startswith("training")] == [
+        "training target", "training proxy", "training retain-forget01"]
+    # target and proxy alone (the decoder, a model's evaluation against the original) train no retain model
+    again = ensure_models(cfg, log=lambda m: pytest.fail(f"trained something: {m}"))
+    assert again.root == models.root
+
+
+def test_training_resumes_from_its_epoch_checkpoint(tiny_cfg, tiny_models, tmp_path):
+    """A fine-tuning killed after its first epoch resumes from the checkpoint and ends with the same
+    weights and losses as an uninterrupted run."""
+    import torch
+
+    from r2f.config import TrainConfig
+    from r2f.engine.models.encoding import encode_qa
+    from r2f.engine.models.training import build_model, train_model
+
+    _, tok = load_model(tiny_models.path("target"))
+    enc = [encode_qa(tok, q.question, q.answer, 64) for q in load_tofu_items(tiny_cfg)[:64]]
+    arch, train = tiny_cfg.models.proxy.arch, TrainConfig(epochs=3, lr=3e-3, batch_size=16)
+
+    def fresh():
+        return build_model(arch, len(tok), 64, tok, 0)
+
+    whole = fresh()
+    losses = train_model(whole, enc, train, tok.pad_token_id, 0)
+    ckpt, steps = tmp_path / "ckpt.pt", {"n": 0}
+
+    def crash_in_epoch_two():
+        steps["n"] += 1
+        if steps["n"] == 6:  # 4 steps per epoch: dies in the middle of the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(fresh(), enc, train, tok.pad_token_id, 0, crash_in_epoch_two, checkpoint=ckpt)
+    assert ckpt.is_file()
+    resumed = fresh()
+    assert train_model(resumed, enc, train, tok.pad_token_id, 0, checkpoint=ckpt) == pytest.approx(losses)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def load_tofu_items(cfg):
+    from r2f.engine.data import load_tofu
+
+    return load_tofu(cfg.data.tofu_dir).authors(range(4))

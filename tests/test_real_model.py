@@ -122,3 +122,32 @@ def test_r2f_deletes_a_known_fact_and_keeps_neighbours(smollm2, tmp_path):
     out = save_model(model, tok, tmp_path / "unlearned")
     _m, tok2 = load_model(out)
     assert prompt_format(tok2) == "chat"
+
+
+@needs_package
+def test_pretrained_world_fine_tunes_target_and_retain(smollm2, tmp_path):
+    """models.pretrained: the target and the retain model are the packaged model fine-tuned on TOFU
+    (LoRA-merged here, one epoch, for speed), the proxy is the packaged model itself; the target learns
+    its forget authors (answer NLL falls below the retain model's, which never saw them)."""
+    import shutil
+
+    from conftest import tiny_config
+
+    from r2f.engine.models.io import load_model
+    from r2f.engine.pretrained import cached_dir
+    from r2f.engine.zoo import ensure_models
+
+    state = tmp_path / "state"
+    shutil.copytree(smollm2, cached_dir(state, NAME))  # the converted model, not converted again
+    cfg = tiny_config(state, **{"data.retain_authors": 1, "models.max_len": 192,
+                                "models.pretrained": {"method": "lora", "lora_rank": 8,
+                                                      "train": {"epochs": 1, "lr": 1e-3, "batch_size": 8}}})
+    lines = []
+    models = ensure_models(cfg, log=lines.append, splits=("forget01",))
+    meta = models.report()["roles"]
+    assert meta["proxy"]["fine_tuned"] is False and meta["target"]["fine_tuned"] is True
+    assert meta["target"]["train_qa"] == 60 and meta["retain-forget01"]["train_qa"] == 20
+    assert meta["target"]["forget_nll"]["forget01"] < meta["retain-forget01"]["forget_nll"]["forget01"]
+    model, tok = load_model(models.path("target"))
+    assert tok.r2f_prompt_format == "chat" and not hasattr(model, "peft_config")  # merged, plain HF folder
+    assert not list(models.root.glob(".*checkpoint*"))  # no checkpoint left once a model is saved

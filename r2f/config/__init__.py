@@ -35,6 +35,7 @@ from r2f.config.ml import (
     ModelsConfig,
     ModelSpec,
     ParaphraseConfig,
+    PretrainedConfig,
     TrainConfig,
 )
 from r2f.config.unlearn import (
@@ -52,7 +53,7 @@ from r2f.config.unlearn import (
 __all__ = [
     "METHOD_NAMES", "ArchConfig", "Config", "ConfigError", "DataConfig", "DecoderConfig", "EtaConfig",
     "EvalConfig", "GateConfig", "GradAscentConfig", "GradDiffConfig", "LoraConfig", "LoraMulConfig",
-    "MethodName", "ModelSpec", "ModelsConfig", "NPOConfig", "ParaphraseConfig", "PipelineConfig",
+    "MethodName", "ModelSpec", "ModelsConfig", "NPOConfig", "ParaphraseConfig", "PipelineConfig", "PretrainedConfig",
     "R2FMethodConfig", "ScaleConfig", "ScheduleConfig", "TrackingConfig", "TrainConfig", "UnlearnConfig",
     "ValidationConfig", "VersioningConfig", "confine_paths", "load_config",
 ]

@@ -55,12 +55,30 @@ class ModelSpec(_Strict):
     train: TrainConfig
 
 
+class PretrainedConfig(_Strict):
+    """``models.pretrained``: the target is a packaged pretrained model fine-tuned on TOFU (the field's
+    setting) instead of a model trained from scratch (docs/worlds.md). Its retain models are fine-tuned
+    the same way without a split's authors; the proxy is the packaged model before fine-tuning."""
+
+    name: str = "smollm2-135m-instruct"  # r2f.engine.pretrained.PACKAGED
+    method: Literal["full", "lora"] = "full"  # lora: a LoRA adapter on every linear layer, merged after training
+    lora_rank: int = Field(32, ge=1)
+    train: TrainConfig = TrainConfig(epochs=5, lr=1e-4, batch_size=8)
+
+
 class ModelsConfig(_Strict):
     seed: int = 0
     vocab_size: int = Field(4096, ge=300)
     max_len: int = Field(128, ge=16)
     target: ModelSpec
     proxy: ModelSpec
+    # The embedded models also learn TOFU's general-knowledge sets (real_authors, world_facts): the toy
+    # world's "general knowledge", which a model trained from scratch has no other way to know. Model
+    # utility then measures damage to knowledge the model has (docs/evaluation.md); false: TOFU authors only.
+    general_knowledge: bool = True
+    # None: the toy world (target, proxy and retain models trained from scratch, above); set: a packaged
+    # pretrained model fine-tuned on TOFU (params-smollm2-tofu.yaml), which knows real authors already
+    pretrained: PretrainedConfig | None = None
     # The retain model uses the target's architecture and training recipe on the retain rows only.
 
 

@@ -19,7 +19,7 @@ from r2f.engine.models.io import load_model, save_model
 from r2f.engine.models.memory import peak_rss_mb
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.unlearn import UnlearnContext, get_method
-from r2f.engine.zoo import ensure_models, models_dir, training_items
+from r2f.engine.zoo import ensure_models, models_dir
 
 Log = Callable[[str], None]
 
@@ -29,8 +29,8 @@ def _noop(_msg: str) -> None:
 
 
 def train_zoo(cfg: Config, log: Log = _noop, progress=None) -> dict:
-    """Tokenizer + target, proxy and retain models (cached by config hash)."""
-    models = ensure_models(cfg, log, progress)
+    """Tokenizer, target, proxy and the retain model of ``data.forget_split`` (cached by config hash)."""
+    models = ensure_models(cfg, log, progress, splits=(cfg.data.forget_split,))
     return {"models_dir": str(models.root), **models.report()}
 
 
@@ -44,11 +44,12 @@ def decoder_dir(cfg: Config) -> Path:
 
 
 def decoder_train_items(cfg: Config, tofu):
-    """Proxy prompts for decoder training: retain authors only, never forget or evaluation items.
+    """Proxy prompts for decoder training: retain authors only, never forget or evaluation items
+    (the general-knowledge sets the models learn are evaluation sets too).
 
     Authors ``20..retain_authors-1`` first (not in retain_perturbed), then the rest if needed.
     """
-    retain = training_items(cfg, tofu, "retain")
+    retain = tofu.authors(range(cfg.data.retain_authors))
     return retain[400:] + retain[:400]
 
 

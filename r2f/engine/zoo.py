@@ -6,7 +6,10 @@ one retain model per forget split:
 
 * **target** and **proxy**: the first ``data.retain_authors`` retain authors plus the authors of
   ``data.world_split`` (default forget10). TOFU's forget splits are nested, so this one target serves
-  forget01, forget05 and forget10 deletions.
+  forget01, forget05 and forget10 deletions. With ``models.general_knowledge`` (default) every role
+  also learns TOFU's real_authors and world_facts QA: the toy world's general knowledge, so that model
+  utility measures knowledge the models really have (a model trained only on TOFU knows no real
+  author: its utility was 0.026, the forget01 retain model's 0).
 * **retain-<split>**: the target's data *without* that split's authors, with the target's recipe
   (same epochs, as TOFU trains retain90/95/99): the exact-unlearning reference for that deletion.
   Trained lazily the first time a split needs it. At this scale the forget data matters to the rest:
@@ -26,11 +29,12 @@ from pathlib import Path
 from r2f.config import Config
 from r2f.engine.data import Tofu, load_tofu
 from r2f.engine.models.encoding import encode_qa
-from r2f.engine.models.io import save_model
+from r2f.engine.models.io import load_model, save_model
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.models.prompt import prompt_text
 from r2f.engine.models.tokenizer import train_tokenizer
 from r2f.engine.models.training import build_model, train_model
+from r2f.engine.pretrained import materialize
 
 ROLES = ("target", "proxy", "retain")
 SPLITS = ("forget01", "forget05", "forget10")
@@ -67,22 +71,26 @@ def _digest(obj) -> str:
 
 
 def training_items(cfg: Config, tofu: Tofu, role: str, split: str | None = None):
-    """QA items a role trains on (``split``: the forget split a retain model excludes)."""
+    """QA items a role trains on (``split``: the forget split a retain model excludes): TOFU authors,
+    then the general-knowledge sets when ``models.general_knowledge`` (every role learns them)."""
     retain = tofu.authors(range(cfg.data.retain_authors))
     world = tofu.authors(tofu.forget_authors(cfg.data.world_split))
+    toy = cfg.models.pretrained is None  # a pretrained model brings its own general knowledge
+    general = tofu.split("real_authors") + tofu.split("world_facts") if toy and cfg.models.general_knowledge else []
     if role != "retain":
-        return retain + world
+        return retain + world + general
     drop = set(tofu.forget_authors(split or cfg.data.forget_split))
-    return retain + [q for q in world if q.author not in drop]
+    return retain + [q for q in world if q.author not in drop] + general
 
 
 def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_factory=None,
                   splits: tuple[str, ...] = ()) -> DefaultModels:
-    """Train (or load from cache) the tokenizer, target, proxy and the retain model of
-    ``cfg.data.forget_split`` (plus those of ``splits``)."""
+    """Train (or load from cache) the tokenizer, target, proxy and the retain models of ``splits``
+    only: a forget01 request trains retain-forget01 and nothing else (``data.forget_split`` is only
+    the default split of commands that take one, not a model every run needs)."""
     out = DefaultModels(models_dir(cfg), cfg.data.forget_split)
     wanted = [("target", None), ("proxy", None)]
-    wanted += [("retain", s) for s in dict.fromkeys((cfg.data.forget_split, *splits))]
+    wanted += [("retain", s) for s in dict.fromkeys(splits)]
     missing = [(r, s) for r, s in wanted if not (out.path(r, s) / "r2f_model.json").is_file()]
     if not missing:
         return out
@@ -90,6 +98,10 @@ def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_fact
         if s is not None and SPLITS.index(s) > SPLITS.index(cfg.data.world_split):
             raise ValueError(f"forget split {s} is not contained in data.world_split {cfg.data.world_split}")
     tofu = load_tofu(cfg.data.tofu_dir)
+    if cfg.models.pretrained is not None:
+        for role, split in missing:
+            _finetune_role(cfg, tofu, role, split, out.path(role, split), log, progress_factory)
+        return out
     tok_dir = out.root / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
@@ -133,3 +145,53 @@ def _train_role(cfg: Config, tofu: Tofu, tokenizer, role: str, split: str | None
     log(f"  {name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
         + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))
 
+
+
+def _finetune_role(cfg: Config, tofu: Tofu, role: str, split: str | None, path: Path,
+                   log: Callable[[str], None], progress_factory) -> None:
+    """A role of the pretrained world: the packaged model fine-tuned on the role's TOFU QA (target and
+    retain models; full or LoRA-merged, ``models.pretrained``), or, for the proxy, the packaged model
+    as it ships. Each epoch is checkpointed, so an interrupted fine-tuning resumes where it stopped."""
+    import resource
+
+    import torch
+
+    pc = cfg.models.pretrained
+    base = materialize(cfg.state_dir, pc.name, log)
+    model, tok = load_model(base)
+    meta = {"role": role, "forget_split": split, "pretrained": pc.name, "source": str(base),
+            "params": sum(p.numel() for p in model.parameters())}
+    if role == "proxy":
+        save_model(model, tok, path, {**meta, "fine_tuned": False})
+        log(f"  proxy: {pc.name} as packaged (no fine-tuning)")
+        return
+    items = training_items(cfg, tofu, role, split)
+    enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len) for q in items]
+    if pc.method == "lora":
+        from peft import LoraConfig as PeftLora
+        from peft import get_peft_model
+
+        model = get_peft_model(model, PeftLora(r=pc.lora_rank, lora_alpha=2 * pc.lora_rank, lora_dropout=0.0,
+                                               target_modules=list(cfg.lora.target_modules)))
+    steps = -(-len(enc) // pc.train.batch_size) * pc.train.epochs
+    name = path.name
+    ckpt = path.parent / f".{name}.checkpoint.pt"
+    resumed = ckpt.is_file()
+    log(f"fine-tuning {name}: {pc.name} ({pc.method}), {len(enc)} QA, {pc.train.epochs} epochs ({steps} steps)"
+        + (" - resuming from its last finished epoch" if resumed else ""))
+    tick = progress_factory(name, steps) if progress_factory else None
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.models.seed)
+    losses = train_model(model, enc, pc.train, tok.pad_token_id, cfg.models.seed, tick, checkpoint=ckpt)
+    wall = time.perf_counter() - t0
+    if pc.method == "lora":
+        model = model.merge_and_unload()
+    world = SPLITS[: SPLITS.index(cfg.data.world_split) + 1]
+    nll = {s: mean_nll(model, tok, tofu.split(s), cfg.models.max_len) for s in ((split,) if split else world)}
+    save_model(model, tok, path, {**meta, "fine_tuned": True, "method": pc.method, "train_qa": len(enc),
+                                  "epochs": pc.train.epochs, "lr": pc.train.lr, "loss_curve": losses,
+                                  "wall_s": round(wall, 1), "resumed": resumed, "forget_nll": nll,
+                                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+    ckpt.unlink(missing_ok=True)
+    log(f"  {name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
+        + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from r2f.config import GateConfig
+from r2f.config import Config, GateConfig
+from r2f.engine.api import reference_eval
+from r2f.engine.evaluation import summarize
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,20 @@ def decide(summary: dict, champion_utility: float | None, cfg: GateConfig,
     refs = References(_num(champion_utility), _num(base_utility))
     rules = [rule.check(summary, refs, cfg) for rule in RULES]
     return Decision(all(r.passed for r in rules), rules, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def sanity(cfg: Config, split: str, log: Callable[[str], None] = lambda _m: None, progress=None) -> list[dict]:
+    """The gate judged on its two anchors for ``split``: the exact-unlearning model (the retain model,
+    which never saw the forget authors) must pass, the untouched target must fail. Both are judged as
+    candidates against the target as champion and base, with ``cfg.gate`` as configured (never relaxed).
+    Rows: candidate, passed, and every rule's value and threshold (reference evaluations, cached)."""
+    evals = {role: reference_eval(cfg, role, split, log, progress) for role in ("retain", "target")}
+    base = evals["target"]["model_utility"]["value"]
+    rows = []
+    for role, ev in evals.items():
+        d = decide(summarize(ev), base, cfg.gate, base)
+        row = {"split": split, "candidate": role, "passed": d.passed, "failed": [r.name for r in d.rules if not r.passed]}
+        for r in d.rules:
+            row[r.name], row[f"{r.name}_threshold"] = r.value, r.threshold
+        rows.append(row)
+    return rows

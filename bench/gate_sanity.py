@@ -1,0 +1,85 @@
+"""Gate sanity: the default gate must pass the exact-unlearning model (the retain model) and fail the
+untouched target, for every target the project ships and forget01/05/10 (thresholds as configured).
+
+    python bench/gate_sanity.py [--quick] [--targets toy,smollm2-tofu] [--splits forget01,forget05,forget10]
+      -> bench/results/gate_sanity.json / .md
+
+One row per (target, split, candidate): passed, every rule's value and threshold, and the model
+utility with its nine components. Rows already in the JSON from the same code are kept,
+so an interrupted run resumes (rows of other code are dropped); evaluations are cached under the state folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from common import ENGINE, load_cfg, parser, setup, write
+
+TARGETS = {"toy": {}, "smollm2-tofu": {"models.world": "smollm2-tofu"}}
+SPLITS = ("forget01", "forget05", "forget10")
+DEPS = (*ENGINE, "r2f/governance/gate.py")
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--targets", default="toy", help="comma-separated: " + ", ".join(TARGETS))
+    p.add_argument("--splits", default=",".join(SPLITS))
+    args = p.parse_args()
+    setup()
+    from r2f.engine.api import reference_eval
+    from r2f.engine.metrics.tofu import MODEL_UTILITY_KEYS
+    from r2f.governance.gate import RULES, sanity
+
+    stem = "gate_sanity_quick" if args.quick else "gate_sanity"
+    old = Path(args.out) / f"{stem}.json"
+    rows = _resumable(old)
+    splits = [s for s in args.splits.split(",") if s]
+    for target in [t for t in args.targets.split(",") if t]:
+        if target not in TARGETS:
+            raise SystemExit(f"--targets: unknown target {target!r}; expected {', '.join(TARGETS)}")
+        cfg = load_cfg(args, {**TARGETS[target], "data.world_split": "forget10"})
+        for split in splits:
+            if any(r["target"] == target and r["split"] == split for r in rows):
+                continue
+            t0 = time.perf_counter()
+            got = sanity(cfg, split, print)
+            for r in got:
+                ev = reference_eval(cfg, r["candidate"], split)
+                r.update({"target": target, "wall_s": round(time.perf_counter() - t0, 1),
+                          **{k: ev[k]["value"] for k in MODEL_UTILITY_KEYS}})
+            rows = [r for r in rows if not (r["target"] == target and r["split"] == split)] + got
+            _write(args, rows, cfg, RULES)
+            print(f"{target} {split}: " + "; ".join(f"{r['candidate']} {'passes' if r['passed'] else 'fails'}"
+                                                   + (f" ({', '.join(r['failed'])})" if r["failed"] else "")
+                                                   for r in got), flush=True)
+
+
+def _resumable(path: Path) -> list[dict]:
+    """The rows of an earlier run of this same code (its deps hash as now), else none."""
+    from provenance import code_sha256
+
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    prov = old.get("provenance") or {}
+    return old["rows"] if prov.get("deps") and code_sha256(prov["deps"]) == prov.get("code_sha256") else []
+
+
+def _write(args, rows, cfg, rules) -> None:
+    ok = [r for r in rows if r["passed"] == (r["candidate"] == "retain")]
+    cols = ["target", "split", "candidate", "passed"]
+    for rule in rules:
+        cols += [rule.name, f"{rule.name}_threshold"]
+    notes = [f"Goal: every retain row passes and every target row fails: {len(ok)} of {len(rows)} rows meet it.",
+             "Each candidate is judged against the untouched target as champion and as base; thresholds are "
+             f"params.yaml's gate ({', '.join(f'{k}={v}' for k, v in cfg.gate.model_dump().items())}).",
+             "The retain model of a split is the exact-unlearning reference: trained with the target's recipe "
+             "on the target's data without that split's authors."]
+    write("gate_sanity", args, rows, cols + ["failed", "wall_s"], notes, {"rules": [r.name for r in rules]},
+          deps=DEPS, cfg=cfg)
+
+
+if __name__ == "__main__":
+    main()
