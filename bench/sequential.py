@@ -78,7 +78,7 @@ def main() -> None:
         from r2f.engine.api import evaluate_model, reference_eval
         from r2f.engine.data import load_tofu
         from r2f.governance.inbox import inbox
-        from r2f.governance.tracking import make_tracker
+        from r2f.governance.tracking_setup import make_tracker
 
         cfg = load_config(proj / "params.yaml")
         tofu = load_tofu(cfg.data.tofu_dir)

@@ -62,9 +62,23 @@ def loads(text: str, source: str, max_depth: int = 20):
         raise UnsafeYAML(f"{source}: not valid YAML/JSON: {exc}") from exc
 
 
-def load_file(path: str | Path, max_bytes: int = 1 << 20, max_depth: int = 20):
-    """Read and parse a YAML/JSON file with the limits above; ``FileNotFoundError`` passes through."""
-    path = Path(path)
+def load_file(path: str | Path, kind: str = "YAML", error: type[Exception] = UnsafeYAML, max_bytes: int = 1 << 20,
+              max_depth: int = 20):
+    """Read and parse a YAML/JSON file with the limits above. Whatever makes it unusable (missing,
+    a folder instead of a ``kind`` file, over a limit, not valid YAML) raises ``error`` naming
+    ``path`` as given, so each caller reports it with its own error class."""
+    try:
+        return _read(Path(path), max_bytes, max_depth)
+    except FileNotFoundError as exc:
+        raise error(f"{path}: file not found") from exc
+    except IsADirectoryError as exc:
+        raise error(f"{path}: is a folder, not a {kind} file") from exc
+    except UnsafeYAML as exc:
+        raise error(str(exc)) from None
+
+
+def _read(path: Path, max_bytes: int, max_depth: int):
+    """Size, encoding and NUL checks, then :func:`loads`; OS errors pass through."""
     size = path.stat().st_size
     if size > max_bytes:
         raise UnsafeYAML(f"{path}: {size} bytes; at most {max_bytes} are accepted")

@@ -210,7 +210,7 @@ def cut_promotion(project: Path, rid: str, question_ids: list[str]) -> dict:
 
     from r2f.config import load_config
     from r2f.governance.audit import weights_sha256
-    from r2f.governance.tracking import make_tracker
+    from r2f.governance.tracking_setup import make_tracker
 
     req = write_request(project, rid, question_ids)
     for name in ("prepare", "validate", "train_models", "train_decoder", "unlearn", "evaluate", "gate"):

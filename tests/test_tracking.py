@@ -10,7 +10,8 @@ from conftest import tiny_config
 
 
 def test_import_does_not_load_mlflow():
-    code = ("import r2f.governance.tracking, r2f.governance.lineage, r2f.governance.pipeline, sys; "
+    code = ("import r2f.governance.tracking, r2f.governance.tracking_setup, r2f.governance.lineage, "
+            "r2f.governance.pipeline, sys; "
             "print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -26,7 +27,8 @@ def test_safe_params_refuses_free_text_and_flattens():
 
 
 def test_tracker_runs_metrics_and_resume(tmp_path):
-    from r2f.governance.tracking import MlflowTracker, NullTracker, make_tracker, resolve_uris
+    from r2f.governance.tracking import MlflowTracker, NullTracker
+    from r2f.governance.tracking_setup import make_tracker, resolve_uris
 
     cfg = tiny_config(tmp_path / "state")
     uri, root = resolve_uris(cfg)
@@ -52,7 +54,7 @@ def test_model_dir_logged_registered_and_answers(tmp_path, tiny_cfg, tiny_models
     from mlflow import MlflowClient
 
     from r2f.governance.registry import promote
-    from r2f.governance.tracking import make_tracker
+    from r2f.governance.tracking_setup import make_tracker
 
     cfg = tiny_config(tmp_path / "state")
     tr = make_tracker(cfg)
@@ -78,7 +80,7 @@ def test_model_dir_logged_registered_and_answers(tmp_path, tiny_cfg, tiny_models
 def test_tracker_does_not_leak_its_uri(tmp_path, monkeypatch):
     import os
 
-    from r2f.governance.tracking import make_tracker
+    from r2f.governance.tracking_setup import make_tracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tr = make_tracker(tiny_config(tmp_path / "a"))

@@ -266,7 +266,7 @@ def _print_run_summary(cfg, results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from r2f.governance.tracking import resolve_uris
+    from r2f.governance.tracking_setup import resolve_uris
 
     req, gate, promo = results["prepare"], results["gate"], results["promote"]
     con = Console()
@@ -294,7 +294,7 @@ def ui(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
        port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
     """Start the MLflow UI (mlflow server on 127.0.0.1) over the project's tracking store."""
     _setup()
-    from r2f.governance.tracking import ui_command
+    from r2f.governance.tracking_setup import ui_command
 
     cfg = _cfg(params, set_)
     argv = ui_command(cfg, port=port)

@@ -110,16 +110,9 @@ class Config(_Strict):
 def load_config(path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:
     """Load and validate ``params.yaml``; errors name the file and the dotted field path."""
     path = Path(path)
-    from r2f.safeyaml import UnsafeYAML, load_file
+    from r2f.safeyaml import load_file
 
-    try:
-        raw = load_file(path) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise ConfigError(f"{path}: is a folder, not a params file") from exc
-    except UnsafeYAML as exc:
-        raise ConfigError(str(exc)) from None
+    raw = load_file(path, "params", ConfigError) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():

@@ -14,6 +14,12 @@ from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, t
 from r2f.engine.paraphrase import make_views
 
 
+def item_batches(tokenizer, cfg, item) -> list[dict]:
+    """The collated batches of one item's N views: the prompt of a (LoRA-grad, full-grad) pair and of the weighting fit."""
+    views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity, cfg.paraphrase.max_similarity)]
+    return view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
+
+
 @dataclass
 class PromptPairs:
     item_id: str
@@ -29,9 +35,7 @@ def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progr
     infos = target_modules(model, cfg.lora.target_modules)
     out = []
     for item in items:
-        views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
-                            cfg.paraphrase.max_similarity)]
-        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
+        batches = item_batches(tokenizer, cfg, item)
         full = full_gradients(model, infos, batches, cfg.unlearn.objective)
         if a_init == "activation":
             grams = activation_grams(model, infos, batches, weighting, factored=True)
@@ -77,9 +81,7 @@ def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tu
     infos = target_modules(model, cfg.lora.target_modules)
     prompts = []
     for item in items:
-        views = [make_views(item, cfg.paraphrase.views, None, cfg.paraphrase.min_similarity,
-                            cfg.paraphrase.max_similarity)]
-        batches = view_batches(tokenizer, views, cfg.models.max_len, cfg.unlearn.objective, key_only=cfg.unlearn.key_only)
+        batches = item_batches(tokenizer, cfg, item)
         prompts.append((batches, full_gradients(model, infos, batches, cfg.unlearn.objective)))
 
     def score(weighting) -> float:

@@ -50,8 +50,11 @@ def target_modules(model, kinds: Sequence[str]) -> list[ModuleInfo]:
     return [ModuleInfo(n, k, layer, layer / max(1, n_layers - 1)) for n, k, layer in found]
 
 
+CHUNK = 40  # sequences per collated batch (view_batches, qa_batches)
+
+
 def view_batches(tokenizer, views: Sequence[Views], max_len: int, objective: str = "ascent",
-                 refusals: Sequence[str] = (), chunk: int = 40, key_only: bool = False) -> list[dict]:
+                 refusals: Sequence[str] = (), chunk: int = CHUNK, key_only: bool = False) -> list[dict]:
     """Collated batches of (view question, answer) pairs; ``refusal`` swaps in a refusal string.
     ``key_only``: the loss covers the answer's key words only (never for a refusal string)."""
     if objective == "refusal" and not refusals:
@@ -64,7 +67,7 @@ def view_batches(tokenizer, views: Sequence[Views], max_len: int, objective: str
     return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
 
 
-def qa_batches(tokenizer, items, max_len: int, chunk: int = 40, key_only: bool = False) -> list[dict]:
+def qa_batches(tokenizer, items, max_len: int, chunk: int = CHUNK, key_only: bool = False) -> list[dict]:
     enc = [encode_qa(tokenizer, q.question, q.answer, max_len, key_only) for q in items]
     return [collate(enc[i:i + chunk], tokenizer.pad_token_id) for i in range(0, len(enc), chunk)]
 

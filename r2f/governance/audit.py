@@ -33,7 +33,8 @@ from r2f.engine.data import QA, load_tofu
 from r2f.errors import R2FError
 from r2f.governance.inbox import InboxError, Record, inbox
 from r2f.governance.requests import DeletionRequest, RequestError, read_request, resolve, rows_digest
-from r2f.governance.tracking import MlflowTracker, TrackingError, make_tracker
+from r2f.governance.tracking import MlflowTracker, TrackingError
+from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.versioning import cache_dir, find_root, remote_url
 
 

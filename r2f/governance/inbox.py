@@ -29,7 +29,7 @@ from r2f.engine.data import load_tofu
 from r2f.errors import R2FError
 from r2f.governance.locks import LockBusy
 from r2f.governance.requests import eval_split, read_request, resolve
-from r2f.governance.tracking import make_tracker
+from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.validation import ValidationError, validate_request
 
 STATES = ("pending", "validated", "unlearned", "evaluated", "promoted", "rejected", "failed")

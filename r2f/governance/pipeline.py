@@ -45,7 +45,7 @@ from r2f.governance.requests import (
     rows_digest,
     write_forget_set,
 )
-from r2f.governance.tracking import make_tracker
+from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
 
 Log = Callable[[str], None]

@@ -2,7 +2,8 @@
 
 Aliases only (never the deprecated stages): ``champion`` is the model serving users, ``candidate``
 the newest unlearned version. ``champion`` moves only through :func:`promote` with a passing gate
-decision; every version carries the decision as tags.
+decision; every version carries the decision as tags. The functions take an ``MlflowClient``; the
+tracker (:mod:`r2f.governance.tracking`) hands them its own and exposes them as methods.
 """
 
 from __future__ import annotations
@@ -177,3 +178,59 @@ def promote(client, name: str, version: int, decision: dict) -> bool:
         set_alias(client, name, "champion", version)
     client.set_model_version_tag(name, str(version), "decision", "promoted" if passed else "rejected")
     return passed
+
+
+def champion_summary(client, name: str, split: str) -> dict | None:
+    """Metrics of the run that produced the champion version of ``name``, if it was evaluated (any
+    split: model utility is computed on the retain / real-author / world-fact sets, which do not
+    depend on the forget split; ``split`` is kept for the caller's record)."""
+    v = get_alias_version(client, name, "champion")
+    if v is None:
+        return None
+    mv = client.get_model_version(name, str(v))
+    if not mv.run_id:
+        return None
+    run = client.get_run(mv.run_id)
+    if "model_utility" not in run.data.metrics:
+        return None
+    return dict(run.data.metrics)
+
+
+def champion_model(client, tracker, name: str, dest: str | Path, skip_roles: tuple[str, ...] = ()) -> dict | None:
+    """The champion version of ``name``: ``{"version", "role", "run_id", "path"}`` with its model
+    folder downloaded under ``dest`` by ``tracker`` (``path`` None, nothing downloaded, when its
+    ``role`` tag is in ``skip_roles``); ``None`` when there is no champion yet."""
+    v = get_alias_version(client, name, "champion")
+    if v is None:
+        return None
+    mv = client.get_model_version(name, str(v))
+    role = mv.tags.get("role", "unlearned")
+    if role in skip_roles:
+        return {"version": int(v), "role": role, "run_id": mv.run_id, "path": None}
+    return {"version": int(v), "role": role, "run_id": mv.run_id,
+            "path": str(tracker.download_model(name, int(v), dest))}
+
+
+def register_candidate(client, tracker, name: str, base_dir: str, model_dir: str, run_id: str | None,
+                       decision: dict, tags: dict, experiment: str = "r2f-unlearning",
+                       description: str | None = None) -> dict:
+    """Base target as version 1 / ``champion`` (once), then the unlearned model as a new version
+    (``tags`` from its creation on) with alias ``candidate``; ``champion`` moves only if
+    ``decision['passed']``. After a crash mid-promotion, a rerun reuses the version already
+    registered for the same request and weights (no ``decision`` tag yet) instead of adding one.
+    ``client`` is the client on ``tracker``'s store, ``tracker`` logs the model."""
+    base = ensure_base(client, tracker, name, base_dir, experiment)
+    same = [mv for mv in versions(client, name, request_id=tags.get("request_id"),
+                                  weights_sha256=tags.get("weights_sha256"))
+            if "decision" not in mv.tags and mv.run_id == run_id] if run_id else []
+    if same:
+        version = int(same[-1].version)
+    else:
+        with tracker.start_run(None, run_id=run_id):
+            _, version = tracker.log_model_dir(model_dir, "model", registered_name=name, tags=tags,
+                                               description=description)
+            tracker.set_tags({"registered_model": name, "registered_version": version})
+    set_alias(client, name, "candidate", version)
+    promote(client, name, version, decision)
+    return {"version": version, "champion_version": get_alias_version(client, name, "champion"),
+            "base_version": base}

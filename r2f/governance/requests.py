@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from r2f.engine.data import N_AUTHORS, Tofu
 from r2f.errors import R2FError
-from r2f.safeyaml import UnsafeYAML, load_file
+from r2f.safeyaml import load_file
 
 SPLITS = ("forget01", "forget05", "forget10")
 FIELDS = ("request_id", "subject", "selectors", "requester", "legal_basis", "created_at")
@@ -146,14 +146,7 @@ def read_request(path: str | Path) -> DeletionRequest:
 
 def load_raw(path: Path):
     """The parsed file, through :mod:`r2f.safeyaml` (size, UTF-8, aliases, depth, duplicate keys)."""
-    try:
-        return load_file(path, max_bytes=MAX_BYTES, max_depth=6)
-    except FileNotFoundError as exc:
-        raise RequestError(f"{path}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise RequestError(f"{path}: is a folder, not a request file") from exc
-    except UnsafeYAML as exc:
-        raise RequestError(str(exc)) from None
+    return load_file(path, "request", RequestError, max_bytes=MAX_BYTES, max_depth=6)
 
 
 def author_indices(req: DeletionRequest, tofu) -> list[int]:

@@ -1,9 +1,8 @@
-"""MLflow tracking and registry behind a small injectable interface.
-
-``make_tracker(cfg)`` returns an ``MlflowTracker`` over the configured store (default: sqlite under
-the state folder) or a ``NullTracker`` when ``tracking.enabled`` is false. Importing this module
-does not import mlflow; the tracker sets its URIs only around its own calls, so two trackers on two
-stores can live in one process.
+"""MLflow tracking and registry behind a small injectable interface: ``MlflowTracker`` over one
+store, ``NullTracker`` when tracking is off (built from the config by
+:func:`r2f.governance.tracking_setup.make_tracker`). Importing this module does not import mlflow;
+the tracker sets its URIs only around its own calls, so two trackers on two stores can live in one
+process.
 
 Safety: params and tags go through :func:`safe_params`, which flattens dicts and refuses long
 free text (forget-set content must never reach MLflow; callers log ids and sha256 hashes).
@@ -16,27 +15,15 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from r2f.config import Config
 from r2f.errors import R2FError
 
 MAX_PARAM = 6000  # MLflow's param value limit (3.x)
 MAX_FREE_TEXT = 200
+NOTE = "mlflow.note.content"  # the description the MLflow UI shows for experiments and runs
 
 
 class TrackingError(R2FError, RuntimeError):
     """The tracking store or registry refused an operation; the message says which."""
-
-
-def resolve_uris(cfg: Config) -> tuple[str, str | None]:
-    """(tracking_uri, artifact_root) from the config, ``$MLFLOW_TRACKING_URI``, or the default
-    sqlite store and artifact folder under the state directory. Against a tracking *server*
-    (http/https) without a configured artifact_root, artifact_root is None: the server's own
-    artifact store is used (``mlflow server --serve-artifacts``), so clients need no shared disk."""
-    state = Path(cfg.state_dir).resolve() / "mlflow"
-    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}"
-    server = uri.startswith(("http://", "https://"))
-    root = cfg.tracking.artifact_root or (None if server else str(state / "artifacts"))
-    return uri, root
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -295,33 +282,16 @@ class MlflowTracker:
         return uri, version
 
     def champion_summary(self, name: str, split: str) -> dict | None:
-        """Metrics of the run that produced the champion version, if it was evaluated (any split:
-        model utility is computed on the retain / real-author / world-fact sets, which do not
-        depend on the forget split; ``split`` is kept for the caller's record)."""
-        v = self.alias_version(name, "champion")
-        if v is None:
-            return None
-        mv = self.model_version(name, v)
-        if not mv.run_id:
-            return None
-        run = self.run(mv.run_id)
-        if "model_utility" not in run.data.metrics:
-            return None
-        return dict(run.data.metrics)
+        """Metrics of the run behind the champion of ``name`` (:func:`r2f.governance.registry.champion_summary`)."""
+        from r2f.governance.registry import champion_summary
+
+        return champion_summary(self._client, name, split)
 
     def champion_model(self, name: str, dest: str | Path, skip_roles: tuple[str, ...] = ()) -> dict | None:
-        """The champion version of ``name``: ``{"version", "role", "run_id", "path"}`` with its
-        model folder downloaded under ``dest`` (``path`` None, nothing downloaded, when its ``role``
-        tag is in ``skip_roles``); ``None`` when there is no champion yet."""
-        v = self.alias_version(name, "champion")
-        if v is None:
-            return None
-        mv = self.model_version(name, v)
-        role = mv.tags.get("role", "unlearned")
-        if role in skip_roles:
-            return {"version": int(v), "role": role, "run_id": mv.run_id, "path": None}
-        return {"version": int(v), "role": role, "run_id": mv.run_id,
-                "path": str(self.download_model(name, int(v), dest))}
+        """The champion of ``name``, downloaded under ``dest`` (:func:`r2f.governance.registry.champion_model`)."""
+        from r2f.governance.registry import champion_model
+
+        return champion_model(self._client, self, name, dest, skip_roles)
 
     def download_model(self, name: str, version: int, dest: str | Path) -> Path:
         """The HF model folder of registered version ``name``/``version``, downloaded under ``dest``."""
@@ -351,61 +321,9 @@ class MlflowTracker:
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning",
                            description: str | None = None) -> dict:
-        """Base target as version 1 / ``champion`` (once), then the unlearned model as a new
-        version (``tags`` from its creation on) with alias ``candidate``; ``champion`` moves only if
-        ``decision['passed']``. After a crash mid-promotion, a rerun reuses the version already
-        registered for the same request and weights (no ``decision`` tag yet) instead of adding one."""
-        from r2f.governance.registry import ensure_base, promote
+        """Register the unlearned model as the new ``candidate`` and promote it if the gate passed
+        (:func:`r2f.governance.registry.register_candidate`)."""
+        from r2f.governance.registry import register_candidate
 
-        c = self._client
-        base = ensure_base(c, self, name, base_dir, experiment)
-        same = [mv for mv in self.versions(name, request_id=tags.get("request_id"),
-                                           weights_sha256=tags.get("weights_sha256"))
-                if "decision" not in mv.tags and mv.run_id == run_id] if run_id else []
-        if same:
-            version = int(same[-1].version)
-        else:
-            with self.start_run(None, run_id=run_id):
-                _, version = self.log_model_dir(model_dir, "model", registered_name=name, tags=tags,
-                                                description=description)
-                self.set_tags({"registered_model": name, "registered_version": version})
-        c.set_registered_model_alias(name, "candidate", str(version))
-        promote(c, name, version, decision)
-        return {"version": version, "champion_version": self.alias_version(name, "champion"),
-                "base_version": base}
-
-
-NOTE = "mlflow.note.content"  # the description the MLflow UI shows for experiments and runs
-
-
-def notes(cfg: Config) -> dict[str, str]:
-    """What each experiment and registered model of the project is (MLflow UI descriptions)."""
-    t = cfg.tracking
-    return {
-        t.unlearning_experiment: "R2F deletion requests: one run per request and method (the unlearning step, "
-        "its TOFU + paper evaluation, the promotion gate's decision), plus the run that registered the base "
-        "target. Run names are <request id>-<method>; the request's rows appear only as ids and sha256 hashes.",
-        t.decoder_experiment: "R2F gradient decoders fitted on the proxy model: one run per decoder "
-        "configuration hash (proxy architecture, LoRA settings, decoder training and its held-out fidelity).",
-        t.target_model_name: "The target model as deletions are applied. Version 1 is the untouched base target; "
-        "every later version is the candidate of one deletion request (tags request_id, forget_rows_sha256, "
-        "weights_sha256, decision). The alias 'champion' is the model in service; it moves only when the "
-        "promotion gate passes. 'candidate' is the latest candidate.",
-        t.decoder_model_name: "R2F gradient decoders (LoRA gradients -> full-weight update directions), one "
-        "version per decoder configuration; each version's description says whether it holds trained weights.",
-    }
-
-
-def make_tracker(cfg: Config):
-    if not cfg.tracking.enabled:
-        return NullTracker()
-    return MlflowTracker(*resolve_uris(cfg), notes=notes(cfg))
-
-
-def ui_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """argv of ``mlflow server`` over the project's store (``r2f ui`` execs it)."""
-    import sys
-
-    uri, root = resolve_uris(cfg)
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            *(["--default-artifact-root", root] if root else []), "--host", host, "--port", str(port)]
+        return register_candidate(self._client, self, name, base_dir, model_dir, run_id, decision, tags,
+                                  experiment, description)

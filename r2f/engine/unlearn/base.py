@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from r2f.config import Config, ParaphraseConfig
 from r2f.engine.data import QA
+from r2f.engine.grads import CHUNK, qa_batches, view_batches
 from r2f.engine.paraphrase import Views, make_all_views
 from r2f.errors import R2FError
 
@@ -54,6 +55,19 @@ class UnlearnContext:
         """:func:`views_split` of ``forget``, made once per request: the gradient views for the
         method (every step of multi-step R2F) and the held-out views for eta calibration."""
         return views_split(self.forget, self.cfg.paraphrase)
+
+    def grad_batches(self, chunk: int = CHUNK) -> list[dict]:
+        """The gradient views (:attr:`views`) as collated batches of ``chunk`` sequences, with the
+        request's objective, refusal strings and ``unlearn.key_only``."""
+        c = self.cfg
+        return view_batches(self.tokenizer, self.views[0], c.models.max_len, c.unlearn.objective, self.refusals,
+                            chunk=chunk, key_only=c.unlearn.key_only)
+
+    def retain_batches(self, chunk: int = CHUNK) -> list[dict] | None:
+        """``retain`` as collated batches for the retain term; None when ``unlearn.retain_weight`` is 0."""
+        c = self.cfg
+        return (qa_batches(self.tokenizer, self.retain, c.models.max_len, chunk=chunk, key_only=c.unlearn.key_only)
+                if c.unlearn.retain_weight else None)
 
 
 def views_split(items: list[QA], pc: ParaphraseConfig) -> tuple[list[Views], list[Views]]:

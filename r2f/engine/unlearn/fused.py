@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 
-from r2f.engine.grads import _sign, grads_only_for, qa_batches, target_modules, view_batches
+from r2f.engine.grads import _sign, grads_only_for, target_modules
 from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.apply import _sq_norm
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
@@ -58,12 +58,9 @@ class FusedStep:
             raise UnlearnError("fused cannot calibrate eta (each trial needs two more backward passes): "
                                "set unlearn.eta.value")
         t0 = time.perf_counter()
-        grad_views, _ = ctx.views
         one = 1 << 30  # every sequence in one batch: one backward, so each hook fires once
-        batch = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
-                             chunk=one, key_only=cfg.unlearn.key_only)[0]
-        retain = qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, chunk=one,
-                            key_only=cfg.unlearn.key_only)[0] if cfg.unlearn.retain_weight else None
+        batch = ctx.grad_batches(one)[0]
+        retain = ctx.retain_batches(one)[0] if cfg.unlearn.retain_weight else None
         mods = dict(ctx.model.named_modules())
         weights = {i.name: mods[i.name].weight for i in target_modules(ctx.model, cfg.lora.target_modules)}
         sq: dict = {}

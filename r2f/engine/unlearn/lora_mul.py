@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from r2f.config import LoraMulConfig
-from r2f.engine.grads import _sign, target_modules, view_batches
+from r2f.engine.grads import _sign, target_modules
 from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.apply import calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
@@ -50,10 +50,7 @@ class LoraMulti:
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg
         t0 = time.perf_counter()
-        grad_views, _ = ctx.views
-        batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
-                                key_only=cfg.unlearn.key_only)
-        direction = lora_train_delta(ctx, batches, cfg.unlearn.lora_mul)
+        direction = lora_train_delta(ctx, ctx.grad_batches(), cfg.unlearn.lora_mul)
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)
         info["direction_s"] = t_grad

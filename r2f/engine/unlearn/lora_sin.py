@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from r2f.engine.grads import lora_gradients, qa_batches, target_modules, view_batches
+from r2f.engine.grads import lora_gradients, target_modules
 from r2f.engine.unlearn.apply import calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
@@ -16,14 +16,9 @@ class LoraSingle:
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg
         t0 = time.perf_counter()
-        grad_views, _ = ctx.views
-        batches = view_batches(ctx.tokenizer, grad_views, cfg.models.max_len, cfg.unlearn.objective, ctx.refusals,
-                                key_only=cfg.unlearn.key_only)
-        rb = (qa_batches(ctx.tokenizer, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
-              if cfg.unlearn.retain_weight else None)
-        lg = lora_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules), batches,
-                            cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
-                            retain_batches=rb, retain_weight=cfg.unlearn.retain_weight, seed=cfg.unlearn.seed)
+        lg = lora_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules), ctx.grad_batches(),
+                            cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, retain_batches=ctx.retain_batches(),
+                            retain_weight=cfg.unlearn.retain_weight, seed=cfg.unlearn.seed)
         direction = {n: g.scaling * g.grad_B @ g.A for n, g in lg.items()}
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)
