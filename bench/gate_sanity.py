@@ -30,6 +30,7 @@ def main() -> None:
     setup()
     from r2f.engine.api import reference_eval
     from r2f.engine.metrics.tofu import MODEL_UTILITY_KEYS
+    from r2f.engine.zoo import ensure_models
     from r2f.governance.gate import RULES, sanity
 
     stem = "gate_sanity_quick" if args.quick else "gate_sanity"
@@ -45,10 +46,16 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             got = sanity(cfg, split, print)
+            roles = ensure_models(cfg, print, splits=(split,)).report()["roles"]
             for r in got:
                 ev = reference_eval(cfg, r["candidate"], split)
+                meta = roles["target" if r["candidate"] == "target" else f"retain-{split}"]
                 r.update({"target": target, "wall_s": round(time.perf_counter() - t0, 1),
-                          **{k: ev[k]["value"] for k in MODEL_UTILITY_KEYS}})
+                          **{k: ev[k]["value"] for k in MODEL_UTILITY_KEYS},
+                          "train_qa": meta.get("train_qa"), "train_epochs": meta.get("epochs"),
+                          "train_final_loss": (meta.get("loss_curve") or [None])[-1],
+                          "train_wall_s": meta.get("wall_s"), "train_peak_rss_mb": meta.get("peak_rss_mb"),
+                          "forget_nll": (meta.get("forget_nll") or {}).get(split)})
             rows = [r for r in rows if not (r["target"] == target and r["split"] == split)] + got
             _write(args, rows, cfg, RULES)
             print(f"{target} {split}: " + "; ".join(f"{r['candidate']} {'passes' if r['passed'] else 'fails'}"
@@ -77,7 +84,8 @@ def _write(args, rows, cfg, rules) -> None:
              f"params.yaml's gate ({', '.join(f'{k}={v}' for k, v in cfg.gate.model_dump().items())}).",
              "The retain model of a split is the exact-unlearning reference: trained with the target's recipe "
              "on the target's data without that split's authors."]
-    write("gate_sanity", args, rows, cols + ["failed", "wall_s"], notes, {"rules": [r.name for r in rules]},
+    cols += ["failed", "forget_nll", "train_final_loss", "wall_s"]
+    write("gate_sanity", args, rows, cols, notes, {"rules": [r.name for r in rules]},
           deps=DEPS, cfg=cfg)
 
 

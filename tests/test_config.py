@@ -94,3 +94,39 @@ def test_flat_method_key_names_its_new_place(tmp_path, old, new):
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(ConfigError, match="unknown method 'sgd'; expected one of r2f, fullgrad, "):
         load_config(ROOT / "params.yaml", {"unlearn.method": "sgd"})
+
+
+def test_a_params_file_extends_another(tmp_path):
+    """``extends:`` reads a variant over its base section by section; cycles and bad values are refused
+    naming the file."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "variant.yaml").write_text("extends: params.yaml\nmodels:\n  max_len: 256\n"
+                                           "gate: {min_usr: 0.7}\nunlearn: {eta: {grid: [1.0e-5, 2.0e-5]}}\n")
+    base, variant = load_config(tmp_path / "params.yaml"), load_config(tmp_path / "variant.yaml")
+    assert variant.models.max_len == 256 and variant.gate.min_usr == 0.7
+    assert variant.unlearn.eta.grid == (1e-5, 2e-5)  # a list replaces, it does not merge
+    # everything it does not name comes from the base, untouched
+    assert variant.models.target == base.models.target and variant.gate.min_forget_quality == base.gate.min_forget_quality
+    assert load_config(tmp_path / "variant.yaml", {"models.max_len": 64}).models.max_len == 64  # --set wins
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="b.yaml: extends: a.yaml leads back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: 3\n")
+    with pytest.raises(ConfigError, match="c.yaml: extends: must name another params file"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: ../params.yaml\n")
+    with pytest.raises(ConfigError, match="outside the folder"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "e.yaml")
+
+
+def test_shipped_variants_load():
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "params-smollm2-tofu.yaml")
+    assert cfg.models.pretrained is not None and cfg.models.pretrained.name == "smollm2-135m-instruct"

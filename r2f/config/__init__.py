@@ -108,13 +108,13 @@ class Config(_Strict):
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:
-    """Load and validate ``params.yaml``; errors name the file and the dotted field path."""
-    path = Path(path)
-    from r2f.safeyaml import load_file
+    """Load and validate ``params.yaml``; errors name the file and the dotted field path.
 
-    raw = load_file(path, "params", ConfigError) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    A params file may start with ``extends: <params file>`` (relative to its own folder): it is read
+    over that file, section by section (a mapping merges key by key, any other value replaces), so a
+    variant such as ``params-smollm2-tofu.yaml`` names only what it changes. ``overrides`` come last."""
+    path = Path(path)
+    raw = _read_params(path, ())
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -132,6 +132,34 @@ def load_config(path: str | Path = "params.yaml", overrides: dict | None = None)
         raise ConfigError(f"{path}: {msgs}") from exc
     confine_paths(cfg, path.resolve().parent, str(path))
     return cfg
+
+
+def _read_params(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The raw mapping of a params file, with its ``extends:`` chain merged under it."""
+    from r2f.safeyaml import load_file
+
+    raw = load_file(path, "params", ConfigError) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: extends: must name another params file, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        seen = " -> ".join(map(str, (*chain, path)))
+        raise ConfigError(f"{path}: extends: {base} leads back to a file already read ({seen})")
+    if not _inside(os.path.normpath(base_path.resolve()), os.path.normpath(path.resolve().parent)):
+        raise ConfigError(f"{path}: extends: {base!r} is outside the folder of the file that extends it")
+    return _merge(_read_params(base_path, (*chain, path)), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _inside(p: str, root: str) -> bool:
