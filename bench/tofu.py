@@ -5,6 +5,9 @@ Each (method, seed) runs in its own process, so wall time and peak RSS are the m
     python bench/tofu.py --split forget10 [--seeds 3] [--quick] [--methods r2f,npo,...]
 
 Writes bench/results/tofu_<split>[_quick].json / .md and a forget-quality vs model-utility plot (.png).
+Every finished (method, seed) run is appended to ``tofu_<split>[_quick].runs.jsonl`` beside them at once;
+a rerun of the same code with the same parameters resumes from it (a session that ends mid-table loses
+only the run in progress). The file is removed when the table is written.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, writ
 
 QUICK_EVAL_ITEMS = 40
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
+# the nine components of model_utility (r2f.engine.metrics.tofu.MODEL_UTILITY_KEYS)
+MU_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
+           "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob",
-           "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl")
+           "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", *MU_KEYS)
 
 
 def one(args, method: str, seed: int) -> None:
@@ -108,11 +114,20 @@ def main() -> None:
     for role in ("retain", "target"):
         reference_eval(cfg, role, args.split, print)  # cached references, shared by the children
     methods = ["target", *args.methods.split(",")]
+    stem = f"tofu_{args.split}"
+    journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
+    done = _journal(journal, cfg)
     runs = []
     for m in methods:
         for seed in range(1 if m in ("target", "retrain") else args.seeds):
+            if (m, seed) in done:
+                runs.append(done[(m, seed)])
+                continue
             runs.append(run_one(args, m, seed))
             print({k: runs[-1].get(k) for k in ("method", "seed", "forget_quality", "model_utility", "wall_s")})
+            if "error" not in runs[-1]:
+                with journal.open("a") as fh:
+                    fh.write(json.dumps({"key": _run_key(cfg), **runs[-1]}, default=str) + "\n")
     rows = [aggregate(runs, m) for m in methods]
     npo = next((r for r in rows if r["method"] == "npo" and "error" not in r), None)
     for r in rows:
@@ -122,7 +137,6 @@ def main() -> None:
     for r in rows:
         if "model_utility" in r and target.get("model_utility"):
             r["mu_vs_target"] = r["model_utility"] / target["model_utility"]
-    stem = f"tofu_{args.split}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / f"{stem}{'_quick' if args.quick else ''}.png", f"TOFU {args.split}: forget quality vs utility")
@@ -142,8 +156,34 @@ def main() -> None:
     cols = ["method", "forget_quality", "model_utility", "mu_vs_target", "forget_truth_ratio", "forget_Q_A_Prob",
             "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
             "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]
+    cols += list(MU_KEYS)
     write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs},
           deps=ENGINE, cfg=cfg)
+    journal.unlink(missing_ok=True)
+
+
+def _run_key(cfg) -> str:
+    """What a journalled run must share with this one to be reused: the code measured and the parameters."""
+    import hashlib
+
+    from provenance import code_sha256
+
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return code_sha256([*ENGINE, "bench/tofu.py"]) + hashlib.sha256(blob).hexdigest()
+
+
+def _journal(path: Path, cfg) -> dict:
+    """Finished runs of an interrupted earlier run of the same code and parameters: (method, seed) -> run."""
+    if not path.is_file():
+        return {}
+    key, out = _run_key(cfg), {}
+    for line in path.read_text().splitlines():
+        run = json.loads(line)
+        if run.pop("key", None) == key:
+            out[(run["method"], run["seed"])] = run
+    if out:
+        print(f"resuming: {len(out)} finished runs from {path.name}")
+    return out
 
 
 def argparse_hidden():
