@@ -21,7 +21,8 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
-ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameter file (params.yaml).")
+ParamsOpt = typer.Option("params.yaml", "--params", "-p",
+                         help="Parameter file (params.yaml; a variant may `extends:` it, e.g. params-smollm2-tofu.yaml).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a parameter: --set lora.rank=4 (YAML value).")
 
 

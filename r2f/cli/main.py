@@ -38,7 +38,10 @@ app.add_typer(decoder_app, name="decoder")
 
 @models_app.command("train")
 def models_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
-    """Train (or load from the cache) the tokenizer and the target, proxy and retain models."""
+    """Train (or load from the cache) the target, proxy and the retain model of data.forget_split.
+
+    params.yaml: the toy world (trained from scratch); params-smollm2-tofu.yaml: the packaged
+    SmolLM2 fine-tuned on TOFU, checkpointed every epoch so an interrupted run resumes (docs/worlds.md)."""
     _setup()
     from r2f.engine.api import train_zoo
 
