@@ -19,13 +19,12 @@ from pathlib import Path
 
 from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, write
 
+from r2f.engine.metrics.tofu import MODEL_UTILITY_KEYS  # the nine components of model_utility
+
 QUICK_EVAL_ITEMS = 40
 METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
-# the nine components of model_utility (r2f.engine.metrics.tofu.MODEL_UTILITY_KEYS)
-MU_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
-           "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob",
-           "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", *MU_KEYS)
+           "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", *MODEL_UTILITY_KEYS)
 
 
 def one(args, method: str, seed: int) -> None:
@@ -156,7 +155,7 @@ def main() -> None:
     cols = ["method", "forget_quality", "model_utility", "mu_vs_target", "forget_truth_ratio", "forget_Q_A_Prob",
             "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
             "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]
-    cols += list(MU_KEYS)
+    cols += list(MODEL_UTILITY_KEYS)
     write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs},
           deps=ENGINE, cfg=cfg)
     journal.unlink(missing_ok=True)

@@ -136,15 +136,20 @@ def _train_role(cfg: Config, tofu: Tofu, tokenizer, role: str, split: str | None
     torch.manual_seed(mc.seed)
     losses = train_model(model, enc, spec.train, tokenizer.pad_token_id, mc.seed, tick)
     wall = time.perf_counter() - t0
-    world = SPLITS[: SPLITS.index(cfg.data.world_split) + 1]
-    nll = {s: mean_nll(model, tokenizer, tofu.split(s), mc.max_len) for s in ((split,) if split else world)}
-    meta = {"role": role, "forget_split": split, "train_qa": len(enc), "epochs": spec.train.epochs,
-            "loss_curve": losses, "wall_s": round(wall, 1), "params": sum(p.numel() for p in model.parameters()),
-            "forget_nll": nll}
-    save_model(model, tokenizer, path, meta)
-    log(f"  {name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
-        + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))
+    _save_trained(cfg, tofu, model, tokenizer, split, path, log, losses, wall,
+                  {"role": role, "forget_split": split, "train_qa": len(enc), "epochs": spec.train.epochs,
+                   "params": sum(p.numel() for p in model.parameters())})
 
+
+def _save_trained(cfg: Config, tofu: Tofu, model, tokenizer, split: str | None, path: Path,
+                  log: Callable[[str], None], losses: list[float], wall: float, meta: dict) -> None:
+    """Save a trained role with its record (loss curve, wall time, answer NLL on its forget split, or on
+    every split of the world for target and proxy) and log one line."""
+    world = SPLITS[: SPLITS.index(cfg.data.world_split) + 1]
+    nll = {s: mean_nll(model, tokenizer, tofu.split(s), cfg.models.max_len) for s in ((split,) if split else world)}
+    save_model(model, tokenizer, path, {**meta, "loss_curve": losses, "wall_s": round(wall, 1), "forget_nll": nll})
+    log(f"  {path.name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
+        + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))
 
 
 def _finetune_role(cfg: Config, tofu: Tofu, role: str, split: str | None, path: Path,
@@ -186,12 +191,8 @@ def _finetune_role(cfg: Config, tofu: Tofu, role: str, split: str | None, path: 
     wall = time.perf_counter() - t0
     if pc.method == "lora":
         model = model.merge_and_unload()
-    world = SPLITS[: SPLITS.index(cfg.data.world_split) + 1]
-    nll = {s: mean_nll(model, tok, tofu.split(s), cfg.models.max_len) for s in ((split,) if split else world)}
-    save_model(model, tok, path, {**meta, "fine_tuned": True, "method": pc.method, "train_qa": len(enc),
-                                  "epochs": pc.train.epochs, "lr": pc.train.lr, "loss_curve": losses,
-                                  "wall_s": round(wall, 1), "resumed": resumed, "forget_nll": nll,
-                                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+    _save_trained(cfg, tofu, model, tok, split, path, log, losses, wall,
+                  {**meta, "fine_tuned": True, "method": pc.method, "train_qa": len(enc), "epochs": pc.train.epochs,
+                   "lr": pc.train.lr, "resumed": resumed,
+                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
     ckpt.unlink(missing_ok=True)
-    log(f"  {name}: {wall:.0f} s, final loss {losses[-1]:.3f}, answer NLL "
-        + ", ".join(f"{s} {v:.3f}" for s, v in nll.items()))
