@@ -4,6 +4,7 @@ untouched target, for every target the project ships and forget01/05/10 (thresho
     python bench/gate_sanity.py [--quick] [--targets toy,smollm2-tofu] [--splits forget01,forget05,forget10]
       -> bench/results/gate_sanity.json / .md
 
+Each target is judged in its own world (``TARGETS``: its params file; --params is not used).
 One row per (target, split, candidate): passed, every rule's value and threshold, and the model
 utility with its nine components. Rows already in the JSON from the same code are kept,
 so an interrupted run resumes (rows of other code are dropped); evaluations are cached under the state folder.
@@ -15,9 +16,9 @@ import json
 import time
 from pathlib import Path
 
-from common import ENGINE, load_cfg, parser, setup, write
+from common import ENGINE, ROOT, overrides_of, parser, setup, write
 
-TARGETS = {"toy": {}, "smollm2-tofu": {"models.world": "smollm2-tofu"}}
+TARGETS = {"toy": "params.yaml", "smollm2-tofu": "params-smollm2-tofu.yaml"}  # the world of each target
 SPLITS = ("forget01", "forget05", "forget10")
 DEPS = (*ENGINE, "r2f/governance/gate.py")
 
@@ -40,8 +41,13 @@ def main() -> None:
     for target in [t for t in args.targets.split(",") if t]:
         if target not in TARGETS:
             raise SystemExit(f"--targets: unknown target {target!r}; expected {', '.join(TARGETS)}")
-        cfg = load_cfg(args, {**TARGETS[target], "data.world_split": "forget10"})
+        from r2f.config import load_config
+
+        cfg = load_config(ROOT / TARGETS[target], overrides_of(args))
         for split in splits:
+            if SPLITS.index(split) > SPLITS.index(cfg.data.world_split):
+                print(f"{target}: {split} is not in its world ({cfg.data.world_split}): skipped")
+                continue
             if any(r["target"] == target and r["split"] == split for r in rows):
                 continue
             t0 = time.perf_counter()

@@ -19,7 +19,8 @@ class EtaConfig(_Strict):
 
 # The unlearning methods; r2f.engine.unlearn.base.METHODS maps each to its file (tests/test_unlearn.py
 # checks that the two agree). A method with settings also has a section of that name in UnlearnConfig.
-MethodName = Literal["r2f", "fullgrad", "fused", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain"]
+MethodName = Literal["r2f", "r2f_pc", "fullgrad", "fused", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo",
+                     "retrain"]
 METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
 
 
@@ -28,6 +29,22 @@ class R2FMethodConfig(_Strict):
     for all of them together."""
 
     steps: int = Field(1, ge=1, le=50)
+
+
+class R2FPreconditionedConfig(_Strict):
+    """``unlearn.r2f_pc``: R2F's decoded direction preconditioned by the retain inputs' covariance
+    (r2f.engine.unlearn.precondition), in ``steps`` re-linearised steps sharing the retain budget."""
+
+    steps: int = Field(3, ge=1, le=50)
+    # the retain budget of all steps together as the largest drop of the calibration retain answers'
+    # probability (None: unlearn.eta.retain_budget, a relative NLL rise); r2f.engine.unlearn.apply
+    retain_prob_drop: float | None = Field(None, gt=0, lt=1)
+    preconditioner: Literal["input", "nullspace"] = "input"
+    damping: float = Field(1e-3, gt=0)      # input: lam = damping x mean eigenvalue of A_r
+    energy: float = Field(0.99, gt=0, lt=1)  # nullspace: share of A_r's trace projected out
+    # retain items for A_r: the ones after eta's calibration items, so the step is sized on items
+    # the preconditioner never saw
+    covariance_items: int = Field(128, ge=8)
 
 
 class GradAscentConfig(_Strict):
@@ -94,6 +111,7 @@ class UnlearnConfig(_Strict):
     micro_batch: int = Field(40, ge=1, le=4096)
     seed: int = 0  # batch order, LoRA init and the relearning attack (the models' seed is models.seed)
     r2f: R2FMethodConfig = R2FMethodConfig()
+    r2f_pc: R2FPreconditionedConfig = R2FPreconditionedConfig()
     gradascent: GradAscentConfig = GradAscentConfig()
     graddiff: GradDiffConfig = GradDiffConfig()
     npo: NPOConfig = NPOConfig()

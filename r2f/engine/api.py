@@ -88,7 +88,7 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
         model_path = models.path("target")
         model, tok = load_model(model_path)
     decoder = None
-    if method == "r2f":
+    if getattr(impl, "uses_decoder", False):
         decoder = cfg.decoder.kind
         if decoder == "learned":
             decoder = LearnedDecoder.load(ensure_decoder(cfg, log, progress)["decoder_dir"])

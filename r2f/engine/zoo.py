@@ -178,21 +178,37 @@ def _finetune_role(cfg: Config, tofu: Tofu, role: str, split: str | None, path: 
 
         model = get_peft_model(model, PeftLora(r=pc.lora_rank, lora_alpha=2 * pc.lora_rank, lora_dropout=0.0,
                                                target_modules=list(cfg.lora.target_modules)))
+    elif pc.train_layers is not None:
+        _freeze_below(model, pc.train_layers)
     steps = -(-len(enc) // pc.train.batch_size) * pc.train.epochs
     name = path.name
     ckpt = path.parent / f".{name}.checkpoint.pt"
     resumed = ckpt.is_file()
     log(f"fine-tuning {name}: {pc.name} ({pc.method}), {len(enc)} QA, {pc.train.epochs} epochs ({steps} steps)"
         + (" - resuming from its last finished epoch" if resumed else ""))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tick = progress_factory(name, steps) if progress_factory else None
     t0 = time.perf_counter()
     torch.manual_seed(cfg.models.seed)
-    losses = train_model(model, enc, pc.train, tok.pad_token_id, cfg.models.seed, tick, checkpoint=ckpt)
+    losses = train_model(model, enc, pc.train, tok.pad_token_id, cfg.models.seed, tick, checkpoint=ckpt,
+                         precision=pc.precision)
     wall = time.perf_counter() - t0
     if pc.method == "lora":
         model = model.merge_and_unload()
     _save_trained(cfg, tofu, model, tok, split, path, log, losses, wall,
                   {**meta, "fine_tuned": True, "method": pc.method, "train_qa": len(enc), "epochs": pc.train.epochs,
-                   "lr": pc.train.lr, "resumed": resumed,
+                   "lr": pc.train.lr, "precision": pc.precision, "train_layers": pc.train_layers,
+                   "trainable_params": trainable, "resumed": resumed,
                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
     ckpt.unlink(missing_ok=True)
+
+
+def _freeze_below(model, n: int) -> None:
+    """Train only the top ``n`` decoder layers and the final norm of a Llama-family model."""
+    layers = model.model.layers
+    if n > len(layers):
+        raise ValueError(f"models.pretrained.train_layers is {n} but the model has {len(layers)} layers")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in [*layers[len(layers) - n:].parameters(), *model.model.norm.parameters()]:
+        p.requires_grad_(True)

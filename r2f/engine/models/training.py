@@ -30,13 +30,16 @@ def build_model(arch: ArchConfig, vocab_size: int, max_len: int, tokenizer, seed
 
 
 def train_model(model, data: Sequence[Encoded], train: TrainConfig, pad_id: int, seed: int,
-                progress=None, max_steps: int | None = None, checkpoint: Path | None = None) -> list[float]:
+                progress=None, max_steps: int | None = None, checkpoint: Path | None = None,
+                precision: str = "fp32") -> list[float]:
     """AdamW with linear warmup and cosine decay on answer-token NLL. Returns per-epoch mean loss.
 
     ``max_steps`` stops early (the schedule then spans ``max_steps``). ``checkpoint``: a file written
     after every epoch (weights, optimizer, schedule, losses) and resumed from when it exists, so a long
     fine-tuning killed mid-way loses at most one epoch; the result equals an uninterrupted run's (the
-    data order is replayed from the seed). Deleted by the caller once the model is saved."""
+    data order is replayed from the seed). Deleted by the caller once the model is saved.
+    ``precision="bf16"``: the forward and backward run under bfloat16 autocast (weights, gradients and
+    optimizer state stay float32)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -67,7 +70,8 @@ def train_model(model, data: Sequence[Encoded], train: TrainConfig, pad_id: int,
             if done >= total:
                 break
             batch = collate([data[i] for i in order[b * train.batch_size:(b + 1) * train.batch_size]], pad_id)
-            loss = token_nll(model, batch).mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = token_nll(model, batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

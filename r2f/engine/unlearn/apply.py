@@ -172,7 +172,8 @@ def apply_update(mods: dict, direction: dict, c: float) -> None:
 
 
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
-                        refuse_over_budget: bool = True, budget_share: tuple[int, int] = (1, 1)) -> tuple[float, dict]:
+                        refuse_over_budget: bool = True, budget_share: tuple[int, int] = (1, 1),
+                        prob_drop: float | None = None) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
     The grid's trials run through :class:`Trial` hooks (the weights are never written, so nothing
@@ -183,7 +184,11 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     for NaN: nothing is written); ``refuse_over_budget`` False instead applies nothing and returns
     eta 0 with ``info["within_budget"] = False`` (multi-step R2F stops there after its first step).
     ``budget_share`` (k, n): this call may spend k/n of ``unlearn.eta.retain_budget`` (multi-step
-    R2F's step k of n)."""
+    R2F's step k of n). ``prob_drop``: the budget as the largest allowed drop of the calibration
+    retain answers' (geometric-mean, per-token) probability instead of ``retain_budget``'s relative
+    NLL rise: the retain NLL may rise by ``-ln(1 - prob_drop)`` nats (a model that memorised its
+    retain answers to NLL 0.03 has a relative budget of a few thousandths of a nat, while the gate's
+    utility rule measures probabilities)."""
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
@@ -203,8 +208,9 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
 
     ec = cfg.unlearn.eta
     k_share, n_share = budget_share
-    budget = ec.retain_budget * k_share / n_share
-    info: dict = {"trials": [], "scale": scale, "retain_budget": budget}
+    budget = (prob_drop if prob_drop is not None else ec.retain_budget) * k_share / n_share
+    info: dict = {"trials": [], "scale": scale, "retain_budget": budget,
+                  "budget_unit": "probability" if prob_drop is not None else "relative_nll"}
     if ec.value is not None:
         set_eta(ec.value)
         return ec.value, info
@@ -233,7 +239,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
             mid = (lo + hi) // 2
             trial.c = grid[mid] * scale
             f, r = _nll(model, fb), _nll(model, rb)
-            ok = math.isfinite(f) and math.isfinite(r) and r <= base_r * (1 + budget)
+            limit = base_r - math.log1p(-budget) if prob_drop is not None else base_r * (1 + budget)
+            ok = math.isfinite(f) and math.isfinite(r) and r <= limit
             info["trials"].append({"eta": grid[mid], "forget_nll": f, "retain_nll": r, "within_budget": ok})
             tick()
             lo, hi = (mid, hi) if ok else (lo, mid)
@@ -246,8 +253,9 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     if chosen is None:
         smallest = info["trials"][-1]
         raise OverBudgetError(
-            f"no eta in unlearn.eta.grid keeps the calibration retain NLL within "
-            f"{budget:.0%} of {base_r:.4g}: the smallest, eta={grid[0]:.3g}, gives "
+            "no eta in unlearn.eta.grid keeps the calibration retain "
+            + (f"answers' probability within a {budget:.0%} drop" if prob_drop is not None else f"NLL within {budget:.0%}")
+            + f" of {base_r:.4g}: the smallest, eta={grid[0]:.3g}, gives "
             f"{smallest['retain_nll']:.4g}. Refused, model left unchanged; raise "
             "unlearn.eta.retain_budget or add smaller values to unlearn.eta.grid")
     set_eta(chosen)

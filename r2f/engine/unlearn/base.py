@@ -17,7 +17,8 @@ from r2f.errors import R2FError
 
 # method name (r2f.config.MethodName, tested to agree) -> its module in this package
 METHODS = {
-    "r2f": "r2f", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin", "lora_mul": "lora_mul",
+    "r2f": "r2f", "r2f_pc": "r2f_pc", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin",
+    "lora_mul": "lora_mul",
     "gradascent": "grad_ascent", "graddiff": "grad_diff", "npo": "npo", "retrain": "retrain",
 }
 

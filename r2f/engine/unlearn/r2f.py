@@ -140,6 +140,7 @@ def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs) 
 
 class R2F:
     name = "r2f"
+    uses_decoder = True  # api.unlearn_model loads cfg.decoder for it
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         """``unlearn.r2f.steps`` decoded steps (default 1, the paper's single update); each step

@@ -1,0 +1,127 @@
+"""Development set for selective forgetting (issue #20): variants and their hyper-parameters are chosen
+here, never on the evaluation sets.
+
+    python bench/selective_dev.py [--quick] [--variants r2f,r2f_pc,...] [--seeds 1]
+      -> bench/results/selective_dev.json / .md
+
+The toy world's target knows forget10's 20 authors; the goal splits are forget01 (authors 198-199)
+and forget05 (190-199). The dev request is authors 180-181 (two authors, like forget01), and the dev
+neighbours are authors 182-189: both inside forget10 only, disjoint from forget01/05, from
+retain_perturbed (authors 0-19), from the calibration/covariance authors (20-29) and from the
+general-knowledge sets. (Consequence: forget10 rows are not independent of choices made here.)
+
+Per variant: ``dev_fq`` = forget quality of the dev request (KS test of its forget truth ratios
+against the retain-forget10 model's on the same rows, which never saw them); the answer NLL of the
+dev request and of the dev neighbours before and after (``neighbour_rise``: relative NLL rise).
+The goal shape: ``dev_fq`` >= 0.05 with a small ``neighbour_rise``.
+Rows already in the JSON from the same code are kept (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from common import ENGINE, load_cfg, parser, run_child, setup, write
+
+DEV_FORGET, DEV_NEIGHBOURS = range(180, 182), range(182, 190)
+VARIANTS = {  # name: (method, overrides)
+    "r2f": ("r2f", {}),
+    "r2f_pc": ("r2f_pc", {}),
+    "r2f_pc_null": ("r2f_pc", {"unlearn.r2f_pc.preconditioner": "nullspace"}),
+    "r2f_pc_1step": ("r2f_pc", {"unlearn.r2f_pc.steps": 1}),
+    "r2f_pc_damp1e-2": ("r2f_pc", {"unlearn.r2f_pc.damping": 1e-2}),
+    "r2f_pc_damp1e-4": ("r2f_pc", {"unlearn.r2f_pc.damping": 1e-4}),
+    "r2f_pc_5step": ("r2f_pc", {"unlearn.r2f_pc.steps": 5}),
+    "r2f_pc_p05": ("r2f_pc", {"unlearn.r2f_pc.retain_prob_drop": 0.05}),
+    "r2f_pc_null_p05": ("r2f_pc", {"unlearn.r2f_pc.preconditioner": "nullspace",
+                                   "unlearn.r2f_pc.retain_prob_drop": 0.05}),
+    "r2f_pc_p05_5step": ("r2f_pc", {"unlearn.r2f_pc.retain_prob_drop": 0.05, "unlearn.r2f_pc.steps": 5}),
+    "r2f_pc_p05_damp1e-2": ("r2f_pc", {"unlearn.r2f_pc.retain_prob_drop": 0.05, "unlearn.r2f_pc.damping": 1e-2}),
+    "r2f_pc_p05_damp1e-4": ("r2f_pc", {"unlearn.r2f_pc.retain_prob_drop": 0.05, "unlearn.r2f_pc.damping": 1e-4}),
+    "npo": ("npo", {}),
+    "fullgrad": ("fullgrad", {}),
+}
+DEPS = (*ENGINE, "bench/selective_dev.py")
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--one", help="internal: variant:seed in this process")
+    args = p.parse_args()
+    setup()
+    if args.one:
+        name, seed = args.one.rsplit(":", 1)
+        print("RESULT " + json.dumps(_one(args, name, int(seed))), flush=True)
+        return
+    from gate_sanity import _resumable
+
+    stem = "selective_dev_quick" if args.quick else "selective_dev"
+    rows = _resumable(Path(args.out) / f"{stem}.json")
+    for name in [v for v in args.variants.split(",") if v]:
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {name!r}; expected {', '.join(VARIANTS)}")
+        for seed in range(args.seeds):
+            if any(r["variant"] == name and r["seed"] == seed for r in rows):
+                continue
+            got = run_child(__file__, args, ["--one", f"{name}:{seed}"])
+            rows.append({"variant": name, "seed": seed, **got})
+            _write(args, rows)
+            print(f"{name}/{seed}: {json.dumps(got)[:400]}", flush=True)
+
+
+def _one(args, name: str, seed: int) -> dict:
+    from r2f.engine.api import reference_eval, unlearn_model
+    from r2f.engine.data import load_tofu
+    from r2f.engine.evaluation import _nll_per_set, reference_on
+    from r2f.engine.metrics.tofu import forget_quality, truth_ratio
+    from r2f.engine.models.io import load_model
+    from r2f.engine.models.nll import mean_nll
+    from r2f.engine.zoo import ensure_models
+
+    method, over = VARIANTS[name]
+    cfg = load_cfg(args, {**over, "unlearn.seed": seed})
+    tofu = load_tofu(cfg.data.tofu_dir)
+    forget_ids = {q.id for q in tofu.authors(DEV_FORGET)}
+    forget = [q for q in tofu.split("forget10") if q.id in forget_ids]  # with paraphrased/perturbed answers
+    neighbours = tofu.authors(DEV_NEIGHBOURS)
+    target, tok = load_model(ensure_models(cfg, splits=("forget10",)).path("target"))
+    before = {"forget": mean_nll(target, tok, forget, cfg.models.max_len),
+              "neighbours": mean_nll(target, tok, neighbours, cfg.models.max_len)}
+    del target
+    with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
+        rep = unlearn_model(cfg, method, forget_split="forget10", out=Path(tmp) / "m", forget_items=forget)
+        model, tok = load_model(Path(tmp) / "m")
+    after = {"forget": mean_nll(model, tok, forget, cfg.models.max_len),
+             "neighbours": mean_nll(model, tok, neighbours, cfg.models.max_len)}
+    _gt, para, pert = _nll_per_set(model, tok, cfg, forget, None, "dev")
+    ids = [q.id for q in forget]
+    tr = truth_ratio(para, pert, aggregator="closer_to_1_better", ids=ids)
+    ref_tr, _ = reference_on(reference_eval(cfg, "retain", "forget10"), ids)
+    fq = forget_quality(tr, ref_tr)
+    return {"method": method, "dev_fq": fq.value, "dev_fq_log10": fq.extra.get("value_log10"),
+            "forget_nll_before": round(before["forget"], 4), "forget_nll": round(after["forget"], 4),
+            "neighbour_nll_before": round(before["neighbours"], 4), "neighbour_nll": round(after["neighbours"], 4),
+            "neighbour_rise": round(after["neighbours"] / before["neighbours"] - 1, 4),
+            "eta": rep["eta"], "steps": rep["info"].get("steps"), "wall_s": rep["wall_s"],
+            "peak_rss_mb": rep["peak_rss_mb"]}
+
+
+def _write(args, rows) -> None:
+    cols = ["variant", "seed", "dev_fq", "forget_nll_before", "forget_nll", "neighbour_nll_before", "neighbour_nll",
+            "neighbour_rise", "eta", "steps", "wall_s"]
+    notes = [f"Dev request: TOFU authors {DEV_FORGET.start}-{DEV_FORGET.stop - 1}; dev neighbours: "
+             f"{DEV_NEIGHBOURS.start}-{DEV_NEIGHBOURS.stop - 1} (forget10 only; disjoint from forget01/05, "
+             "retain_perturbed, calibration and general knowledge).",
+             "dev_fq: KS p-value of the dev request's forget truth ratios vs the retain-forget10 model's on the "
+             "same rows; goal shape: dev_fq >= 0.05 with a small neighbour_rise (relative answer-NLL rise).",
+             "Every variant sizes its steps by the same retain budget (unlearn.eta.retain_budget) on the "
+             "calibration authors; r2f_pc builds its covariance on other calibration items."]
+    write("selective_dev", args, rows, cols, notes, {"variants": {k: list(v) for k, v in VARIANTS.items()}}, deps=DEPS)
+
+
+if __name__ == "__main__":
+    main()

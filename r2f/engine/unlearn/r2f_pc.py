@@ -1,0 +1,52 @@
+"""R2F-PC: R2F's decoded gradient as a cheap oracle inside a selective update rule (issue #20): each
+step decodes the multi-view LoRA gradient at the current weights (no full-weight gradient, no
+optimizer state), preconditions it by the retain inputs' covariance per module
+(:mod:`r2f.engine.unlearn.precondition`) and applies it with a calibrated step; ``steps`` steps share
+the retain budget (step k of n may spend k/n of it in total, as multi-step R2F)."""
+
+from __future__ import annotations
+
+import time
+
+from r2f.engine.grads import qa_batches, target_modules
+from r2f.engine.unlearn.apply import calibrate_and_apply
+from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
+from r2f.engine.unlearn.precondition import precondition, retain_transforms, transform_memory_mb
+from r2f.engine.unlearn.r2f import r2f_direction
+
+
+class R2FPreconditioned:
+    name = "r2f_pc"
+    uses_decoder = True  # api.unlearn_model loads cfg.decoder for it
+
+    def run(self, ctx: UnlearnContext) -> UnlearnResult:
+        cfg = ctx.cfg
+        pc = cfg.unlearn.r2f_pc
+        first = cfg.unlearn.eta.calibration_items  # eta is sized on ctx.retain[:first]
+        cov_items = ctx.retain[first:first + pc.covariance_items]
+        if len(cov_items) < 8:
+            raise UnlearnError(f"r2f_pc needs retain items beyond eta's {first} calibration items for the "
+                               f"preconditioner; got {len(cov_items)} (unlearn.r2f_pc.covariance_items)")
+        t0 = time.perf_counter()
+        infos = target_modules(ctx.model, cfg.lora.target_modules)
+        transforms = retain_transforms(ctx.model, infos, qa_batches(ctx.tokenizer, cov_items, cfg.models.max_len),
+                                       pc.preconditioner, pc.damping, pc.energy)
+        t_pre = time.perf_counter() - t0
+        etas, t_grad, base_r, info = [], 0.0, None, {}
+        for step in range(pc.steps):
+            t0 = time.perf_counter()
+            direction = precondition(r2f_direction(ctx), transforms)
+            t_grad += time.perf_counter() - t0
+            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
+                                            budget_share=(step + 1, pc.steps), prob_drop=pc.retain_prob_drop)
+            base_r = info.get("base_retain_nll", base_r)
+            if eta == 0.0:
+                break
+            etas.append(eta)
+        info.update(direction_s=t_grad, preconditioner_s=t_pre, preconditioner=pc.preconditioner,
+                    preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items),
+                    decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)), steps=len(etas), etas=etas)
+        return UnlearnResult(self.name, ctx.model, sum(etas), info)
+
+
+METHOD = R2FPreconditioned()

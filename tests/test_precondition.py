@@ -1,0 +1,120 @@
+"""Retain-curvature preconditioning (r2f.engine.unlearn.precondition) on the tiny target's real inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_cfg, tiny_models, tofu):
+    from r2f.engine.grads import qa_batches, target_modules
+    from r2f.engine.models.io import load_model
+
+    model, tok = load_model(tiny_models.path("target"))
+    infos = target_modules(model, tiny_cfg.lora.target_modules)
+    batches = qa_batches(tok, tofu.authors(range(20, 22)), tiny_cfg.models.max_len)
+    return model, infos, batches
+
+
+def _shape(model, info):
+    return tuple(dict(model.named_modules())[info.name].weight.shape)
+
+
+def _moved(x, m) -> float:
+    """How far the outputs of inputs ``x`` move per unit (Frobenius) norm of the update ``m``."""
+    return float((x @ m.T).norm() / m.norm())
+
+
+def _inputs(model, info, batches):
+    """The module's real input rows (non-pad tokens) on ``batches``."""
+    import torch
+
+    rows = []
+    mod = dict(model.named_modules())[info.name]
+    h = mod.register_forward_hook(lambda _m, i, _o: rows.append(i[0].detach()))
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                n = len(rows)
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                rows[n] = rows[n][b["attention_mask"].bool()]
+    finally:
+        h.remove()
+    return torch.cat(rows).float()
+
+
+def test_nullspace_leaves_retain_inputs_almost_unchanged(setup):
+    import torch
+
+    from r2f.engine.unlearn.precondition import precondition, retain_transforms
+
+    model, infos, batches = setup
+    energy = 0.9
+    tr = retain_transforms(model, infos, batches, "nullspace", 1e-3, energy)
+    info = infos[0]
+    x = _inputs(model, info, batches)
+    d = torch.randn(*_shape(model, info), generator=torch.Generator().manual_seed(0))
+    dp = precondition({info.name: d.clone()}, {info.name: tr[info.name]})[info.name]
+    # the retain inputs' energy left after projecting out the top directions holding `energy` of it
+    left = float((x @ tr[info.name]).pow(2).sum() / x.pow(2).sum())
+    assert left <= 1 - energy + 1e-4
+    # per unit of update, the retain outputs move less than under the plain direction
+    assert _moved(x, dp) < 0.5 * _moved(x, d)
+
+
+def test_input_preconditioner_damps_what_retain_inputs_use(setup):
+    import torch
+
+    from r2f.engine.unlearn.precondition import precondition, retain_transforms
+
+    model, infos, batches = setup
+    tr = retain_transforms(model, infos, batches, "input", 1e-3, 0.99)
+    for info in infos[:3]:
+        x = _inputs(model, info, batches)
+        d = torch.randn(*_shape(model, info), generator=torch.Generator().manual_seed(1))
+        dp = precondition({info.name: d.clone()}, {info.name: tr[info.name]})[info.name]
+        assert _moved(x, dp) < 0.5 * _moved(x, d), info.name
+    # q/k/v read one input: one shared transform
+    names = [i.name for i in infos if i.name.endswith(("q_proj", "k_proj", "v_proj"))][:3]
+    assert len({id(tr[n]) for n in names}) == 1
+
+
+def test_low_rank_direction_stays_factored_and_equals_dense(setup):
+    import torch
+
+    from r2f.engine.unlearn.apply import LowRank
+    from r2f.engine.unlearn.precondition import precondition, retain_transforms
+
+    model, infos, batches = setup
+    tr = retain_transforms(model, infos, batches, "input", 1e-3, 0.99)
+    info = infos[0]
+    g = torch.Generator().manual_seed(2)
+    out, inp = _shape(model, info)
+    u, v = torch.randn(out, 4, generator=g), torch.randn(4, inp, generator=g)
+    lr = LowRank()
+    lr.add(1.0, u, v)
+    precondition({info.name: lr}, tr)
+    assert lr.factored
+    assert torch.allclose(lr.dense(), (u @ v) @ tr[info.name], atol=1e-5)
+
+
+def test_r2f_pc_keeps_a_probability_budget_for_all_steps(tiny_cfg, tiny_models, tofu):
+    import math
+
+    from test_unlearn import _ctx
+
+    from r2f.engine.models.nll import mean_nll
+    from r2f.engine.unlearn.base import get_method
+
+    pc = tiny_cfg.unlearn.r2f_pc.model_copy(update={"steps": 2, "retain_prob_drop": 0.05, "covariance_items": 16})
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})})
+    ctx = _ctx(cfg, tiny_models, tofu)
+    retain = ctx.retain[:cfg.unlearn.eta.calibration_items]
+    r_before = mean_nll(ctx.model, ctx.tokenizer, retain, cfg.models.max_len)
+    f_before = mean_nll(ctx.model, ctx.tokenizer, ctx.forget, cfg.models.max_len)
+    res = get_method("r2f_pc").run(ctx)
+    assert res.info["budget_unit"] == "probability" and res.info["covariance_items"] == 16
+    assert mean_nll(res.model, ctx.tokenizer, ctx.forget, cfg.models.max_len) > f_before
+    # the two steps together: the retain answers' probability dropped by at most 5 %
+    r_after = mean_nll(res.model, ctx.tokenizer, retain, cfg.models.max_len)
+    assert math.exp(r_before - r_after) >= 0.95 - 1e-4
