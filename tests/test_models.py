@@ -145,6 +145,40 @@ def test_training_resumes_from_its_epoch_checkpoint(tiny_cfg, tiny_models, tmp_p
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+def test_top_layer_bf16_fine_tuning_trains_only_the_top_layers(tiny_cfg, tiny_models):
+    """``models.pretrained.train_layers`` + ``precision: bf16``: the lower layers and the embeddings keep
+    their weights bit for bit, the top layer learns (its loss falls), and the weights stay float32."""
+    import torch
+
+    from r2f.config import TrainConfig
+    from r2f.config.ml import PretrainedConfig
+    from r2f.engine.models.encoding import encode_qa
+    from r2f.engine.models.training import train_model
+    from r2f.engine.zoo import _freeze_below
+
+    model, tok = load_model(tiny_models.path("target"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    enc = [encode_qa(tok, q.question, q.answer, 64) for q in load_tofu_items(tiny_cfg)[:32]]
+    _freeze_below(model, 1)
+    losses = train_model(model, enc, TrainConfig(epochs=3, lr=3e-3, batch_size=16), tok.pad_token_id, 0,
+                         precision="bf16")
+    assert losses[-1] < losses[0]
+    after = model.state_dict()
+    top = f"model.layers.{len(model.model.layers) - 1}."
+    for k, v in before.items():
+        assert after[k].dtype == torch.float32, k
+        if k.startswith(top):
+            continue
+        if "norm" in k and not k.startswith("model.layers."):
+            continue  # the final norm trains with the top layers
+        assert torch.equal(after[k], v), k
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith(top))
+    with pytest.raises(ValueError, match="train_layers"):
+        _freeze_below(model, len(model.model.layers) + 1)
+    with pytest.raises(ValueError, match="method: full only"):
+        PretrainedConfig(method="lora", train_layers=2)
+
+
 def load_tofu_items(cfg):
     from r2f.engine.data import load_tofu
 
