@@ -27,12 +27,13 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
     import torch
 
     grams = activation_grams(model, infos, batches)
+    tokens = max(1, sum(int(b["attention_mask"].sum()) for b in batches))
     out, cache = {}, {}
     for info in infos:
         g = grams[info.name]
         key = id(g)
         if key not in cache:
-            a = g.double() / max(1, int(sum(int(b["attention_mask"].sum()) for b in batches)))
+            a = g.double() / tokens
             evals, evecs = torch.linalg.eigh(a)
             evals = evals.clamp(min=0)
             if kind == "input":

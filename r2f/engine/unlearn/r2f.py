@@ -147,20 +147,31 @@ class R2F:
         recomputes the LoRA gradients on the current weights and is calibrated against the
         *original* retain NLL. Step k (1-based) of n may spend k/n of the retain budget in total,
         so the budget holds for all steps together and no single step spends it all."""
-        steps, etas, t_grad, base_r, info = ctx.cfg.unlearn.r2f.steps, [], 0.0, None, {}
-        for step in range(steps):
-            t0 = time.perf_counter()
-            direction = r2f_direction(ctx)
-            t_grad += time.perf_counter() - t0
-            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
-                                            budget_share=(step + 1, steps))
-            base_r = info.get("base_retain_nll", base_r)
-            if eta == 0.0:
-                break  # the retain budget is spent: nothing applied in this step
-            etas.append(eta)
-        info.update(direction_s=t_grad, decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)),
-                    steps=len(etas), etas=etas)
+        etas, info = decoded_steps(ctx, ctx.cfg.unlearn.r2f.steps)
         return UnlearnResult(self.name, ctx.model, etas[0] if len(etas) == 1 else sum(etas), info)
 
+
+def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: float | None = None) -> tuple[list, dict]:
+    """``steps`` re-decoded R2F steps (shared by r2f and r2f_pc): each decodes the LoRA gradients at
+    the current weights, optionally reshapes the direction (``transform(direction) -> direction``),
+    and is calibrated against the *original* retain NLL; step k of n may spend k/n of the budget
+    (``prob_drop``: the budget as a probability drop, apply.calibrate_and_apply). Stops when a later
+    step finds no eta within its share. Returns (etas applied, the last step's info + timings)."""
+    etas, t_grad, base_r, info = [], 0.0, None, {}
+    for step in range(steps):
+        t0 = time.perf_counter()
+        direction = r2f_direction(ctx)
+        if transform is not None:
+            direction = transform(direction)
+        t_grad += time.perf_counter() - t0
+        eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
+                                        budget_share=(step + 1, steps), prob_drop=prob_drop)
+        base_r = info.get("base_retain_nll", base_r)
+        if eta == 0.0:
+            break  # the retain budget is spent: nothing applied in this step
+        etas.append(eta)
+    info.update(direction_s=t_grad, decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)),
+                steps=len(etas), etas=etas)
+    return etas, info
 
 METHOD = R2F()

@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 
 from r2f.engine.grads import qa_batches, target_modules
-from r2f.engine.unlearn.apply import calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
 from r2f.engine.unlearn.precondition import precondition, retain_transforms, transform_memory_mb
-from r2f.engine.unlearn.r2f import r2f_direction
+from r2f.engine.unlearn.r2f import decoded_steps
 
 
 class R2FPreconditioned:
@@ -32,20 +31,9 @@ class R2FPreconditioned:
         transforms = retain_transforms(ctx.model, infos, qa_batches(ctx.tokenizer, cov_items, cfg.models.max_len),
                                        pc.preconditioner, pc.damping, pc.energy)
         t_pre = time.perf_counter() - t0
-        etas, t_grad, base_r, info = [], 0.0, None, {}
-        for step in range(pc.steps):
-            t0 = time.perf_counter()
-            direction = precondition(r2f_direction(ctx), transforms)
-            t_grad += time.perf_counter() - t0
-            eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
-                                            budget_share=(step + 1, pc.steps), prob_drop=pc.retain_prob_drop)
-            base_r = info.get("base_retain_nll", base_r)
-            if eta == 0.0:
-                break
-            etas.append(eta)
-        info.update(direction_s=t_grad, preconditioner_s=t_pre, preconditioner=pc.preconditioner,
-                    preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items),
-                    decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)), steps=len(etas), etas=etas)
+        etas, info = decoded_steps(ctx, pc.steps, lambda d: precondition(d, transforms), pc.retain_prob_drop)
+        info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner,
+                    preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items))
         return UnlearnResult(self.name, ctx.model, sum(etas), info)
 
 
