@@ -87,6 +87,33 @@ def run_child(script: str | Path, args, extra: list[str]) -> dict:
     return json.loads(line[-1][7:])
 
 
+def resumable(path: Path) -> list[dict]:
+    """The rows of an earlier run of this same code (its deps hash as now) at ``path``, else none: a
+    bench that writes each finished row at once resumes from them after an interrupted session."""
+    from provenance import code_sha256
+
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    prov = old.get("provenance") or {}
+    return old["rows"] if prov.get("deps") and code_sha256(prov["deps"]) == prov.get("code_sha256") else []
+
+
+def run_rows(script: str | Path, args, stem: str, jobs: list[tuple[dict, list[str]]], write_rows) -> list[dict]:
+    """Each job ``(key, child args)`` in its own process (:func:`run_child`) unless an earlier run of
+    this code at ``<out>/<stem>.json`` already has the row ``key`` names; after each finished row
+    ``write_rows(rows)`` writes the table, so a killed session loses only the row in progress."""
+    rows = resumable(Path(args.out) / f"{stem}.json")
+    for key, extra in jobs:
+        if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
+            continue
+        got = run_child(script, args, extra)
+        rows.append({**key, **got})
+        write_rows(rows)
+        print(f"{key}: {json.dumps(got, default=str)[:400]}", flush=True)
+    return rows
+
+
 def peak_rss_mb() -> float:
     from r2f.engine.models.memory import peak_rss_mb as peak
 

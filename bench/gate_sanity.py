@@ -12,11 +12,10 @@ so an interrupted run resumes (rows of other code are dropped); evaluations are 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from common import ENGINE, ROOT, overrides_of, parser, setup, write
+from common import ENGINE, ROOT, overrides_of, parser, resumable, setup, write
 
 TARGETS = {"toy": "params.yaml", "smollm2-tofu": "params-smollm2-tofu.yaml"}  # the world of each target
 SPLITS = ("forget01", "forget05", "forget10")
@@ -36,7 +35,7 @@ def main() -> None:
 
     stem = "gate_sanity_quick" if args.quick else "gate_sanity"
     old = Path(args.out) / f"{stem}.json"
-    rows = _resumable(old)
+    rows = resumable(old)
     splits = [s for s in args.splits.split(",") if s]
     for target in [t for t in args.targets.split(",") if t]:
         if target not in TARGETS:
@@ -67,17 +66,6 @@ def main() -> None:
             print(f"{target} {split}: " + "; ".join(f"{r['candidate']} {'passes' if r['passed'] else 'fails'}"
                                                    + (f" ({', '.join(r['failed'])})" if r["failed"] else "")
                                                    for r in got), flush=True)
-
-
-def _resumable(path: Path) -> list[dict]:
-    """The rows of an earlier run of this same code (its deps hash as now), else none."""
-    from provenance import code_sha256
-
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text())
-    prov = old.get("provenance") or {}
-    return old["rows"] if prov.get("deps") and code_sha256(prov["deps"]) == prov.get("code_sha256") else []
 
 
 def _write(args, rows, cfg, rules) -> None:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
-from common import ENGINE, parser, peak_rss_mb, run_child, setup, write
+from common import ENGINE, parser, peak_rss_mb, run_rows, setup, write
 
 RECIPES = {  # name: models.pretrained fields
     "full-bf16": {"method": "full", "precision": "bf16", "lr": 1e-4},
@@ -42,20 +41,13 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(_one(args, args.one)), flush=True)
         return
-    from gate_sanity import _resumable
-
     stem = "pretrained_recipe_quick" if args.quick else "pretrained_recipe"
-    rows = _resumable(Path(args.out) / f"{stem}.json")
-    for name in [r for r in args.recipes.split(",") if r]:
+    names = [r for r in args.recipes.split(",") if r]
+    for name in names:
         if name not in RECIPES:
             raise SystemExit(f"--recipes: unknown recipe {name!r}; expected {', '.join(RECIPES)}")
-        if any(r["recipe"] == name for r in rows):
-            continue
-        got = run_child(__file__, args, ["--one", name, "--epochs", str(args.epochs)])
-        rows.append({"recipe": name, **got})
-        _write(args, rows)
-        print(f"{name}: {got}", flush=True)
-
+    run_rows(__file__, args, stem, [({"recipe": n}, ["--one", n, "--epochs", str(args.epochs)]) for n in names],
+             lambda rows: _write(args, rows))
 
 def _one(args, name: str) -> dict:
     import torch

@@ -23,7 +23,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import ENGINE, load_cfg, parser, run_child, setup, write
+from common import ENGINE, load_cfg, parser, run_rows, setup, write
 
 DEV_FORGET, DEV_NEIGHBOURS = range(180, 182), range(182, 190)
 VARIANTS = {  # name: (method, overrides)
@@ -57,21 +57,13 @@ def main() -> None:
         name, seed = args.one.rsplit(":", 1)
         print("RESULT " + json.dumps(_one(args, name, int(seed))), flush=True)
         return
-    from gate_sanity import _resumable
-
     stem = "selective_dev_quick" if args.quick else "selective_dev"
-    rows = _resumable(Path(args.out) / f"{stem}.json")
-    for name in [v for v in args.variants.split(",") if v]:
+    names = [v for v in args.variants.split(",") if v]
+    for name in names:
         if name not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {name!r}; expected {', '.join(VARIANTS)}")
-        for seed in range(args.seeds):
-            if any(r["variant"] == name and r["seed"] == seed for r in rows):
-                continue
-            got = run_child(__file__, args, ["--one", f"{name}:{seed}"])
-            rows.append({"variant": name, "seed": seed, **got})
-            _write(args, rows)
-            print(f"{name}/{seed}: {json.dumps(got)[:400]}", flush=True)
-
+    jobs = [({"variant": n, "seed": s}, ["--one", f"{n}:{s}"]) for n in names for s in range(args.seeds)]
+    run_rows(__file__, args, stem, jobs, lambda rows: _write(args, rows))
 
 def _one(args, name: str, seed: int) -> dict:
     from r2f.engine.api import reference_eval, unlearn_model

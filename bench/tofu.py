@@ -3,8 +3,11 @@ with the full TOFU suite plus the paper's metrics; mean and std over seeds (``un
 Each (method, seed) runs in its own process, so wall time and peak RSS are the method's own.
 
     python bench/tofu.py --split forget10 [--seeds 3] [--quick] [--methods r2f,npo,...]
+    python bench/tofu.py --params params-smollm2-tofu.yaml --split forget01   # the pretrained world
 
-Writes bench/results/tofu_<split>[_quick].json / .md and a forget-quality vs model-utility plot (.png).
+Writes bench/results/tofu_<split>[_quick].json / .md (another world's params file ``params-<world>.yaml``:
+``tofu_<world>_<split>``, e.g. ``tofu_smollm2_forget01`` for ``params-smollm2-tofu.yaml``) and a
+forget-quality vs model-utility plot (.png).
 Every finished (method, seed) run is appended to ``tofu_<split>[_quick].runs.jsonl`` beside them at once;
 a rerun of the same code with the same parameters resumes from it (a session that ends mid-table loses
 only the run in progress). The file is removed when the table is written.
@@ -22,7 +25,7 @@ from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, writ
 from r2f.engine.metrics.tofu import MODEL_UTILITY_KEYS  # the nine components of model_utility
 
 QUICK_EVAL_ITEMS = 40
-METHODS = ("r2f", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
+METHODS = ("r2f", "r2f_pc", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
 METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob",
            "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", *MODEL_UTILITY_KEYS)
 
@@ -113,7 +116,7 @@ def main() -> None:
     for role in ("retain", "target"):
         reference_eval(cfg, role, args.split, print)  # cached references, shared by the children
     methods = ["target", *args.methods.split(",")]
-    stem = f"tofu_{args.split}"
+    stem = f"tofu_{_world(args.params)}{args.split}"
     journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
     done = _journal(journal, cfg)
     runs = []
@@ -149,6 +152,12 @@ def main() -> None:
     ]
     notes.append("model_utility is a harmonic mean: on a small model one near-zero component (real-author ROUGE) "
                  "can zero it; GUR is the steadier utility signal. peak_rss_mb includes the shared setup.")
+    if cfg.models.pretrained is not None:
+        notes.append(f"world: {Path(args.params).name} (target {cfg.models.pretrained.name} fine-tuned on TOFU, "
+                     "docs/worlds.md).")
+    if cfg.eval.max_items and not args.quick:
+        notes.append(f"eval.max_items {cfg.eval.max_items}: the first {cfg.eval.max_items} retain / real-author / "
+                     "world-fact items for every row (the reference evaluations too; docs/evaluation.md).")
     if args.quick:
         notes.append(f"--quick: small models trained on this split's authors only; retain / real-authors / "
                      f"world-facts capped at {QUICK_EVAL_ITEMS} items each: not comparable to full runs.")
@@ -159,6 +168,14 @@ def main() -> None:
     write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs},
           deps=ENGINE, cfg=cfg)
     journal.unlink(missing_ok=True)
+
+
+def _world(params: str) -> str:
+    """``""`` for the default params.yaml, else ``<world>_`` from ``params-<world>[-tofu].yaml``."""
+    name = Path(params).stem
+    if name == "params":
+        return ""
+    return name.removeprefix("params-").removesuffix("-tofu").replace("-", "_") + "_"
 
 
 def _run_key(cfg) -> str:

@@ -36,6 +36,8 @@ def score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, batc
     """Teacher-forced answer-token statistics of (question, answer) pairs, in input order.
 
     ``detail=False`` skips the per-token statistics (NLL only; faster for perturbed answers).
+    Vocabulary-wide work (logits, log-softmax) is done at answer positions only, so its memory and
+    time scale with the answer tokens, not the whole sequence (bench/results/scoring.json).
     """
     import torch
 
@@ -46,28 +48,33 @@ def score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, batc
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             batch = collate([enc[i] for i in idx], tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), -1)
-            labels = batch["labels"][:, 1:]
-            mask = labels != -100
-            lab = labels.clamp(min=0)
-            tok_lp = logp.gather(-1, lab[..., None])[..., 0]
+            labels = batch["labels"]
+            # logits only from the batch's first answer position on: the prompt positions' logits
+            # (a vocabulary-wide row each) are never read
+            first = int((labels != -100).to(torch.int8).argmax(1).min())
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           logits_to_keep=labels.shape[1] - first + 1).logits
+            lab = labels[:, first:]
+            mask = lab != -100
+            logp = torch.log_softmax(logits[:, :-1][mask].float(), -1)  # answer positions only
+            y = lab[mask]
+            tok_lp = logp.gather(-1, y[:, None])[:, 0]
             if detail:
                 p = logp.exp()
                 mu = (p * logp).sum(-1)
                 sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
                 pred = logp.argmax(-1)
-            for r, i in enumerate(idx):
-                m = mask[r]
-                lp = tok_lp[r][m]
-                n = int(m.sum())
+            k = 0
+            for i, n in zip(idx, mask.sum(1).tolist()):
+                lp = tok_lp[k:k + n]
                 nll = float(-lp.mean()) if n else float("nan")
                 if detail:
-                    out[i] = ItemScore(nll, n, tuple(lp.tolist()), tuple(mu[r][m].tolist()),
-                                       tuple(sigma[r][m].tolist()), tuple(pred[r][m].tolist()),
-                                       tuple(lab[r][m].tolist()))
+                    out[i] = ItemScore(nll, n, tuple(lp.tolist()), tuple(mu[k:k + n].tolist()),
+                                       tuple(sigma[k:k + n].tolist()), tuple(pred[k:k + n].tolist()),
+                                       tuple(y[k:k + n].tolist()))
                 else:
                     out[i] = ItemScore(nll, n, (), (), (), (), ())
+                k += n
             if tick:
                 tick(len(idx))
     return out  # type: ignore[return-value]
