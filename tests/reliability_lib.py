@@ -16,15 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- project ------------------------------------------------------------------------
-def make_project(root: Path, overrides: dict) -> Path:
-    """A fresh project folder: git + dvc.yaml + params.yaml (with ``overrides``) + requests + data."""
+def make_project(root: Path, overrides: dict, params_file: Path | None = None) -> Path:
+    """A fresh project folder: git + dvc.yaml + params.yaml (``params_file``, default the project's
+    params.yaml, with ``overrides``) + requests + data."""
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(ROOT / "requests", root / "requests")
     (root / "data").mkdir()
     (root / "data/tofu").symlink_to(ROOT / "data/tofu")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((params_file or ROOT / "params.yaml").read_text())
     for dotted, v in overrides.items():
         node = params
         *parents, leaf = dotted.split(".")

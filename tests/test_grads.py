@@ -190,3 +190,28 @@ def test_answer_logits_only_give_the_same_loss_and_token_weights(tofu):
     assert torch.allclose(nll_from_logits(part, pos, b), nll_from_logits(full, None, b), atol=1e-5)
     for weighting in (None, (0.1, 1.0), (0.0, 2.0)):
         assert torch.allclose(token_weights(part, b, weighting, pos), token_weights(full, b, weighting), atol=1e-6)
+
+
+def test_token_weighted_objective_weights_each_token_by_its_probability():
+    import torch
+
+    from r2f.engine.models.nll import nll_from_logits
+    from r2f.engine.onepass import objective_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 1], [-100, 7, 2, -100, -100, -100]])
+    batch = {"labels": labels}
+    plain = objective_loss(logits, None, batch, "ascent")
+    assert torch.allclose(plain, -nll_from_logits(logits, None, batch).sum())
+    # beta -> 0: every weight -> 1, the plain loss
+    assert torch.allclose(objective_loss(logits, None, batch, "ascent", 1e-9), plain, atol=1e-6)
+    # by hand: sum over rows of -(sum_t p_t^beta nll_t) / n_t
+    lp = torch.log_softmax(logits[:, :-1], -1)
+    lab = labels[:, 1:]
+    want = 0.0
+    for r in range(2):
+        m = lab[r] != -100
+        nll = -lp[r][m].gather(-1, lab[r][m][:, None])[:, 0]
+        want += -((-nll).exp() ** 2 * nll).sum() / m.sum()  # p^2 * nll
+    assert torch.allclose(objective_loss(logits, None, batch, "ascent", 2.0), want, atol=1e-6)

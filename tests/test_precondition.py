@@ -118,3 +118,50 @@ def test_r2f_pc_keeps_a_probability_budget_for_all_steps(tiny_cfg, tiny_models, 
     # the two steps together: the retain answers' probability dropped by at most 5 %
     r_after = mean_nll(res.model, ctx.tokenizer, retain, cfg.models.max_len)
     assert math.exp(r_before - r_after) >= 0.95 - 1e-4
+
+
+def test_kfac_output_factor_is_the_sampled_fisher_and_stays_factored(setup):
+    import torch
+
+    from r2f.engine.unlearn.apply import LowRank
+    from r2f.engine.unlearn.precondition import output_grad_covariances, precondition, retain_transforms
+
+    model, infos, batches = setup
+    info = infos[-1]
+    mod = dict(model.named_modules())[info.name]
+    s = output_grad_covariances(model, [info], batches[:1], seed=5)[info.name]
+    assert all(p.grad is None for p in model.parameters())  # no weight gradient formed
+    # the same statistic by hand: the module's output made a leaf, labels sampled with the same seed
+    b = batches[0]
+    outs = []
+    def keep(_m, _i, o):
+        o.retain_grad()
+        outs.append(o)
+
+    h = mod.register_forward_hook(keep)
+    emb = model.get_input_embeddings().register_forward_hook(lambda _m, _i, o: o.requires_grad_(True))
+    try:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        logits = logits[b["labels"][:, 1:] != -100]
+        y = torch.multinomial(torch.softmax(logits.detach().float(), -1), 1,
+                              generator=torch.Generator().manual_seed(5))[:, 0]
+        torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").backward()
+    finally:
+        h.remove()
+        emb.remove()
+        model.zero_grad(set_to_none=True)
+    g = outs[0].grad.reshape(-1, outs[0].shape[-1])[b["attention_mask"].reshape(-1).bool()].double()
+    ref = g.T @ g / int(b["attention_mask"].sum())
+    assert float(ref.trace()) > 0
+    assert torch.allclose(s, ref, rtol=1e-4, atol=1e-10 * float(ref.abs().max()))
+    # two-sided: L (U V) P, kept as factors
+    tr = retain_transforms(model, infos, batches, "kfac", 1e-3, 0.99)
+    left, right = tr[info.name]
+    out, inp = _shape(model, info)
+    gen = torch.Generator().manual_seed(3)
+    u, v = torch.randn(out, 4, generator=gen), torch.randn(4, inp, generator=gen)
+    lr = LowRank()
+    lr.add(1.0, u, v)
+    precondition({info.name: lr}, tr)
+    assert lr.factored
+    assert torch.allclose(lr.dense(), left @ (u @ v) @ right, atol=1e-5)

@@ -39,12 +39,15 @@ class R2FPreconditionedConfig(_Strict):
     # the retain budget of all steps together as the largest drop of the calibration retain answers'
     # probability (None: unlearn.eta.retain_budget, a relative NLL rise); r2f.engine.unlearn.apply
     retain_prob_drop: float | None = Field(None, gt=0, lt=1)
-    preconditioner: Literal["input", "nullspace"] = "input"
+    preconditioner: Literal["input", "nullspace", "kfac"] = "input"  # kfac: both Kronecker factors (S_r, A_r)
     damping: float = Field(1e-3, gt=0)      # input: lam = damping x mean eigenvalue of A_r
     energy: float = Field(0.99, gt=0, lt=1)  # nullspace: share of A_r's trace projected out
     # retain items for A_r: the ones after eta's calibration items, so the step is sized on items
     # the preconditioner never saw
     covariance_items: int = Field(128, ge=8)
+    # None: plain ascent on the answer NLL; beta: each answer token's NLL weighted by p^beta (WGA), so
+    # re-linearised steps stop pushing tokens already forgotten (r2f.engine.onepass.objective_loss)
+    token_beta: float | None = Field(None, gt=0)
 
 
 class GradAscentConfig(_Strict):

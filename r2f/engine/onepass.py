@@ -155,7 +155,7 @@ def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
 def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int], rank: int,
                             weighting: tuple[float, float] | None = None, objective: str = "ascent",
                             micro_batch: int | None = None, n_seqs: int | None = None,
-                            ) -> tuple[dict[str, torch.Tensor], list[dict]]:
+                            token_beta: float | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
     batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
     token weights (from the logits, :func:`token_weights`) give every group's weighted activation
@@ -173,7 +173,10 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
     are those of one micro-batch. Same result (tested), one or two more forwards.
 
     ``n_seqs``: the number of sequences the mean loss is over (default: these batches'); a shard of
-    a larger set passes the whole set's count, so the shards' results concatenate to the full one."""
+    a larger set passes the whole set's count, so the shards' results concatenate to the full one.
+
+    ``token_beta``: weight each answer token's NLL by ``p^beta`` (its current probability, held
+    fixed; :func:`objective_loss`), so the ascent works on the tokens the model still knows."""
     import torch
 
     mods = dict(model.named_modules())
@@ -243,7 +246,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                                       for (g, s, e), a in zip(runs, per_run)]
                                for name, per_run in per_module.items()}
                 state["x"] = {}
-                (_sign(objective) * nll_from_logits(logits, pos, b).sum() / n).backward()
+                (objective_loss(logits, pos, b, objective, token_beta) / n).backward()
             else:
                 state["x"], state["mode"] = {}, "proj"
                 for m0 in range(0, k, micro_batch):
@@ -253,9 +256,27 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                                      for name, per_run in per_module.items()}
                     sub = _sub_batch(b, m0, m1)
                     lg, ps = answer_logits(model, sub)
-                    (_sign(objective) * nll_from_logits(lg, ps, sub).sum() / n).backward()
+                    (objective_loss(lg, ps, sub, objective, token_beta) / n).backward()
             state["xa"] = {}
     return Y, bases
+
+
+def objective_loss(logits, positions, batch: dict, objective: str, token_beta: float | None = None):
+    """The summed per-sequence unlearning loss of a batch: ``sign x mean answer-token NLL``
+    (:func:`r2f.engine.grads._sign`); with ``token_beta`` each token's NLL is weighted by ``p^beta``
+    (held fixed: the weighted gradient ascent, WGA, of Wang et al., ICLR 2025), so tokens already forgotten stop
+    pulling and the step concentrates on what the model still knows."""
+    import torch.nn.functional as F
+
+    if token_beta is None:
+        return _sign(objective) * nll_from_logits(logits, positions, batch).sum()
+    labels = batch["labels"][:, 1:]
+    labels = labels[:, positions] if positions is not None else labels
+    logits = logits if positions is not None else logits[:, :-1]
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    w = (-token_beta * nll.detach()).exp() * (labels != -100)
+    per_seq = (w * nll).sum(1) / (labels != -100).sum(1).clamp(min=1)
+    return _sign(objective) * per_seq.sum()
 
 
 def shard_batches(batches: Sequence[dict], seq_groups: Sequence[int], k: int) -> list[dict]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.nll import answer_logits
 from r2f.engine.models.prompt import prompt_ids
 
 
@@ -48,15 +49,14 @@ def score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, batc
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             batch = collate([enc[i] for i in idx], tokenizer.pad_token_id)
-            labels = batch["labels"]
-            # logits only from the batch's first answer position on: the prompt positions' logits
-            # (a vocabulary-wide row each) are never read
-            first = int((labels != -100).to(torch.int8).argmax(1).min())
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           logits_to_keep=labels.shape[1] - first + 1).logits
-            lab = labels[:, first:]
+            # logits only at positions that predict an answer token (models.nll.answer_logits): the
+            # prompt positions' vocabulary-wide rows are never read
+            logits, pos = answer_logits(model, batch)
+            lab = batch["labels"][:, 1:]
+            lab = lab[:, pos] if pos is not None else lab
+            logits = logits if pos is not None else logits[:, :-1]
             mask = lab != -100
-            logp = torch.log_softmax(logits[:, :-1][mask].float(), -1)  # answer positions only
+            logp = torch.log_softmax(logits[mask].float(), -1)  # answer positions only
             y = lab[mask]
             tok_lp = logp.gather(-1, y[:, None])[:, 0]
             if detail:

@@ -10,10 +10,17 @@ damages neighbours as much as it forgets. With ``A_r = E[x x^T]`` the retain inp
 * ``nullspace``: ``D (I - U_k U_k^T)``, U_k the top eigenvectors of ``A_r`` holding ``energy`` of its
   trace (AlphaEdit's hard projection): retain inputs in that span see no change at all.
 
-``lam`` is ``damping`` times the mean eigenvalue of ``A_r`` (scale-free). Both act on the input side
-only, so a low-rank ``U V`` direction stays low rank (``V`` is transformed) and no output-gradient
-statistics (a backward pass) are needed. Modules that read the same input (q/k/v, gate/up) share one
-``A_r`` and one transform.
+* ``kfac``: ``(S_r + lam I)^-1 D (A_r + lam I)^-1``, both Kronecker factors of the retain Fisher (a
+  K-FAC / Gauss-Newton step, K-FADE): ``S_r = E[g g^T]`` is the covariance of the gradients at the
+  module's *outputs*, from one backward pass on the retain answers with labels sampled from the
+  model's own next-token distribution (the true Fisher, not the empirical one: memorised retain
+  answers have near-zero gradients at their own labels).
+
+``lam`` is ``damping`` times the mean eigenvalue of each factor (scale-free); each inverse is scaled by
+``lam`` so that directions the retain data never use keep their size. ``input`` and ``nullspace`` act on
+the input side only, ``kfac`` on both, so a low-rank ``U V`` direction stays low rank (``U`` and ``V``
+are transformed). Modules that read the same input (q/k/v, gate/up) share one ``A_r`` and one
+transform. Factor memory: (in^2 + out^2) floats per module (``transform_memory_mb``).
 """
 
 from __future__ import annotations
@@ -21,11 +28,67 @@ from __future__ import annotations
 from r2f.engine.grads import activation_grams
 
 
-def retain_transforms(model, infos, batches, kind: str, damping: float, energy: float) -> dict:
-    """Per module, the ``in x in`` matrix P the direction is right-multiplied by (``D P``), from the
-    retain inputs of ``batches`` (one forward pass, no gradient)."""
+def _damped_inverse(a, damping: float):
+    """``lam (a + lam I)^-1`` with ``lam = damping x mean eigenvalue`` (float64 in, float32 out)."""
     import torch
 
+    evals, evecs = torch.linalg.eigh(a)
+    evals = evals.clamp(min=0)
+    lam = damping * float(evals.mean())
+    return ((evecs * (lam / (evals + lam))) @ evecs.T).float()
+
+
+def output_grad_covariances(model, infos, batches, seed: int = 0) -> dict:
+    """Per module, ``S = mean_t g_t g_t^T`` over non-pad tokens, ``g_t`` the gradient of the loss at
+    the module's output; the loss is the answer tokens' NLL under labels *sampled* from the model's
+    next-token distribution (true Fisher). One forward and one input-gradient-only backward per batch:
+    no weight gradient is formed (the weights keep ``requires_grad=False`` for the pass)."""
+    import torch
+
+    from r2f.engine.models.nll import answer_logits
+
+    mods = dict(model.named_modules())
+    acc: dict = {}
+    state = {"mask": None}
+
+    def grab(_m, _gin, gout, n):
+        g = gout[0].detach().float().reshape(-1, gout[0].shape[-1])[state["mask"]]
+        acc[n] = acc.get(n, 0) + g.T.double() @ g.double()
+
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in params:
+        p.requires_grad_(False)
+    emb = model.get_input_embeddings().register_forward_hook(lambda _m, _i, o: o.requires_grad_(True))
+    handles = [mods[i.name].register_full_backward_hook(lambda m, gi, go, n=i.name: grab(m, gi, go, n))
+               for i in infos]
+    gen = torch.Generator().manual_seed(seed)
+    tokens = 0
+    try:
+        for b in batches:
+            state["mask"] = b["attention_mask"].reshape(-1).bool()
+            tokens += int(state["mask"].sum())
+            logits, pos = answer_logits(model, b)
+            lab = b["labels"][:, 1:]
+            logits = logits[lab[:, pos] != -100] if pos is not None else logits[:, :-1][lab != -100]
+            with torch.no_grad():
+                y = torch.multinomial(torch.softmax(logits.detach().float(), -1), 1, generator=gen)[:, 0]
+            torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").backward()
+    finally:
+        emb.remove()
+        for h in handles:
+            h.remove()
+        for p, req in params:
+            p.requires_grad_(req)
+    return {n: s / max(1, tokens) for n, s in acc.items()}
+
+
+def retain_transforms(model, infos, batches, kind: str, damping: float, energy: float) -> dict:
+    """Per module, the ``in x in`` matrix P the direction is right-multiplied by (``D P``), from the
+    retain inputs of ``batches`` (one forward pass, no gradient); ``kfac``: a pair ``(L, P)``, the
+    direction becomes ``L D P`` (plus one backward pass for the output factors)."""
+    import torch
+
+    batches = list(batches)  # read twice with kfac
     grams = activation_grams(model, infos, batches)
     tokens = max(1, sum(int(b["attention_mask"].sum()) for b in batches))
     out, cache = {}, {}
@@ -36,7 +99,7 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
             a = g.double() / tokens
             evals, evecs = torch.linalg.eigh(a)
             evals = evals.clamp(min=0)
-            if kind == "input":
+            if kind in ("input", "kfac"):
                 lam = damping * float(evals.mean())
                 # lam (A_r + lam I)^-1: directions no retain input uses keep their size
                 p = (evecs * (lam / (evals + lam))) @ evecs.T
@@ -49,6 +112,9 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
                 raise ValueError(f"unknown preconditioner '{kind}'")
             cache[key] = p.float()
         out[info.name] = cache[key]
+    if kind == "kfac":
+        s_r = output_grad_covariances(model, infos, batches)
+        out = {n: (_damped_inverse(s_r[n], damping), p) for n, p in out.items()}
     return out
 
 
@@ -58,19 +124,25 @@ def precondition(direction: dict, transforms: dict) -> dict:
     from r2f.engine.unlearn.apply import LowRank
 
     for name, d in direction.items():
-        p = transforms[name]
+        left, p = transforms[name] if isinstance(transforms[name], tuple) else (None, transforms[name])
         if isinstance(d, LowRank):
             if d.factored:
                 d.vs = [v @ p.to(v.dtype) for v in d.vs]
+                if left is not None:
+                    d.us = [left.to(u.dtype) @ u for u in d.us]
             else:
                 d.d = d.d @ p.to(d.d.dtype)
+                if left is not None:
+                    d.d = left.to(d.d.dtype) @ d.d
         else:
             direction[name] = d @ p.to(d.dtype)
+            if left is not None:
+                direction[name] = left.to(d.dtype) @ direction[name]
     return direction
 
 
 def transform_memory_mb(transforms: dict) -> float:
     """Memory of the distinct transforms (shared ones counted once)."""
-    seen = {id(p): p for p in transforms.values()}
+    seen = {id(p): p for t in transforms.values() for p in (t if isinstance(t, tuple) else (t,))}
     return sum(p.numel() * p.element_size() for p in seen.values()) / 2**20
 

@@ -31,7 +31,8 @@ class R2FPreconditioned:
         transforms = retain_transforms(ctx.model, infos, qa_batches(ctx.tokenizer, cov_items, cfg.models.max_len),
                                        pc.preconditioner, pc.damping, pc.energy)
         t_pre = time.perf_counter() - t0
-        etas, info = decoded_steps(ctx, pc.steps, lambda d: precondition(d, transforms), pc.retain_prob_drop)
+        etas, info = decoded_steps(ctx, pc.steps, lambda d: precondition(d, transforms), pc.retain_prob_drop,
+                                   pc.token_beta)
         info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner,
                     preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items))
         return UnlearnResult(self.name, ctx.model, sum(etas), info)
