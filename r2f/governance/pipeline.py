@@ -186,6 +186,8 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
     models = ensure_models(cfg, log, progress, splits=(split,))
     with atomic_dir(stage_dir(cfg, "train_models")) as tmp:
         for name in ("tokenizer", "target", "proxy", f"retain-{split}"):
+            if name == "tokenizer" and not (models.root / name).is_dir():
+                continue  # a pretrained world's tokenizer ships inside each model folder
             _link_tree(models.root / name, tmp / name)
         _write(tmp / "models.json", {"config_hash": models.root.name, "eval_split": split})
     return {"config_hash": models.root.name, "eval_split": split}
