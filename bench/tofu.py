@@ -2,7 +2,7 @@
 with the full TOFU suite plus the paper's metrics; mean and std over seeds (``unlearn.seed``).
 Each (method, seed) runs in its own process, so wall time and peak RSS are the method's own.
 
-    python bench/tofu.py --split forget10 [--seeds 3] [--quick] [--methods r2f,npo,...]
+    python bench/tofu.py --split forget10 [--seeds 3 [--seeded r2f,npo]] [--quick] [--methods r2f,npo,...]
     python bench/tofu.py --params params-smollm2-tofu.yaml --split forget01   # the pretrained world
 
 Writes bench/results/tofu_<split>[_quick].json / .md (another world's params file ``params-<world>.yaml``:
@@ -101,6 +101,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--split", default="forget10", choices=["forget01", "forget05", "forget10"])
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeded", default=None,
+                   help="comma-separated methods that get --seeds seeds (default: every method); the others get 1")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--one", help=argparse_hidden())
     p.add_argument("--seed", type=int, default=0, help=argparse_hidden())
@@ -119,14 +121,22 @@ def main() -> None:
     stem = f"tofu_{_world(args.params)}{args.split}"
     journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
     done = _journal(journal, cfg)
+    seeded = set(args.seeded.split(",")) if args.seeded else set(methods)
+
+    def seeds_of(m: str) -> int:
+        return 1 if m in ("target", "retrain") or m not in seeded else args.seeds
+
     runs = []
-    for m in methods:
-        for seed in range(1 if m in ("target", "retrain") else args.seeds):
+    for seed in range(args.seeds):  # every method's first seed before any method's second
+        for m in methods:
+            if seed >= seeds_of(m):
+                continue
             if (m, seed) in done:
                 runs.append(done[(m, seed)])
                 continue
             runs.append(run_one(args, m, seed))
-            print({k: runs[-1].get(k) for k in ("method", "seed", "forget_quality", "model_utility", "wall_s")})
+            print({k: runs[-1].get(k) for k in ("method", "seed", "forget_quality", "model_utility", "wall_s")},
+                  flush=True)
             if "error" not in runs[-1]:
                 with journal.open("a") as fh:
                     fh.write(json.dumps({"key": _run_key(cfg), **runs[-1]}, default=str) + "\n")
@@ -143,7 +153,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / f"{stem}{'_quick' if args.quick else ''}.png", f"TOFU {args.split}: forget quality vs utility")
     notes = [
-        f"split {args.split}; seeds {args.seeds} (unlearn.seed: batch order, LoRA init, relearning attack; "
+        f"split {args.split}; seeds {args.seeds}"
+        + (f" for {', '.join(sorted(seeded & set(methods)))}, 1 for the others" if args.seeded else "")
+        + " (unlearn.seed: batch order, LoRA init, relearning attack; "
         "the models themselves are fixed); target and retrain rows are deterministic (1 run).",
         "forget_quality: KS p-value of forget truth ratios vs the retain model (>= 0.05: indistinguishable); "
         "model_utility: harmonic mean of 9 retain/real-authors/world-facts components.",
@@ -165,7 +177,7 @@ def main() -> None:
             "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
             "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]
     cols += list(MODEL_UTILITY_KEYS)
-    write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "runs": runs},
+    write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "seeded": sorted(seeded), "runs": runs},
           deps=ENGINE, cfg=cfg)
     journal.unlink(missing_ok=True)
 
