@@ -96,6 +96,12 @@ def test_unknown_method_lists_the_known_ones():
         load_config(ROOT / "params.yaml", {"unlearn.method": "sgd"})
 
 
+def test_token_beta_is_refused_without_an_ascent_objective():
+    assert load_config(ROOT / "params.yaml", {"unlearn.r2f_pc.token_beta": 1.0}).unlearn.r2f_pc.token_beta == 1.0
+    with pytest.raises(ConfigError, match="unlearn.r2f_pc.token_beta .* unlearn.objective 'refusal'"):
+        load_config(ROOT / "params.yaml", {"unlearn.r2f_pc.token_beta": 1.0, "unlearn.objective": "refusal"})
+
+
 def test_a_params_file_extends_another(tmp_path):
     """``extends:`` reads a variant over its base section by section; cycles and bad values are refused
     naming the file."""

@@ -140,6 +140,13 @@ class UnlearnConfig(_Strict):
             raise ValueError(f"unknown method '{v}'; expected one of {', '.join(METHOD_NAMES)}")
         return v
 
+    @model_validator(mode="after")
+    def _token_beta_needs_ascent(self):
+        if self.r2f_pc.token_beta is not None and self.objective != "ascent":
+            raise ValueError(f"unlearn.r2f_pc.token_beta weights an ascent on the forget answers' NLL; with "
+                             f"unlearn.objective '{self.objective}' it would have no meaning: set it to null")
+        return self
+
     @property
     def key_only(self) -> bool:
         return self.loss_tokens == "key" and self.objective != "refusal"

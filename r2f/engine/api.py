@@ -94,7 +94,10 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
             decoder = LearnedDecoder.load(ensure_decoder(cfg, log, progress)["decoder_dir"])
     forget = list(forget_items) if forget_items else tofu.split(forget_split)
     calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
-    evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed"), "holdout": tofu.split("holdout10")}
+    # the report's before/after NLLs: the request, and the retain / holdout sets under the evaluation's
+    # item cap (eval.max_items: a pretrained world scores 100 of each, not 400)
+    cap = cfg.eval.max_items
+    evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed")[:cap], "holdout": tofu.split("holdout10")[:cap]}
     ml = cfg.models.max_len
     before = _scored(model, tok, evalsets, ml, progress, "answer NLL before")
     ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
@@ -108,7 +111,7 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     report = {
         "method": method, "forget_split": forget_split, "model": str(model_path), "eta": result.eta,
         "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(),
-        "nll_before": before, "nll_after": after,
+        "nll_before": before, "nll_after": after, "nll_items": {k: len(v) for k, v in evalsets.items()},
         "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
         "forget_ids_sha256": _ids_digest([q.id for q in forget]),
     }

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from r2f.engine.grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
 from r2f.engine.models.encoding import collate, encode_qa
-from r2f.engine.models.nll import answer_logits, nll_from_logits, token_nll
+from r2f.engine.models.nll import aligned, answer_logits, nll_from_logits, token_nll
 from r2f.engine.parallel import split_even
 
 if TYPE_CHECKING:
@@ -270,9 +270,9 @@ def objective_loss(logits, positions, batch: dict, objective: str, token_beta: f
 
     if token_beta is None:
         return _sign(objective) * nll_from_logits(logits, positions, batch).sum()
-    labels = batch["labels"][:, 1:]
-    labels = labels[:, positions] if positions is not None else labels
-    logits = logits if positions is not None else logits[:, :-1]
+    if objective != "ascent":
+        raise ValueError(f"token_beta weights an ascent on the answer NLL; objective '{objective}' has no such loss")
+    logits, labels = aligned(logits, positions, batch)
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     w = (-token_beta * nll.detach()).exp() * (labels != -100)
     per_seq = (w * nll).sum(1) / (labels != -100).sum(1).clamp(min=1)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from r2f.engine.models.encoding import collate, encode_qa
-from r2f.engine.models.nll import answer_logits
+from r2f.engine.models.nll import aligned, answer_logits
 from r2f.engine.models.prompt import prompt_ids
 
 
@@ -51,10 +51,7 @@ def score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, batc
             batch = collate([enc[i] for i in idx], tokenizer.pad_token_id)
             # logits only at positions that predict an answer token (models.nll.answer_logits): the
             # prompt positions' vocabulary-wide rows are never read
-            logits, pos = answer_logits(model, batch)
-            lab = batch["labels"][:, 1:]
-            lab = lab[:, pos] if pos is not None else lab
-            logits = logits if pos is not None else logits[:, :-1]
+            logits, lab = aligned(*answer_logits(model, batch), batch)
             mask = lab != -100
             logp = torch.log_softmax(logits[mask].float(), -1)  # answer positions only
             y = lab[mask]

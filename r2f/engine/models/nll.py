@@ -42,16 +42,21 @@ def token_nll(model, batch: dict) -> torch.Tensor:
     return nll_from_logits(*answer_logits(model, batch), batch)
 
 
+def aligned(logits: torch.Tensor, positions: torch.Tensor | None, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` with ``labels[:, t]`` the token ``logits[:, t]`` predicts (-100: none), for
+    logits from :func:`answer_logits` (at ``positions``, or at every position when it is None)."""
+    labels = batch["labels"][:, 1:]
+    if positions is None:
+        return logits[:, :-1], labels
+    return logits, labels[:, positions]
+
+
 def nll_from_logits(logits: torch.Tensor, positions: torch.Tensor | None, batch: dict) -> torch.Tensor:
     """:func:`token_nll` from logits already computed: at ``positions`` (from
     :func:`answer_logits`), or at every position when ``positions`` is None."""
     import torch.nn.functional as F
 
-    labels = batch["labels"][:, 1:]
-    if positions is None:
-        logits = logits[:, :-1]
-    else:
-        labels = labels[:, positions]
+    logits, labels = aligned(logits, positions, batch)
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     n_tok = (labels != -100).sum(1).clamp(min=1)
     return nll.sum(1) / n_tok
