@@ -165,3 +165,35 @@ def test_kfac_output_factor_is_the_sampled_fisher_and_stays_factored(setup):
     precondition({info.name: lr}, tr)
     assert lr.factored
     assert torch.allclose(lr.dense(), left @ (u @ v) @ right, atol=1e-5)
+
+
+def test_contrast_basis_prefers_what_retain_text_does_not_use():
+    """onepass._run_bases with a whitening W = (A_r + lam I)^-1/2: the generalised top direction has a
+    larger item-to-retain energy ratio than the item's plain top eigenvector; W = I gives the plain basis."""
+    import torch
+
+    from r2f.engine.onepass import _run_bases
+
+    g = torch.Generator().manual_seed(0)
+    d, t = 24, 10
+    shared = torch.randn(d, generator=g)  # a direction both the item and retain text use a lot
+    x = torch.randn(1, t, d, generator=g) + 4.0 * shared  # the item's inputs
+    retain = torch.randn(200, d, generator=g) + 4.0 * torch.randn(200, 1, generator=g) * shared
+    a_r = retain.T.double() @ retain.double() / 200
+    evals, evecs = torch.linalg.eigh(a_r)
+    lam = 1e-3 * float(evals.mean())
+    w_half = ((evecs * (evals + lam).rsqrt()) @ evecs.T).float()
+    w = torch.ones(1, t)
+    runs = [(0, 0, 1)]
+    plain = _run_bases({"m": x}, runs, w, 3)["m"][0]
+    same = _run_bases({"m": x}, runs, w, 3, {"m": torch.eye(d)})["m"][0]
+    assert torch.allclose(plain.abs(), same.abs(), atol=1e-4)
+    contrast = _run_bases({"m": x}, runs, w, 3, {"m": w_half})["m"][0]
+    assert torch.allclose(contrast @ contrast.T, torch.eye(3), atol=1e-5)  # orthonormal rows
+    k = x[0].T.double() @ x[0].double()
+
+    def ratio(a):
+        a = a.double()
+        return float((a @ k @ a) / (a @ a_r @ a))
+
+    assert ratio(contrast[0]) > 2 * ratio(plain[0])

@@ -52,6 +52,10 @@ class R2FPreconditionedConfig(_Strict):
     # None: plain ascent on the answer NLL; beta: each answer token's NLL weighted by p^beta (WGA), so
     # re-linearised steps stop pushing tokens already forgotten (r2f.engine.onepass.objective_loss)
     token_beta: float | None = Field(None, gt=0)
+    # R2F's A per item: "activation" = the top eigenvectors of the item's Gram (R2F's own); "contrast" =
+    # the top generalised eigenvectors against the retain covariance A_r (large for the item, small for
+    # retain text; r2f.engine.onepass._run_bases)
+    basis: Literal["activation", "contrast"] = "activation"
 
 
 class GradAscentConfig(_Strict):

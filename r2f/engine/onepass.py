@@ -132,21 +132,35 @@ def _sub_batch(b: dict, s: int, e: int) -> dict:
     return {k: v[s:e, :n] for k, v in b.items()}
 
 
-def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
+def _run_bases(xs: dict, runs, w, rank: int, whiten: dict | None = None) -> dict[str, list]:
     """Per module, the top-``rank`` basis of each run's weighted inputs (q/k/v, gate/up read one
-    input tensor: one eigendecomposition per group of modules)."""
+    input tensor: one eigendecomposition per group of modules).
+
+    ``whiten`` (module -> symmetric ``W = (A_r + lam I)^-1/2``): the *contrast* basis instead, the top
+    generalised eigenvectors of the item's Gram K against the retain covariance (largest
+    ``a^T K a / a^T (A_r + lam I) a``: large for the item, small for retain text), from the whitened
+    rows ``x W`` (``a = W v``), orthonormalised so the analytic decoder stays a projection."""
+    import torch
+
     shared: dict = {}
     out = {}
     for name, x in xs.items():
         key = (x.data_ptr(), tuple(x.shape))
         if key not in shared:
             per_run = []
+            wm = whiten[name] if whiten is not None else None
             for _g, s, e in runs:
                 xf = x[s:e].float().reshape(-1, x.shape[-1])
                 wr = w[s:e].reshape(-1, 1)
                 rows = (xf * wr.sqrt())[wr.squeeze(1) > 0]
+                if wm is not None:
+                    rows = rows @ wm
                 gram = GramFactor(rows) if rows.shape[0] < rows.shape[1] else rows.T @ rows
-                per_run.append(top_basis(gram, rank))
+                basis = top_basis(gram, rank)
+                if wm is not None:
+                    q, _ = torch.linalg.qr((basis @ wm).T)  # in x r, orthonormal columns spanning W v
+                    basis = q.T * torch.sign(torch.diagonal(q.T @ (basis @ wm).T))[:, None]
+                per_run.append(basis)
             shared[key] = per_run
         out[name] = shared[key]
     return out
@@ -155,7 +169,8 @@ def _run_bases(xs: dict, runs, w, rank: int) -> dict[str, list]:
 def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_groups: Sequence[int], rank: int,
                             weighting: tuple[float, float] | None = None, objective: str = "ascent",
                             micro_batch: int | None = None, n_seqs: int | None = None,
-                            token_beta: float | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+                            token_beta: float | None = None, whiten: dict | None = None,
+                            ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
     batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
     token weights (from the logits, :func:`token_weights`) give every group's weighted activation
@@ -176,7 +191,8 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
     a larger set passes the whole set's count, so the shards' results concatenate to the full one.
 
     ``token_beta``: weight each answer token's NLL by ``p^beta`` (its current probability, held
-    fixed; :func:`objective_loss`), so the ascent works on the tokens the model still knows."""
+    fixed; :func:`objective_loss`), so the ascent works on the tokens the model still knows.
+    ``whiten``: contrast bases against the retain covariance (:func:`_run_bases`)."""
     import torch
 
     mods = dict(model.named_modules())
@@ -197,7 +213,8 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                 x = inputs[0]
                 last = state["last"]  # q/k/v (gate/up) run one after another on one input tensor
                 if last is None or last[0] is not x:
-                    last = state["last"] = (x, _run_bases({name: x.detach()}, state["runs"], state["w"], rank)[name])
+                    last = state["last"] = (x, _run_bases({name: x.detach()}, state["runs"], state["w"], rank,
+                                                              whiten)[name])
                 state["bases_now"][name] = last[1]
                 return
             else:
@@ -236,7 +253,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                 state["mode"] = "keep"
                 logits, pos = answer_logits(model, b)
                 w = token_weights(logits.detach(), b, weighting, pos)  # B x T
-                per_module = _run_bases(state["x"], runs, w, rank)
+                per_module = _run_bases(state["x"], runs, w, rank, whiten)
             for name, per_run in per_module.items():
                 for (g, _, _), a in zip(runs, per_run):
                     bases[g][name] = a

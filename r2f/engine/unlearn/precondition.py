@@ -81,10 +81,12 @@ def output_grad_covariances(model, infos, batches, seed: int = 0) -> dict:
     return {n: s / max(1, tokens) for n, s in acc.items()}
 
 
-def retain_transforms(model, infos, batches, kind: str, damping: float, energy: float) -> dict:
+def retain_transforms(model, infos, batches, kind: str, damping: float, energy: float,
+                      whiten_out: dict | None = None) -> dict:
     """Per module, the ``in x in`` matrix P the direction is right-multiplied by (``D P``), from the
     retain inputs of ``batches`` (one forward pass, no gradient); ``kfac``: a pair ``(L, P)``, the
-    direction becomes ``L D P`` (plus one backward pass for the output factors)."""
+    direction becomes ``L D P`` (plus one backward pass for the output factors). ``whiten_out``: also
+    filled with ``(A_r + lam I)^-1/2`` per module (the contrast basis of R2F's A, onepass._run_bases)."""
     import torch
 
     batches = list(batches)  # read twice with kfac
@@ -110,6 +112,11 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
             else:
                 raise ValueError(f"unknown preconditioner '{kind}'")
             cache[key] = p.float()
+            if whiten_out is not None:
+                lam_w = damping * float(evals.mean())
+                cache[(key, "w")] = ((evecs * (evals + lam_w).rsqrt()) @ evecs.T).float()
+        if whiten_out is not None:
+            whiten_out[info.name] = cache[(key, "w")]
         out[info.name] = cache[key]
     if kind == "kfac":
         s_r = output_grad_covariances(model, infos, batches)

@@ -13,10 +13,11 @@ from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
 
-def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = None) -> dict:
+def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = None, whiten: dict | None = None) -> dict:
     """Sum over basis groups of the decoded, view-averaged LoRA gradient (weighted by group size),
     per module as :class:`LowRank` factors (rank r per group). ``token_beta``: the forget loss weights
-    each answer token by ``p^beta`` (:func:`r2f.engine.onepass.objective_loss`; one-pass path only)."""
+    each answer token by ``p^beta`` (:func:`r2f.engine.onepass.objective_loss`); ``whiten``: contrast
+    bases against the retain covariance (:func:`r2f.engine.onepass._run_bases`). Both one-pass path only."""
     import torch
 
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
@@ -35,8 +36,9 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
         # (docs/method.md): use it directly and skip an eigendecomposition per module and item.
         decoder = "analytic"
     one_pass = cfg.lora.init == "activation" and decoder == "analytic"
-    if token_beta is not None and not one_pass:
-        raise ValueError("token_beta needs the one-pass path (lora.init activation with the analytic decoder)")
+    if (token_beta is not None or whiten is not None) and not one_pass:
+        raise ValueError("token_beta and contrast bases need the one-pass path (lora.init activation with the "
+                         "analytic decoder)")
     tick = ctx.tick("r2f views", 1 if one_pass else len(groups))
     objective, key_only = cfg.unlearn.objective, cfg.unlearn.key_only
 
@@ -48,10 +50,10 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
         batches, seq_groups = group_batches(tok, groups, cfg.models.max_len, objective, ctx.refusals,
                                             chunk=mb, key_only=key_only)
         if distributed(ctx.mapper):
-            Y, bases = sharded_one_pass(ctx, batches, seq_groups, weighting, token_beta)
+            Y, bases = sharded_one_pass(ctx, batches, seq_groups, weighting, token_beta, whiten)
         else:
             Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting,
-                                               objective, micro_batch=mb, token_beta=token_beta)
+                                               objective, micro_batch=mb, token_beta=token_beta, whiten=whiten)
         tick()
         for info in infos:
             y = Y[info.name]  # groups x out x r
@@ -110,7 +112,8 @@ def groups_shard(model, tok, cfg, *, groups, decoder, weighting, refusals) -> li
     return [group_factors(model, tok, cfg, infos, g, decoder, weighting, refusals) for g in groups]
 
 
-def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting, token_beta=None) -> tuple[dict, list]:
+def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting, token_beta=None,
+                     whiten=None) -> tuple[dict, list]:
     """:func:`one_pass_lora_gradients` over shards of whole batches on ``ctx.mapper`` (one per worker,
     or ``scale.shards``); each shard loads a snapshot of the current weights. Every group lies in one
     batch and the loss is normalised by the whole request's sequence count, so the shards' Y and
@@ -128,17 +131,19 @@ def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting, token_
     ctx.log(f"r2f gradients: {len(seq_groups)} sequences in {len(batches)} batches, {len(shards)} shards "
             f"on {ctx.mapper.workers} workers")
     args = [{"batches": sh["batches"], "seq_groups": sh["seq_groups"], "weighting": weighting,
-             "n_seqs": len(seq_groups), "token_beta": token_beta} for sh in shards]
+             "n_seqs": len(seq_groups), "token_beta": token_beta, "whiten": whiten} for sh in shards]
     outs = map_on_snapshot(ctx.mapper, ctx.model, ctx.tokenizer, cfg, one_pass_shard, args, "r2f-gradients")
     Y = {name: torch.cat([y[name] for y, _ in outs]) for name in outs[0][0]}
     return Y, [b for _, bases in outs for b in bases]
 
 
-def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs, token_beta=None) -> tuple[dict, list]:
+def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs, token_beta=None,
+                   whiten=None) -> tuple[dict, list]:
     """Worker side of :func:`sharded_one_pass` (module level: pickled by reference)."""
     infos = target_modules(model, cfg.lora.target_modules)
     return one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, cfg.unlearn.objective,
-                                   micro_batch=cfg.unlearn.micro_batch, n_seqs=n_seqs, token_beta=token_beta)
+                                   micro_batch=cfg.unlearn.micro_batch, n_seqs=n_seqs, token_beta=token_beta,
+                                   whiten=whiten)
 
 
 class R2F:
@@ -155,7 +160,7 @@ class R2F:
 
 
 def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: float | None = None,
-                  token_beta: float | None = None) -> tuple[list, dict]:
+                  token_beta: float | None = None, whiten: dict | None = None) -> tuple[list, dict]:
     """``steps`` re-decoded R2F steps (shared by r2f and r2f_pc): each decodes the LoRA gradients at
     the current weights, optionally reshapes the direction (``transform(direction) -> direction``),
     and is calibrated against the *original* retain NLL; step k of n may spend k/n of the budget
@@ -164,7 +169,7 @@ def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: fl
     etas, t_grad, base_r, info = [], 0.0, None, {}
     for step in range(steps):
         t0 = time.perf_counter()
-        direction = r2f_direction(ctx, token_beta=token_beta)
+        direction = r2f_direction(ctx, token_beta=token_beta, whiten=whiten)
         if transform is not None:
             direction = transform(direction)
         t_grad += time.perf_counter() - t0

@@ -28,12 +28,13 @@ class R2FPreconditioned:
                                f"preconditioner; got {len(cov_items)} (unlearn.r2f_pc.covariance_items)")
         t0 = time.perf_counter()
         infos = target_modules(ctx.model, cfg.lora.target_modules)
+        whiten = {} if pc.basis == "contrast" else None
         transforms = retain_transforms(ctx.model, infos, qa_batches(ctx.tokenizer, cov_items, cfg.models.max_len),
-                                       pc.preconditioner, pc.damping, pc.energy)
+                                       pc.preconditioner, pc.damping, pc.energy, whiten_out=whiten)
         t_pre = time.perf_counter() - t0
         etas, info = decoded_steps(ctx, pc.steps, lambda d: precondition(d, transforms), pc.retain_prob_drop,
-                                   pc.token_beta)
-        info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner,
+                                   pc.token_beta, whiten)
+        info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner, basis=pc.basis,
                     preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items))
         return UnlearnResult(self.name, ctx.model, sum(etas), info)
 
