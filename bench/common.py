@@ -87,6 +87,13 @@ def run_child(script: str | Path, args, extra: list[str]) -> dict:
     return json.loads(line[-1][7:])
 
 
+def world_of(params: str | Path) -> str:
+    """``""`` for the default params.yaml, else the world's name from ``params-<world>[-tofu].yaml``
+    (``smollm2`` for params-smollm2-tofu.yaml): the prefix of another world's result names."""
+    name = Path(params).stem
+    return "" if name == "params" else name.removeprefix("params-").removesuffix("-tofu").replace("-", "_")
+
+
 def resumable(path: Path) -> list[dict]:
     """The rows of an earlier run of this same code (its deps hash as now) at ``path``, else none: a
     bench that writes each finished row at once resumes from them after an interrupted session."""

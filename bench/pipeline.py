@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import PIPELINE, ROOT, overrides_of, parser, peak_rss_mb, setup, write
+from common import PIPELINE, ROOT, overrides_of, parser, peak_rss_mb, setup, world_of, write
 
 SHARED = ("models", "decoders", "evals")  # caches the temp project borrows from the main state folder
 
@@ -147,7 +147,7 @@ def flow_only(args) -> None:
 
     params = Path(args.params).resolve()
     cfg0 = load_config(params, overrides_of(args))
-    world = params.stem.removeprefix("params-").removesuffix("-tofu").replace("-", "_")
+    world = world_of(params)
     with temp_project(overrides_of(args), params) as proj:
         from flows.unlearning import unlearning_flow
         from r2f.governance.pipeline import request_info, run_stage

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, write
+from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, world_of, write
 
 from r2f.engine.metrics.tofu import MODEL_UTILITY_KEYS  # the nine components of model_utility
 
@@ -118,7 +118,8 @@ def main() -> None:
     for role in ("retain", "target"):
         reference_eval(cfg, role, args.split, print)  # cached references, shared by the children
     methods = ["target", *args.methods.split(",")]
-    stem = f"tofu_{_world(args.params)}{args.split}"
+    world = world_of(args.params)
+    stem = f"tofu_{world + '_' if world else ''}{args.split}"
     journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
     done = _journal(journal, cfg)
     seeded = set(args.seeded.split(",")) if args.seeded else set(methods)
@@ -180,14 +181,6 @@ def main() -> None:
     write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "seeded": sorted(seeded), "runs": runs},
           deps=ENGINE, cfg=cfg)
     journal.unlink(missing_ok=True)
-
-
-def _world(params: str) -> str:
-    """``""`` for the default params.yaml, else ``<world>_`` from ``params-<world>[-tofu].yaml``."""
-    name = Path(params).stem
-    if name == "params":
-        return ""
-    return name.removeprefix("params-").removesuffix("-tofu").replace("-", "_") + "_"
 
 
 def _run_key(cfg) -> str:
