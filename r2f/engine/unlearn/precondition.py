@@ -28,14 +28,20 @@ from __future__ import annotations
 from r2f.engine.grads import activation_grams
 
 
+def _damped(evals, evecs, damping: float, power: float = -1.0):
+    """``lam^-power (A + lam I)^power`` from ``A``'s eigendecomposition, ``lam = damping x mean
+    eigenvalue``: power -1 is the scaled damped inverse (directions A never uses keep their size),
+    -1/2 the whitening of the contrast basis (its scale does not matter there)."""
+    lam = damping * float(evals.mean())
+    return ((evecs * ((evals + lam) / lam) ** power) @ evecs.T).float()
+
+
 def _damped_inverse(a, damping: float):
-    """``lam (a + lam I)^-1`` with ``lam = damping x mean eigenvalue`` (float64 in, float32 out)."""
+    """``lam (a + lam I)^-1`` (float64 in, float32 out)."""
     import torch
 
     evals, evecs = torch.linalg.eigh(a)
-    evals = evals.clamp(min=0)
-    lam = damping * float(evals.mean())
-    return ((evecs * (lam / (evals + lam))) @ evecs.T).float()
+    return _damped(evals.clamp(min=0), evecs, damping)
 
 
 def output_grad_covariances(model, infos, batches, seed: int = 0) -> dict:
@@ -101,9 +107,7 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
             evals, evecs = torch.linalg.eigh(a)
             evals = evals.clamp(min=0)
             if kind in ("input", "kfac"):
-                lam = damping * float(evals.mean())
-                # lam (A_r + lam I)^-1: directions no retain input uses keep their size
-                p = (evecs * (lam / (evals + lam))) @ evecs.T
+                p = _damped(evals, evecs, damping)  # lam (A_r + lam I)^-1
             elif kind == "nullspace":
                 order = evals.flip(0)
                 k = int(torch.searchsorted(order.cumsum(0) / order.sum(), torch.tensor(energy, dtype=order.dtype)))
@@ -113,8 +117,7 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
                 raise ValueError(f"unknown preconditioner '{kind}'")
             cache[key] = p.float()
             if whiten_out is not None:
-                lam_w = damping * float(evals.mean())
-                cache[(key, "w")] = ((evecs * (evals + lam_w).rsqrt()) @ evecs.T).float()
+                cache[(key, "w")] = _damped(evals, evecs, damping, -0.5)
         if whiten_out is not None:
             whiten_out[info.name] = cache[(key, "w")]
         out[info.name] = cache[key]
