@@ -16,22 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- project ------------------------------------------------------------------------
-def _flat_params(path: Path) -> dict:
-    """A params file with its ``extends:`` chain merged in (the project gets one self-contained file)."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    base = raw.pop("extends", None)
-    if base is None:
-        return raw
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    return merge(_flat_params(path.parent / base), raw)
-
-
 def make_project(root: Path, overrides: dict, params_file: Path | None = None) -> Path:
     """A fresh project folder: git + dvc.yaml + params.yaml (``params_file``, default the project's
     params.yaml, with ``overrides``) + requests + data."""
@@ -41,7 +25,9 @@ def make_project(root: Path, overrides: dict, params_file: Path | None = None) -
     shutil.copytree(ROOT / "requests", root / "requests")
     (root / "data").mkdir()
     (root / "data/tofu").symlink_to(ROOT / "data/tofu")
-    params = _flat_params(params_file or ROOT / "params.yaml")
+    from r2f.config import read_params
+
+    params = read_params(params_file or ROOT / "params.yaml")  # extends: merged, one self-contained file
     for dotted, v in overrides.items():
         node = params
         *parents, leaf = dotted.split(".")

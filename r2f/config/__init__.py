@@ -155,6 +155,11 @@ def _read_params(path: Path, chain: tuple[Path, ...]) -> dict:
     return _merge(_read_params(base_path, (*chain, path)), raw)
 
 
+def read_params(path: str | Path) -> dict:
+    """A params file's raw mapping with its ``extends:`` chain merged in (not validated)."""
+    return _read_params(Path(path), ())
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
