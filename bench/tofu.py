@@ -32,19 +32,26 @@ METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_tr
 
 def one(args, method: str, seed: int) -> None:
     """Child process: unlearn (or not, for ``target``), evaluate, print one RESULT line."""
-    from r2f.engine.api import evaluate_model, unlearn_model
+    from r2f.engine.api import evaluate_model, reference_eval, unlearn_model
+    from r2f.engine.evaluation import summarize
 
     cfg = load_cfg(args, {**_split_cfg(args), "unlearn.seed": seed})
     row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0}
     with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         path = None
         if method != "target":
-            rep = unlearn_model(cfg, method, out=Path(tmp) / "model")
-            row.update(eta=rep["eta"], wall_s=rep["wall_s"], nll_after=rep["nll_after"])
+            # the before/after answer NLLs of the report are skipped: the evaluation below measures more
+            rep = unlearn_model(cfg, method, out=Path(tmp) / "model", nll_report=False)
+            row.update(eta=rep["eta"], wall_s=rep["wall_s"], forget_calib_nll=rep["info"].get("forget_nll"))
             path = Path(tmp) / "model"
         row["peak_rss_mb"] = peak_rss_mb()  # unlearning (and model loading) only: measured before eval
-        ev = evaluate_model(cfg, path, args.split)
-    row.update({k: ev["summary"].get(k) for k in METRICS})
+        if method == "retrain":
+            # retrain loads the cached retain model: its evaluation is the retain reference evaluation
+            # (same model, configuration and seed; its GUR against the target's is already added)
+            summary = summarize(reference_eval(cfg, "retain", args.split))
+        else:
+            summary = evaluate_model(cfg, path, args.split)["summary"]
+    row.update({k: summary.get(k) for k in METRICS})
     print("RESULT " + json.dumps(row, default=str))
 
 
@@ -171,6 +178,11 @@ def main() -> None:
     if cfg.eval.max_items and not args.quick:
         notes.append(f"eval.max_items {cfg.eval.max_items}: the first {cfg.eval.max_items} retain / real-author / "
                      "world-fact items for every row (the reference evaluations too; docs/evaluation.md).")
+    if cfg.eval.precision != "fp32":
+        notes.append(f"eval.precision {cfg.eval.precision}: teacher-forced scoring and the relearning attack under "
+                     "bfloat16 autocast for every row and reference; generation and drift fp32 "
+                     "(bench/results/eval_precision.md).")
+    notes.append("the retrain row's evaluation is the cached retain reference (the same model and configuration).")
     if args.quick:
         notes.append(f"--quick: small models trained on this split's authors only; retain / real-authors / "
                      f"world-facts capped at {QUICK_EVAL_ITEMS} items each: not comparable to full runs.")

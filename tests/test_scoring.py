@@ -44,3 +44,24 @@ def test_generation_does_not_depend_on_batching(tofu):
     one = [generate(model, tok, [q], 64, max_new_tokens=8)[0] for q in qs]
     many = generate(model, tok, qs, 64, max_new_tokens=8, batch_size=4)
     assert one == many and any(one)
+
+
+def test_bf16_scoring_is_close_to_fp32_and_generation_stays_fp32(tiny_cfg, tiny_models, tofu):
+    """eval.precision bf16: scored NLLs stay close to fp32's; generation never runs under it, so
+    the evaluation's generations are identical."""
+    from r2f.engine.evaluation import SetJob
+    from r2f.engine.models.io import load_model
+    from r2f.engine.scoring import scoring_precision
+
+    model, tok = load_model(tiny_models.path("target"))
+    pairs = [(q.question, q.answer) for q in tofu.split("forget01")[:8]]
+    fp32 = score(model, tok, pairs, 64)
+    with scoring_precision("bf16"):
+        bf16 = score(model, tok, pairs, 64)
+    assert max(abs(a.nll - b.nll) / max(a.nll, 1e-3) for a, b in zip(fp32, bf16)) < 0.1
+    assert any(a.nll != b.nll for a, b in zip(fp32, bf16))  # bf16 really ran
+    cfgs = {p: tiny_cfg.model_copy(update={"eval": tiny_cfg.eval.model_copy(update={"precision": p})})
+            for p in ("fp32", "bf16")}
+    outs = {p: SetJob("retain", 0, 4).run(model, tok, c, "forget01", None) for p, c in cfgs.items()}
+    assert outs["fp32"]["gens"] == outs["bf16"]["gens"]
+    assert outs["fp32"]["gt"] != outs["bf16"]["gt"]

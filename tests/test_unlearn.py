@@ -196,3 +196,41 @@ def test_fused_step_equals_fullgrad_at_the_same_eta(tiny_cfg, tiny_models, tofu)
         moved += bool(step > 0)
         assert torch.allclose(p, pb[n], rtol=0, atol=1e-3 * float(step) + 1e-7), n
     assert moved > 0
+
+
+def test_trial_hook_and_written_weights_agree_and_restore_exactly(tofu):
+    """Calibration trials: a small-rank update runs as a hook, a large one is written into the
+    weights; both give the forward of ``W - c D``, and remove() leaves every weight bit-identical."""
+    from helpers import tiny_random
+
+    from r2f.engine.models.encoding import collate, encode_qa
+    from r2f.engine.models.nll import token_nll
+    from r2f.engine.unlearn.apply import LowRank, Trial, _cheap_factors
+
+    model, tok = tiny_random(tofu)
+    mods = dict(model.named_modules())
+    name = next(n for n, m in mods.items() if n.endswith("mlp.down_proj"))
+    out, n_in = mods[name].weight.shape
+    g = torch.Generator().manual_seed(0)
+    small, large = LowRank(), LowRank()
+    small.add(1.0, torch.randn(out, 1, generator=g), torch.randn(1, n_in, generator=g))
+    k = out * n_in // (out + n_in)  # factors as big as the matrix: written, not hooked
+    large.add(1.0, torch.randn(out, k, generator=g), torch.randn(k, n_in, generator=g))
+    assert _cheap_factors(small) and not _cheap_factors(large)
+    batch = collate([encode_qa(tok, q.question, q.answer, 64) for q in tofu.split("forget01")[:4]], tok.pad_token_id)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for d in (small, large):
+        with torch.no_grad():
+            w = mods[name].weight.detach().clone()
+            mods[name].weight.copy_(w - 0.1 * d.dense())
+            want = token_nll(model, batch)
+            mods[name].weight.copy_(w)
+        trial = Trial(mods, {name: d})
+        trial.c = 0.1
+        with torch.no_grad():
+            got = token_nll(model, batch)
+        trial.remove()
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        assert float((got - token_nll(model, batch).detach()).abs().max()) > 1e-3  # the trial moved it
+        for n, p in model.named_parameters():
+            assert torch.equal(p, before[n])

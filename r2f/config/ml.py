@@ -143,3 +143,8 @@ class EvalConfig(_Strict):
     # definition). Quick runs, and worlds whose evaluation is too slow on CPU (params-smollm2-tofu.yaml):
     # capped results compare with each other, not with uncapped ones.
     max_items: int | None = Field(None, ge=1)
+    # fp32, or bf16: teacher-forced scoring and the relearning attack's fine-tuning under bfloat16
+    # autocast (weights stay float32); generation (ROUGE, USR) and drift always fp32. Measured against
+    # fp32 in bench/results/eval_precision.md. A world's references and candidates share it (it names
+    # the evaluation cache folder).
+    precision: Literal["fp32", "bf16"] = "fp32"

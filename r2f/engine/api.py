@@ -4,6 +4,7 @@ writes its artifacts atomically."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -71,10 +72,13 @@ def ensure_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = F
 
 def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | None = None,
             model_path: str | Path | None = None, out: str | Path | None = None,
-            log: Log = _noop, progress=None, forget_items: list | None = None, mapper=None) -> dict:
+            log: Log = _noop, progress=None, forget_items: list | None = None, mapper=None,
+            nll_report: bool = True) -> dict:
     """Apply one unlearning method to the target (default: the embedded target) and report the
-    mean answer-token NLL on forget, retain and holdout before and after. ``forget_items``: the
-    rows of a deletion request (default: the whole ``forget_split``, which must contain them).
+    mean answer-token NLL on forget, retain and holdout before and after (``nll_report`` False: not
+    measured, None in the report; for callers that evaluate the model in full anyway, like the
+    TOFU bench). ``forget_items``: the rows of a deletion request (default: the whole
+    ``forget_split``, which must contain them).
     ``mapper``: where R2F's gradient shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
 
     method = method or cfg.unlearn.method
@@ -99,7 +103,7 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     cap = cfg.eval.max_items
     evalsets = {"forget": forget, "retain": tofu.split("retain_perturbed")[:cap], "holdout": tofu.split("holdout10")[:cap]}
     ml = cfg.models.max_len
-    before = _scored(model, tok, evalsets, ml, progress, "answer NLL before")
+    before = _scored(model, tok, evalsets, ml, progress, "answer NLL before") if nll_report else None
     ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
                          models.path("retain", forget_split), log, progress, mapper)
     log(f"{method}: unlearning {len(forget)} forget items")
@@ -107,11 +111,12 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     result = impl.run(ctx)
     wall = time.perf_counter() - t0
     log(f"{method}: done in {wall:.1f} s (eta {result.eta})")
-    after = _scored(result.model, tok, evalsets, ml, progress, "answer NLL after")
+    after = _scored(result.model, tok, evalsets, ml, progress, "answer NLL after") if nll_report else None
     report = {
         "method": method, "forget_split": forget_split, "model": str(model_path), "eta": result.eta,
         "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(),
-        "nll_before": before, "nll_after": after, "nll_items": {k: len(v) for k, v in evalsets.items()},
+        "nll_before": before, "nll_after": after,
+        "nll_items": {k: len(v) for k, v in evalsets.items()} if nll_report else None,
         "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
         "forget_ids_sha256": _ids_digest([q.id for q in forget]),
     }
@@ -139,7 +144,11 @@ def _ids_digest(ids: list[str]) -> str:
 
 def eval_dir(cfg: Config, role: str, split: str) -> Path:
     """Cache folder of a reference evaluation (embedded ``target`` or ``retain`` model)."""
-    key = cfg.section_hash("eval", "paraphrase")
+    # eval.precision is named in the folder when not fp32, and left out of the hash: the caches of
+    # evaluations made before it existed (all fp32) stay valid
+    ev = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k != "precision"}
+    blob = json.dumps({"eval": ev, "paraphrase": cfg.paraphrase.model_dump(mode="json")}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16] + ("" if cfg.eval.precision == "fp32" else f"-{cfg.eval.precision}")
     return Path(cfg.state_dir) / "evals" / models_dir(cfg).name / f"{role}-{split}-{key}-s{cfg.unlearn.seed}"
 
 

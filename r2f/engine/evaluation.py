@@ -37,7 +37,7 @@ from r2f.engine.metrics.summary import split_metrics
 from r2f.engine.metrics.tofu import forget_quality, model_utility, rouge_l_recall
 from r2f.engine.paper_eval import drift_eval, rap_eval, usr_eval
 from r2f.engine.parallel import distributed, map_on_models, split_even
-from r2f.engine.scoring import generate, score
+from r2f.engine.scoring import generate, score, scoring_precision
 from r2f.errors import R2FError
 
 Progress = Callable[[str, int], Callable] | None
@@ -166,10 +166,12 @@ class SetJob:
         tofu = load_tofu(cfg.data.tofu_dir)
         t0 = time.perf_counter()
         items = _set_items(tofu, cfg, self.name, split, forget_ids)[self.start:self.stop]
-        if self.name == "holdout":
-            gt = score(model, tok, [(q.question, q.answer) for q in items], cfg.models.max_len, cfg.eval.batch_size)
-            return {"gt": gt, "scoring_s": time.perf_counter() - t0}
-        gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, self.name)
+        with scoring_precision(cfg.eval.precision):  # teacher-forced passes only; generation stays fp32
+            if self.name == "holdout":
+                gt = score(model, tok, [(q.question, q.answer) for q in items], cfg.models.max_len,
+                           cfg.eval.batch_size)
+                return {"gt": gt, "scoring_s": time.perf_counter() - t0}
+            gt, para, pert = _nll_per_set(model, tok, cfg, items, progress, self.name)
         t1 = time.perf_counter()
         gens = generate(model, tok, [q.question for q in items], cfg.models.max_len, cfg.eval.max_new_tokens,
                         cfg.eval.batch_size, _tick(progress, f"{self.name}: generation", len(items)))

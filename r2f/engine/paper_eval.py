@@ -14,7 +14,7 @@ from r2f.engine.models.encoding import collate, encode_qa
 from r2f.engine.models.prompt import prompt_format
 from r2f.engine.models.training import train_model
 from r2f.engine.paraphrase import make_all_views
-from r2f.engine.scoring import generate, score
+from r2f.engine.scoring import generate, score, scoring_precision
 
 Tick = Callable[[int], None] | None
 
@@ -62,10 +62,12 @@ def rap_eval(model, tok, cfg: Config, items, tick: Tick = None) -> MetricResult:
     epochs = max(1, -(-ec.rap_steps * bs // len(data)))
     attacked = copy.deepcopy(model)
     train = TrainConfig(epochs=epochs, lr=ec.rap_lr, batch_size=bs, warmup_frac=0.0, weight_decay=0.0)
-    train_model(attacked, data, train, tok.pad_token_id, cfg.unlearn.seed, max_steps=ec.rap_steps)
+    train_model(attacked, data, train, tok.pad_token_id, cfg.unlearn.seed, max_steps=ec.rap_steps,
+                precision=ec.precision)  # its own autocast: the evaluation's precision
     attacked.eval()
-    sc = score(attacked, tok, [(q.question, q.answer) for q in items], cfg.models.max_len, ec.batch_size,
-               detail=False, tick=tick)
+    with scoring_precision(ec.precision):
+        sc = score(attacked, tok, [(q.question, q.answer) for q in items], cfg.models.max_len, ec.batch_size,
+                   detail=False, tick=tick)
     probs = {q.id: math.exp(-s.nll) for q, s in zip(items, sc)}
     return MetricResult("rap", sum(probs.values()) / len(probs), probs,
                         {"steps": ec.rap_steps, "lr": ec.rap_lr, "batch_size": bs})

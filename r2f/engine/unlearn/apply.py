@@ -1,11 +1,13 @@
 """Shared by the single-direction methods: calibrate the step size eta with forward passes only,
 then apply ``W <- W - eta * ||W|| * D / ||D||`` module by module, refusing non-finite updates.
-The weights are written once (the chosen eta) and never copied: trials run through forward hooks.
+Trials of a small-rank update run through forward hooks; any other update is written into a trial
+copy of the weights that is restored exactly (:class:`Trial`); the chosen eta is written once.
 
 eta is relative: the update's Frobenius norm over all adapted modules is ``eta`` times theirs.
 Calibration: the largest eta in the grid whose NLL on calibration retain items stays within
-``(1 + retain_budget)`` of the original is found by bisection (the retain NLL rises with eta); each
-trial also records the forget NLL on *held-out views* (paraphrases not used for the gradient).
+``(1 + retain_budget)`` of the original is found by bisection (the retain NLL rises with eta). The
+forget NLL on *held-out views* (paraphrases not used for the gradient) is measured before the step
+and once at the chosen eta, not at every trial (the trials decide on the retain NLL alone).
 """
 
 from __future__ import annotations
@@ -119,31 +121,63 @@ def check_shapes(mods: dict, direction: dict) -> None:
 
 
 class Trial:
-    """Forward hooks that make every adapted module compute ``x (W - c D)^T`` without writing W:
-    ``y - c * (x V^T) U^T`` for a :class:`LowRank` D (k extra columns), ``y - c * x D^T`` for a
-    dense one. Calibration therefore never copies or modifies the weights."""
+    """Trial weights ``W - c D`` for calibration, undone exactly by :meth:`remove`. A factored D of
+    small rank (``k (out + in) <= out * in / 4``: under a quarter of the module's flops) runs as a
+    forward hook ``y - c (x V^T) U^T`` and its weight is never touched; any other D (dense, or
+    factors nearly as big as the matrix) is written into the weight from a saved copy of the
+    original, because a hook would cost a second full-size matmul per forward (it made each SmolLM2
+    calibration trial 1.4x slower than a plain forward, docs/performance.md)."""
 
     def __init__(self, mods: dict, direction: dict) -> None:
-        self.c = 0.0
-        self._handles = [mods[n].register_forward_hook(self._hook(d)) for n, d in direction.items()]
+        self._c = 0.0
+        self._mods, self._direction = mods, direction
+        self._saved: dict = {}
+        self._handles = []
+        for n, d in direction.items():
+            if _cheap_factors(d):
+                self._handles.append(mods[n].register_forward_hook(self._hook(d)))
+            else:
+                self._saved[n] = mods[n].weight.detach().clone()
+
+    @property
+    def c(self) -> float:
+        return self._c
+
+    @c.setter
+    def c(self, value: float) -> None:
+        import torch
+
+        self._c = value
+        with torch.no_grad():
+            for n, w0 in self._saved.items():
+                self._mods[n].weight.copy_(_new_weight(w0, self._direction[n], value))
 
     def _hook(self, d):
-        import torch.nn.functional as F
-
         def fn(_mod, inputs, out):
-            if self.c == 0.0:
+            if self._c == 0.0:
                 return out
             x = inputs[0]
-            if isinstance(d, LowRank) and d.factored:
-                delta = (x @ d.vs[0].T.to(x.dtype)) @ d.us[0].T.to(x.dtype)
-            else:
-                delta = F.linear(x, (d.dense() if isinstance(d, LowRank) else d).to(x.dtype))
-            return out - self.c * delta
+            return out - self._c * ((x @ d.vs[0].T.to(x.dtype)) @ d.us[0].T.to(x.dtype))
         return fn
 
     def remove(self) -> None:
+        """Remove the hooks and restore every written weight to its original (bit for bit)."""
+        import torch
+
         for h in self._handles:
             h.remove()
+        with torch.no_grad():
+            for n, w0 in self._saved.items():
+                self._mods[n].weight.copy_(w0)
+        self._handles, self._saved = [], {}
+
+
+def _cheap_factors(d) -> bool:
+    """A factored update whose hook costs at most a quarter of its module's matmul."""
+    if not (isinstance(d, LowRank) and d.factored):
+        return False
+    (out, n_in), k = d.shape, d.us[0].shape[1]
+    return 4 * k * (out + n_in) <= out * n_in
 
 
 def _new_weight(w: torch.Tensor, d, c: float) -> torch.Tensor:
@@ -176,8 +210,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
                         prob_drop: float | None = None) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
-    The grid's trials run through :class:`Trial` hooks (the weights are never written, so nothing
-    has to be restored); the chosen eta is written once by :func:`apply_update`.
+    The grid's trials run through :class:`Trial` (hooks, or trial weights restored exactly
+    afterwards); the chosen eta is written once by :func:`apply_update`.
     ``base_retain``: the retain NLL the budget is measured from (default: the current model's);
     multi-step R2F passes the original model's so the budget holds for all steps together.
     When no eta in the grid keeps the budget the step is refused (:class:`OverBudgetError`, as
@@ -238,10 +272,10 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         while hi - lo > 1:
             mid = (lo + hi) // 2
             trial.c = grid[mid] * scale
-            f, r = _nll(model, fb), _nll(model, rb)
+            r = _nll(model, rb)
             limit = base_r - math.log1p(-budget) if prob_drop is not None else base_r * (1 + budget)
-            ok = math.isfinite(f) and math.isfinite(r) and r <= limit
-            info["trials"].append({"eta": grid[mid], "forget_nll": f, "retain_nll": r, "within_budget": ok})
+            ok = math.isfinite(r) and r <= limit
+            info["trials"].append({"eta": grid[mid], "retain_nll": r, "within_budget": ok})
             tick()
             lo, hi = (mid, hi) if ok else (lo, mid)
     finally:
@@ -259,4 +293,5 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
             f"{smallest['retain_nll']:.4g}. Refused, model left unchanged; raise "
             "unlearn.eta.retain_budget or add smaller values to unlearn.eta.grid")
     set_eta(chosen)
+    info["forget_nll"] = _nll(model, fb)  # the held-out views' NLL after the step
     return chosen, info
