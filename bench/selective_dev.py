@@ -52,6 +52,8 @@ VARIANTS = {  # name: (method, overrides); every r2f_pc variant but "r2f_pc" (th
                                        _PC + "retain_prob_drop": 0.10}),
     "r2f_pc_wga_p10_5step": ("r2f_pc", {**_IN, _PC + "token_beta": 1.0, _PC + "retain_prob_drop": 0.10,
                                         _PC + "steps": 5}),
+    "r2f_pc_gru": ("r2f_pc", {_PC + "retain_projection": 16}),  # kfac p05 + GRU projection on 16 retain groups
+    "r2f_pc_gru_p10": ("r2f_pc", {_PC + "retain_projection": 16, _PC + "retain_prob_drop": 0.10}),
     "r2f_pc_contrast": ("r2f_pc", {_PC + "basis": "contrast"}),
     "r2f_pc_contrast_p10": ("r2f_pc", {_PC + "basis": "contrast", _PC + "retain_prob_drop": 0.10}),
     "npo": ("npo", {}),

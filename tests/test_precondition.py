@@ -197,3 +197,56 @@ def test_contrast_basis_prefers_what_retain_text_does_not_use():
         return float((a @ k @ a) / (a @ a_r @ a))
 
     assert ratio(contrast[0]) > 2 * ratio(plain[0])
+
+
+def test_projection_makes_the_update_orthogonal_to_every_retain_gradient():
+    """GRU's projection, generalised: with a negligible ridge the projected update has no component
+    along any retain direction (all modules together), stays factored, and changes."""
+    import torch
+
+    from r2f.engine.unlearn.apply import LowRank
+    from r2f.engine.unlearn.precondition import inner, project_out
+
+    g = torch.Generator().manual_seed(0)
+
+    def update(rank):
+        out = {}
+        for name, (o, i) in {"a": (12, 20), "b": (30, 10)}.items():
+            out[name] = LowRank()
+            out[name].add(1.0, torch.randn(o, rank, generator=g), torch.randn(rank, i, generator=g))
+        return out
+
+    basis = [update(1) for _ in range(3)]
+    d = update(2)
+    before = inner(d, d)
+    project_out(d, basis, 1e-9)
+    for r in basis:
+        assert abs(inner(r, d)) < 1e-6 * (inner(r, r) * before) ** 0.5
+    assert all(x.factored and x.us[0].shape[1] == 2 + 3 for x in d.values())
+    assert inner(d, d) < before  # a projection only removes
+
+
+def test_retain_projection_moves_the_projected_retain_items_less(tiny_cfg, tiny_models, tofu):
+    """r2f_pc's GRU projection (one group per covariance item): at the same fixed step the covariance
+    items' answer NLL moves less than without it, and the forget NLL still rises."""
+    from test_unlearn import _ctx, _with_eta
+
+    from r2f.engine.models.nll import mean_nll
+    from r2f.engine.unlearn.base import get_method
+
+    moved = {}
+    for groups in (0, 16):
+        pc = tiny_cfg.unlearn.r2f_pc.model_copy(update={"steps": 1, "covariance_items": 16,
+                                                        "retain_projection": groups})
+        cfg = _with_eta(tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})}),
+                        value=3e-3)
+        ctx = _ctx(cfg, tiny_models, tofu)
+        first = cfg.unlearn.eta.calibration_items
+        cov = ctx.retain[first:first + 16]
+        ml = cfg.models.max_len
+        c0, f0 = mean_nll(ctx.model, ctx.tokenizer, cov, ml), mean_nll(ctx.model, ctx.tokenizer, ctx.forget, ml)
+        res = get_method("r2f_pc").run(ctx)
+        assert res.info["retain_projection"] == groups
+        assert mean_nll(res.model, ctx.tokenizer, ctx.forget, ml) > f0
+        moved[groups] = abs(mean_nll(res.model, ctx.tokenizer, cov, ml) - c0)
+    assert moved[16] < moved[0]

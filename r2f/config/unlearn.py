@@ -56,6 +56,11 @@ class R2FPreconditionedConfig(_Strict):
     # the top generalised eigenvectors against the retain covariance A_r (large for the item, small for
     # retain text; r2f.engine.onepass._run_bases)
     basis: Literal["activation", "contrast"] = "activation"
+    # GRU-style projection (arXiv 2503.09117, generalised): the preconditioned update minus its part
+    # along the decoded retain gradients of the covariance items cut into this many groups, so to first
+    # order those retain losses do not move (0: off). projection_mu: ridge, x the mean squared norm
+    retain_projection: int = Field(0, ge=0, le=256)
+    projection_mu: float = Field(1e-3, gt=0)
 
 
 class GradAscentConfig(_Strict):

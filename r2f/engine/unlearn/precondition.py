@@ -155,3 +155,56 @@ def transform_memory_mb(transforms: dict) -> float:
     seen = {id(p): p for t in transforms.values() for p in (t if isinstance(t, tuple) else (t,))}
     return sum(p.numel() * p.element_size() for p in seen.values()) / 2**20
 
+
+
+def _factors(d):
+    """``(U, V)`` with ``U @ V == d`` for a LowRank (its factors, or ``(D, I)`` once dense) or a tensor."""
+    import torch
+
+    from r2f.engine.unlearn.apply import LowRank
+
+    if isinstance(d, LowRank) and d.factored:
+        return d.us[0], d.vs[0]
+    dense = d.dense() if isinstance(d, LowRank) else d
+    return dense, torch.eye(dense.shape[1], dtype=dense.dtype)
+
+
+def inner(a: dict, b: dict) -> float:
+    """Frobenius inner product of two per-module updates summed over their common modules, from the
+    factors: ``<U1 V1, U2 V2> = sum((U1^T U2) * (V1 V2^T))`` (no dense product is formed for factors)."""
+    total = 0.0
+    for name in a.keys() & b.keys():
+        (u1, v1), (u2, v2) = _factors(a[name]), _factors(b[name])
+        total += float(((u1.T.double() @ u2.double()) * (v1.double() @ v2.T.double())).sum())
+    return total
+
+
+def project_out(direction: dict, basis: list[dict], mu: float) -> dict:
+    """GRU's projection, generalised to several retain gradients (Wang et al., arXiv 2503.09117):
+    ``D - R (R^T R + lam I)^-1 R^T D`` over all modules at once, ``R``'s columns the per-module updates
+    of ``basis`` and ``lam = mu x`` their mean squared norm. With ``mu`` -> 0 the update is orthogonal to
+    every ``r_j``: to first order it leaves those retain losses unchanged. In place (a LowRank gains
+    ``len(basis)`` x its rank columns per module); returns ``direction``."""
+    import torch
+
+    from r2f.engine.unlearn.apply import LowRank
+
+    if not basis:
+        return direction
+    m = len(basis)
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    for i in range(m):
+        for j in range(i, m):
+            gram[i, j] = gram[j, i] = inner(basis[i], basis[j])
+    b = torch.tensor([inner(r, direction) for r in basis], dtype=torch.float64)
+    lam = mu * float(gram.diagonal().mean())
+    coef = torch.linalg.solve(gram + lam * torch.eye(m, dtype=torch.float64), b)
+    for c, r in zip(coef.tolist(), basis):
+        for name in direction.keys() & r.keys():
+            u, v = _factors(r[name])
+            d = direction[name]
+            if isinstance(d, LowRank):
+                d.add(-c, u.to(torch.float32), v.to(torch.float32))
+            else:
+                direction[name] = d - c * (u @ v).to(d.dtype)
+    return direction

@@ -31,10 +31,7 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
     total = sum(len(v.questions) for v in grad_views)
     direction = {i.name: LowRank() for i in infos}
     weighting = gram_weighting(cfg, decoder)
-    if cfg.lora.init == "activation" and (decoder == "prior" or not isinstance(decoder, str)):
-        # With A = the Gram's top eigenvectors, prior/learned decode exactly to the projection
-        # (docs/method.md): use it directly and skip an eigendecomposition per module and item.
-        decoder = "analytic"
+    decoder = effective_decoder(cfg, decoder)
     one_pass = cfg.lora.init == "activation" and decoder == "analytic"
     if (token_beta is not None or whiten is not None) and not one_pass:
         raise ValueError("token_beta and contrast bases need the one-pass path (lora.init activation with the "
@@ -78,10 +75,43 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
     return direction
 
 
-def group_factors(model, tok, cfg, infos, views, decoder, weighting, refusals) -> dict:
+def effective_decoder(cfg, decoder):
+    """The decoder R2F actually runs: with ``lora.init`` activation (A = the Gram's top eigenvectors)
+    the prior and learned decoders decode exactly to the projection (docs/method.md), so the analytic
+    decoder is used directly and an eigendecomposition per module and item is skipped."""
+    if cfg.lora.init == "activation" and (decoder == "prior" or not isinstance(decoder, str)):
+        return "analytic"
+    return decoder
+
+
+def retain_directions(ctx: UnlearnContext, items, groups: int) -> list[dict]:
+    """Decoded LoRA gradients of the answer NLL of ``items`` cut into ``groups`` contiguous groups, one
+    per-module update (factors) per group: the retain gradients R2F-PC's update is projected against
+    (``unlearn.r2f_pc.retain_projection``). Same LoRA basis, decoder and token weighting as the forget
+    direction; the true answers' NLL (descent; the sign does not matter to a projection)."""
+    from r2f.engine.paraphrase import Views
+
+    cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
+    infos = target_modules(model, cfg.lora.target_modules)
+    decoder = ctx.decoder
+    weighting = gram_weighting(cfg, decoder)
+    decoder = effective_decoder(cfg, decoder)
+    views = [Views(q.id, (q.question,), q.answer, 0) for q in items]
+    out = []
+    for r in split_even(len(views), groups):
+        factors = group_factors(model, tok, cfg, infos, [views[i] for i in r], decoder, weighting, [], "descent")
+        d = {i.name: LowRank() for i in infos}
+        for info in infos:
+            d[info.name].add(1.0, *factors[info.name])
+        out.append(d)
+    return out
+
+
+def group_factors(model, tok, cfg, infos, views, decoder, weighting, refusals, objective: str | None = None) -> dict:
     """One basis group's decoded factors per module (the per-group path: peft-initialised LoRA, or
-    a decoder other than the analytic projection): its LoRA gradients, then the decoder."""
-    objective = cfg.unlearn.objective
+    a decoder other than the analytic projection): its LoRA gradients, then the decoder.
+    ``objective``: default ``unlearn.objective``."""
+    objective = objective or cfg.unlearn.objective
     batches = view_batches(tok, views, cfg.models.max_len, objective, refusals, chunk=cfg.unlearn.micro_batch,
                            key_only=cfg.unlearn.key_only)
     if cfg.lora.init == "activation":

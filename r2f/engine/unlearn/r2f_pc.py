@@ -2,7 +2,9 @@
 step decodes the multi-view LoRA gradient at the current weights (no full-weight gradient, no
 optimizer state), preconditions it by the retain inputs' covariance per module
 (:mod:`r2f.engine.unlearn.precondition`) and applies it with a calibrated step; ``steps`` steps share
-the retain budget (step k of n may spend k/n of it in total, as multi-step R2F)."""
+the retain budget (step k of n may spend k/n of it in total, as multi-step R2F). With
+``retain_projection`` the preconditioned update is also projected off the decoded retain gradients
+(GRU, :func:`r2f.engine.unlearn.precondition.project_out`)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import time
 
 from r2f.engine.grads import qa_batches, target_modules
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
-from r2f.engine.unlearn.precondition import precondition, retain_transforms, transform_memory_mb
-from r2f.engine.unlearn.r2f import decoded_steps
+from r2f.engine.unlearn.precondition import precondition, project_out, retain_transforms, transform_memory_mb
+from r2f.engine.unlearn.r2f import decoded_steps, retain_directions
 
 
 class R2FPreconditioned:
@@ -32,10 +34,18 @@ class R2FPreconditioned:
         transforms = retain_transforms(ctx.model, infos, qa_batches(ctx.tokenizer, cov_items, cfg.models.max_len),
                                        pc.preconditioner, pc.damping, pc.energy, whiten_out=whiten)
         t_pre = time.perf_counter() - t0
-        etas, info = decoded_steps(ctx, pc.steps, lambda d: precondition(d, transforms), pc.retain_prob_drop,
-                                   pc.token_beta, whiten)
+        t0 = time.perf_counter()
+        # the retain gradients the update is projected against (GRU), once, at the original weights
+        retain_r = retain_directions(ctx, cov_items, pc.retain_projection) if pc.retain_projection else []
+        t_proj = time.perf_counter() - t0
+
+        def transform(d: dict) -> dict:
+            return project_out(precondition(d, transforms), retain_r, pc.projection_mu)
+
+        etas, info = decoded_steps(ctx, pc.steps, transform, pc.retain_prob_drop, pc.token_beta, whiten)
         info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner, basis=pc.basis,
-                    preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items))
+                    preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items),
+                    retain_projection=len(retain_r), projection_s=t_proj)
         return UnlearnResult(self.name, ctx.model, sum(etas), info)
 
 
