@@ -54,6 +54,8 @@ VARIANTS = {  # name: (method, overrides); every r2f_pc variant but "r2f_pc" (th
                                         _PC + "steps": 5}),
     "r2f_pc_gru": ("r2f_pc", {_PC + "retain_projection": 16}),  # kfac p05 + GRU projection on 16 retain groups
     "r2f_pc_gru_p10": ("r2f_pc", {_PC + "retain_projection": 16, _PC + "retain_prob_drop": 0.10}),
+    "r2f_pc_key": ("r2f_pc", {"unlearn.loss_tokens": "key"}),  # kfac p05, loss on the answers' key words only
+    "r2f_pc_key_p10": ("r2f_pc", {"unlearn.loss_tokens": "key", _PC + "retain_prob_drop": 0.10}),
     "r2f_pc_contrast": ("r2f_pc", {_PC + "basis": "contrast"}),
     "r2f_pc_contrast_p10": ("r2f_pc", {_PC + "basis": "contrast", _PC + "retain_prob_drop": 0.10}),
     "npo": ("npo", {}),

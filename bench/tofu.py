@@ -10,7 +10,9 @@ Writes bench/results/tofu_<split>[_quick].json / .md (another world's params fil
 forget-quality vs model-utility plot (.png).
 Every finished (method, seed) run is appended to ``tofu_<split>[_quick].runs.jsonl`` beside them at once;
 a rerun of the same code with the same parameters resumes from it (a session that ends mid-table loses
-only the run in progress). The file is removed when the table is written.
+only the run in progress). The journal is tracked by git, not ignored: commit it while a table is
+unfinished and a later session on a fresh checkout resumes too (the cached models are retrained there,
+deterministically from the same configuration). The file is removed when the table is written.
 """
 
 from __future__ import annotations

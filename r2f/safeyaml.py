@@ -3,7 +3,9 @@
 Refused, with the file and the line: aliases (``*ref``: "billion laughs" documents expand into
 exponentially large structures), nesting deeper than ``max_depth`` (the constructor recurses),
 duplicate mapping keys (PyYAML keeps the last one silently, so ``request_id`` given twice would
-pick one without telling), files larger than ``max_bytes``, and text that is not UTF-8.
+pick one without telling), files larger than ``max_bytes``, and text that is not UTF-8. A scalar that
+the safe constructor cannot build (an impossible date such as ``2026-02-30``, ``!!timestamp x``,
+``!!int x``) is a clear error with its line, never a traceback from inside PyYAML.
 """
 
 from __future__ import annotations
@@ -21,7 +23,20 @@ def _loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except (UnsafeYAML, yaml.YAMLError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - any constructor failure is the document's fault
+                value = node.value if isinstance(node.value, str) else node.tag
+                raise UnsafeYAML(f"line {node.start_mark.line + 1}: value {str(value)[:40]!r} cannot be read: "
+                                 f"{exc}") from None
+
         def construct_mapping(self, node, deep=False):
+            if not isinstance(node, yaml.MappingNode):  # e.g. ``!!set [1]``: a tag that needs a mapping
+                raise UnsafeYAML(f"line {node.start_mark.line + 1}: {node.tag} needs a mapping, got "
+                                 f"{node.id}")
             seen = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
@@ -60,6 +75,8 @@ def loads(text: str, source: str, max_depth: int = 20):
         raise UnsafeYAML(msg if msg.startswith(source) else f"{source}: {msg}") from None
     except yaml.YAMLError as exc:
         raise UnsafeYAML(f"{source}: not valid YAML/JSON: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a constructor run outside construct_object (PyYAML's generators)
+        raise UnsafeYAML(f"{source}: cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def load_file(path: str | Path, kind: str = "YAML", error: type[Exception] = UnsafeYAML, max_bytes: int = 1 << 20,

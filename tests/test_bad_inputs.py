@@ -124,3 +124,42 @@ def test_arbitrary_bytes_never_crash_the_reader(tmp_path_factory, data):
         read_request(f)
     except RequestError as exc:
         assert str(f) in str(exc)
+
+
+# -- property-based: whatever YAML scalar the loader meets, accepted or a clear error --------------
+_yaml_scalar = st.one_of(
+    st.builds(lambda y, m, d: f"{y:04d}-{m:02d}-{d:02d}", st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32)),
+    st.builds(lambda d, h, mi: f"{d}T{h:02d}:{mi:02d}:00Z", st.sampled_from(["2026-01-31", "2026-02-30", "0000-00-00"]),
+              st.integers(0, 25), st.integers(0, 61)),
+    st.sampled_from(["!!timestamp x", "!!int x", "!!float x", "!!bool maybe", "!!binary @@", "!!null x", "!!set [1]",
+                     "!!omap [1]", "!!pairs 3", "!!python/name:os.system", "!foo bar", "&a 1", "*a", "0x1G", "1e999",
+                     ".nan", "-.inf", "~", "[2026-02-30]", "{a: 2026-13-01}", "'2026-02-30'", "2026-02-30 extra"]),
+    st.integers().map(str), st.floats().map(repr),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x7E), max_size=30),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_yaml_scalar)
+def test_any_yaml_scalar_for_created_at_is_accepted_or_a_clear_error(tmp_path, scalar):
+    """Issue #22 item 4: dates, numbers, tags, anchors as ``created_at``: the request loader accepts
+    the file or raises RequestError naming it; never another exception."""
+    from r2f.governance.requests import RequestError, read_request
+
+    f = tmp_path / "r.yaml"
+    f.write_text("request_id: req-p\nsubject: s\nselectors: {question_ids: [tofu-3990]}\nrequester: r\n"
+                 f"legal_basis: b\ncreated_at: {scalar}\n")
+    try:
+        read_request(f)
+    except RequestError as exc:
+        assert str(exc).startswith(str(f)), exc
+
+
+def test_an_impossible_date_is_a_clear_error_with_its_line(tmp_path):
+    from r2f.governance.requests import RequestError, read_request
+
+    f = tmp_path / "r.yaml"
+    f.write_text("request_id: req-p\nsubject: s\nselectors: {question_ids: [tofu-3990]}\nrequester: r\n"
+                 "legal_basis: b\ncreated_at: 2026-02-30\n")
+    with pytest.raises(RequestError, match=r"line 6: value '2026-02-30' cannot be read: day is out of range"):
+        read_request(f)

@@ -86,10 +86,16 @@ class Config(_Strict):
             raise ValueError("state_dir must not be empty")
         return v
 
-    def section_hash(self, *keys: str) -> str:
+    def section_hash(self, *keys: str, exclude: tuple[str, ...] = ()) -> str:
         """A stable short hash of the named sections or dotted keys (``"unlearn.objective"``): the cache
-        key of what they produce."""
+        key of what they produce. ``exclude`` names dotted keys left out of their section (a setting
+        that a cache names another way, or that was added later without changing the result)."""
         payload = {k: self._value(k) for k in keys}
+        for key in exclude:
+            section, _, field = key.partition(".")
+            if section not in payload or not isinstance(payload[section], dict) or field not in payload[section]:
+                raise ConfigError(f"{key}: not a key of the hashed sections {', '.join(keys)}")
+            payload[section] = {k: v for k, v in payload[section].items() if k != field}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

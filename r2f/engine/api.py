@@ -4,7 +4,6 @@ writes its artifacts atomically."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -146,9 +145,8 @@ def eval_dir(cfg: Config, role: str, split: str) -> Path:
     """Cache folder of a reference evaluation (embedded ``target`` or ``retain`` model)."""
     # eval.precision is named in the folder when not fp32, and left out of the hash: the caches of
     # evaluations made before it existed (all fp32) stay valid
-    ev = {k: v for k, v in cfg.eval.model_dump(mode="json").items() if k != "precision"}
-    blob = json.dumps({"eval": ev, "paraphrase": cfg.paraphrase.model_dump(mode="json")}, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16] + ("" if cfg.eval.precision == "fp32" else f"-{cfg.eval.precision}")
+    key = (cfg.section_hash("eval", "paraphrase", exclude=("eval.precision",))
+           + ("" if cfg.eval.precision == "fp32" else f"-{cfg.eval.precision}"))
     return Path(cfg.state_dir) / "evals" / models_dir(cfg).name / f"{role}-{split}-{key}-s{cfg.unlearn.seed}"
 
 
