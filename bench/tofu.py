@@ -34,11 +34,15 @@ METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_tr
 
 def one(args, method: str, seed: int) -> None:
     """Child process: unlearn (or not, for ``target``), evaluate, print one RESULT line."""
+    import os
+
     from r2f.engine.api import evaluate_model, reference_eval, unlearn_model
     from r2f.engine.evaluation import summarize
 
     cfg = load_cfg(args, {**_split_cfg(args), "unlearn.seed": seed})
-    row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0}
+    # the 1-minute load when the run starts and when its unlearning ends: wall_s is only comparable
+    # between runs on idle cores (load below about 2 on this 2-core machine)
+    row = {"method": method, "seed": seed, "eta": None, "wall_s": 0.0, "load_start": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
         path = None
         if method != "target":
@@ -47,6 +51,7 @@ def one(args, method: str, seed: int) -> None:
             row.update(eta=rep["eta"], wall_s=rep["wall_s"], forget_calib_nll=rep["info"].get("forget_nll"))
             path = Path(tmp) / "model"
         row["peak_rss_mb"] = peak_rss_mb()  # unlearning (and model loading) only: measured before eval
+        row["load_end"] = round(os.getloadavg()[0], 2)
         if method == "retrain":
             # retrain loads the cached retain model: its evaluation is the retain reference evaluation
             # (same model, configuration and seed; its GUR against the target's is already added)
