@@ -83,6 +83,26 @@ class ScheduleConfig(_Strict):
     mode: Literal["sequential", "batch"] = "sequential"  # one unlearning per request, or one for all pending
 
 
+class PrivacyConfig(_Strict):
+    """Forget sets at rest (docs/privacy.md): a key per request, AES-GCM ciphertext in the run folders,
+    DVC and MLflow, and the key destroyed once a final request's retention window has passed."""
+
+    # "file": one key file per request under key_dir (mode 0600); "module:Class": a key-service
+    # provider implementing r2f.governance.privacy.KeyStore, built with the Config
+    key_store: str = "file"
+    key_dir: str | None = None       # the file store's folder; None: <state_dir>/keys
+    retention_days: float = Field(30.0, ge=0)   # after a request reaches a final state
+
+    @field_validator("key_store")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        import re
+
+        if v != "file" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"{v!r}: expected 'file' or 'module:Class'")
+        return v
+
+
 class ScaleConfig(_Strict):
     """Where the Prefect flow runs R2F's per-item gradient shards and the evaluation shards
     (docs/deployment.md). ``serial``: in the stage's own process (as ``r2f stage`` always does).

@@ -61,6 +61,7 @@ class NullTracker:
     def log_params(self, params): pass
     def log_metrics(self, metrics, step=None): pass
     def set_tags(self, tags): pass
+    def set_run_tag(self, run_id, key, value): pass
     def log_dict(self, obj, artifact_file): pass
     def log_artifact(self, path, artifact_path=None): pass
     def find_run(self, experiment, tags): return None
@@ -191,6 +192,10 @@ class MlflowTracker:
         rid = self._need_run()
         for k, v in safe_params(tags).items():
             self._client.set_tag(rid, k, v)
+
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        """Tag a finished run (retention records the shredding on the request's run)."""
+        self._client.set_tag(run_id, key, value)
 
     def log_dict(self, obj, artifact_file: str) -> None:
         self._client.log_dict(self._need_run(), obj, artifact_file)
