@@ -16,6 +16,8 @@ On a fresh tiny project (real Prefect, MLflow sqlite registry, DVC repo, GX suit
    (before; the encrypted forget set included), a control that must find them, `r2f retention
    enforce` past the window, the same search (after, the subject too), and `r2f audit`.
 6. tampering: that request's forget-quality metric rewritten in the tracking database, `r2f audit`.
+7. cross-host races: `--host-races` races of the promote stage between two state folders sharing a
+   PostgreSQL tracking store (goal: one promotion each), and a control race without the lease.
 Writes bench/results/reliability.json and .md. --quick: the request and params cases, 2 kill points,
 1 race.
 """
@@ -35,10 +37,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--races", type=int, default=2)
+    p.add_argument("--host-races", type=int, default=5, help="cross-host promotion races (PostgreSQL)")
     args = p.parse_args()
     setup()
     from bad_input_lib import cases, run_case
-    from conftest import TINY
+    from conftest import TINY, tiny_config
     from reliability_lib import (
         EASY_GATE,
         FAST_EVAL,
@@ -145,14 +148,32 @@ def main() -> None:
         print(f"tampering: {tamper}", flush=True)
         rows.append({"check": "tampering", "tried": 1, "audit_rc": tamper["audit_rc"],
                      "ok": int(tamper["audit_rc"] == 4 and tamper["names_seal"] and tamper["audit_rc_restored"] == 0)})
+        # 7. one promotion across hosts: the real promote stage raced by two processes with separate state
+        # folders sharing one PostgreSQL tracking store and registry (tests/lease_lib.py)
+        from lease_lib import cross_host_races
+        from pg_server import postgres_server
+
+        from r2f.engine.zoo import ensure_models
+
+        zoo = tiny_config(tmp / "zoo")
+        target = ensure_models(zoo, log=lambda _m: None, splits=(zoo.data.forget_split,)).path("target")
+        with postgres_server() as pg:
+            xh = cross_host_races(pg, tmp / "hosts", target, races=args.host_races)
+        xh.pop("hosts")
+        print(f"cross-host races: {xh}", flush=True)
+        rows.append({"check": "cross-host races", "tried": len(xh["races"]),
+                     "ok": sum(r["promotions"] == 1 for r in xh["races"]),
+                     "promotions": sum(r["promotions"] for r in xh["races"]),
+                     "control_promotions": xh["control_without_lease"]["promotions"]})
     meta = {"bad_inputs": bad, "kill_points": kills, "races": races, "forget_text_hits": hits, "shredding": shred,
-            "tampering": tamper,
+            "tampering": tamper, "cross_host": xh,
             "wall_s": round(time.perf_counter() - t_all, 1),
             "goals": {"bad inputs": "all rejected, message names the problem, 0 state changes",
                       "kill points": "all recovered", "concurrent runs": "exactly one promotion per race",
                       "forget-text occurrences": "0",
                       "shredding": "0 occurrences before (ciphertext) and after; the control finds them; audit VERIFIED",
-                      "tampering": "the audit exits 4 naming the sealed lineage record; 0 once restored"}}
+                      "tampering": "the audit exits 4 naming the sealed lineage record; 0 once restored",
+                      "cross-host races": "exactly one promotion per race (>= 5 races)"}}
     notes = [
         "bad inputs: tests/data/bad_inputs/cases.yaml (requests: inbox submit + prepare/validate stages; params: "
         "params loading; tofu: TOFU loading + prepare; model: model loading + the unlearn stage). State = registry "
@@ -173,12 +194,17 @@ def main() -> None:
         "audit_not_run: the checks that need the destroyed key.",
         "tampering: the shredded request's forget-quality metric rewritten in the sqlite tracking database "
         "(metrics and latest_metrics), then `r2f audit`; restored, then `r2f audit` again.",
-        "not yet measured: cross-host promotion races (issue #22 item 3, not built).",
+        "cross-host races: two processes with separate state folders share one PostgreSQL server (started by the "
+        "bench from Debian's package) as tracking store and registry, plus an artifact folder and DVC remote; each "
+        "runs the real promote stage on a candidate unlearned from the same champion, started together. "
+        "control_promotions: one more race with pipeline.lease false (2 = the race the lease prevents).",
     ]
     write("reliability", args, rows, ["check", "tried", "ok", "rejected", "message_names_problem", "state_changes",
                                       "promotions", "occurrences", "shredded", "occurrences_before",
-                                      "occurrences_after", "control_hits", "audit_after", "audit_rc"], notes, meta,
-          deps=[*PIPELINE, "tests/reliability_lib.py", "tests/bad_input_lib.py", "tests/data/bad_inputs"])
+                                      "occurrences_after", "control_hits", "audit_after", "audit_rc",
+                                      "control_promotions"], notes, meta,
+          deps=[*PIPELINE, "tests/reliability_lib.py", "tests/bad_input_lib.py", "tests/data/bad_inputs",
+                "tests/lease_lib.py", "tests/pg_server.py"])
 
 
 if __name__ == "__main__":

@@ -64,30 +64,28 @@ def test_an_edited_mlflow_record_breaks_the_seal(sealed, edit):
 
 
 def test_a_rewritten_or_cut_chain_is_detected(sealed):
-    from r2f.governance.chain import chain_file, link_hash
+    from r2f.governance.chain import link_hash, read_chain, write_chain
 
     cfg, tr, runs = sealed
-    f = chain_file(cfg)
-    lines = f.read_text().splitlines()
-    e = json.loads(lines[1])
+    chain = read_chain(cfg)
+    e = json.loads(json.dumps(chain[1]))
     e["record"]["metrics"]["forget_quality"] = 9.0  # rewritten without re-hashing
-    f.write_text("\n".join([lines[0], json.dumps(e), lines[2]]) + "\n")
+    write_chain(cfg, [chain[0], e, chain[2]])
     assert _ok(cfg, tr, runs[2])["lineage chain links hold"] is False
     e["hash"] = link_hash(e)  # re-hashed, so the next link breaks; cut after it, so the head differs
-    f.write_text("\n".join([lines[0], json.dumps(e)]) + "\n")
+    write_chain(cfg, [chain[0], e])
     ok = _ok(cfg, tr, runs[1])
     assert ok["lineage chain links hold"] and ok["lineage chain ends at the head stored in the DVC remote"] is False
-    f.write_text("\n".join(lines) + "\n")
+    write_chain(cfg, chain)
     assert all(_ok(cfg, tr, runs[1]).values())
 
 
 def test_an_unsealed_request_is_not_run_and_a_dropped_record_fails(sealed):
-    from r2f.governance.chain import chain_file, verify
+    from r2f.governance.chain import read_chain, verify, write_chain
 
     cfg, tr, runs = sealed
     with tr.start_run(cfg.tracking.unlearning_experiment, "old", {"request_id": "req-old"}) as old:
         pass
     assert verify(cfg, tr, old)[0][1] is None  # decided before sealing existed: listed, not failed
-    lines = chain_file(cfg).read_text().splitlines()
-    chain_file(cfg).write_text("\n".join(lines[:2]) + "\n")
+    write_chain(cfg, read_chain(cfg)[:2])
     assert verify(cfg, tr, runs[2])[0][1] is False  # the run says it was sealed: the missing record fails

@@ -159,18 +159,18 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     db.commit()
     db.close()
     assert audit(cfg, "req-a")["verified"]  # restored: the seal matches again
-    # the chain file rewritten consistently with a forged row still fails: its head is in the DVC remote
-    from r2f.governance.chain import chain_file, link_hash
+    # the chain rewritten consistently with a forged record (and cut after it) still fails: its head differs
+    from r2f.governance.chain import link_hash, read_chain, write_chain
 
-    lines = chain_file(cfg).read_text().splitlines()
-    i = next(i for i, ln in enumerate(lines) if json.loads(ln)["run_id"] == run_id)
-    forged = json.loads(lines[i])
+    chain = read_chain(cfg)
+    i = next(i for i, e in enumerate(chain) if e["run_id"] == run_id)
+    forged = json.loads(json.dumps(chain[i]))
     forged["record"]["metrics"] = {k: v + 1 for k, v in forged["record"]["metrics"].items()}
     forged["hash"] = link_hash(forged)  # a consistent chain up to req-a's forged record; the rest dropped
-    chain_file(cfg).write_text("\n".join([*lines[:i], json.dumps(forged, sort_keys=True)]) + "\n")
+    write_chain(cfg, [*chain[:i], forged])
     cut = audit(cfg, "req-a")
     assert not cut["verified"] and "head stored in the DVC remote" in cut["verdict"], cut["verdict"]
-    chain_file(cfg).write_text("\n".join(lines) + "\n")
+    write_chain(cfg, chain)
     assert audit(cfg, "req-a")["verified"]
 
     # tamper with the forget set's DVC object of req-a: the audit names the mismatch

@@ -74,6 +74,11 @@ class PipelineConfig(_Strict):
     # A request whose final decision is in the registry is not processed again (exactly once, also
     # after a crash); true: run it again as a new candidate (comparing methods, a changed gate)
     rerun: bool = False
+    # One promotion at a time across hosts (r2f.governance.lease): a lease with a fencing token in the
+    # registry's database; lease_uri None: the tracking URI when it is a database (sqlite/postgresql)
+    lease: bool = True
+    lease_uri: str | None = None
+    lease_ttl_s: float = Field(600.0, gt=0)
 
 
 class ScheduleConfig(_Strict):

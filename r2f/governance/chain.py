@@ -5,10 +5,12 @@ The audit re-computes hashes of files (the request, DVC objects, registered weig
 records that tie them together (run tags, params, metrics, the gate decision, the registry's
 version tags) live in the MLflow database, and whoever can rewrite that database could rewrite them
 consistently. So when a request is decided, :func:`seal` reads its records back from MLflow
-(:func:`record_of`) and appends ``{seq, request_id, run_id, sealed_at, record, prev, hash}`` to
-``<state_dir>/lineage/chain.jsonl``, with ``hash = sha256(prev + canonical JSON of the rest)``. The
-chain's head (``seq``, ``hash``) is written to the DVC remote (``r2f-lineage/HEAD.json``), a store
-that the tracking server's writers need not be able to write.
+(:func:`record_of`) and appends ``{seq, request_id, run_id, sealed_at, record, prev, hash}`` to the
+chain ``r2f-lineage/chain.jsonl`` in the DVC remote, with ``hash = sha256(prev + canonical JSON of the
+rest)``, and writes the chain's head (``seq``, ``hash``) beside it (``r2f-lineage/HEAD.json``). The
+remote is a store that the tracking server's writers need not be able to write, and the one store
+that hosts sharing a registry also share; ``promote`` seals inside the promotion lease
+(r2f.governance.lease), so appends from several hosts never interleave.
 
 :func:`verify` (the audit's last check) re-reads the request's records from MLflow now, and checks
 that they equal the sealed record, that every link of the chain holds, and that the chain ends at
@@ -43,15 +45,32 @@ def _canon(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def chain_file(cfg: Config) -> Path:
-    return Path(cfg.state_dir) / "lineage" / "chain.jsonl"
-
-
-def _head_url(cfg: Config) -> str:
+def lineage_url(cfg: Config, name: str) -> str:
+    """``r2f-lineage/<name>`` in the project's DVC remote (``versioning.remote_url``, default the local
+    remote under the state folder)."""
     from r2f.governance.versioning import find_root, remote_url
 
     root = find_root(Path(cfg.pipeline.request).resolve().parent) or find_root() or Path.cwd()
-    return remote_url(cfg, root).rstrip("/") + "/r2f-lineage/HEAD.json"
+    return remote_url(cfg, root).rstrip("/") + f"/r2f-lineage/{name}"
+
+
+def _read(cfg: Config, name: str) -> bytes | None:
+    url = lineage_url(cfg, name)
+    fs, path = _fs(cfg, url)
+    try:
+        return fs.cat_file(path) if fs.exists(path) else None
+    except OSError as exc:
+        raise ChainError(f"{url}: cannot be read: {exc}") from exc
+
+
+def _write(cfg: Config, name: str, data: bytes) -> None:
+    url = lineage_url(cfg, name)
+    fs, path = _fs(cfg, url)
+    try:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, data)
+    except OSError as exc:
+        raise ChainError(f"{url}: cannot be written: {exc}") from exc
 
 
 def _fs(cfg: Config, url: str):
@@ -68,32 +87,23 @@ def _fs(cfg: Config, url: str):
 
 
 def read_head(cfg: Config) -> dict | None:
-    fs, path = _fs(cfg, _head_url(cfg))
+    raw = _read(cfg, "HEAD.json")
     try:
-        if not fs.exists(path):
-            return None
-        return json.loads(fs.cat_file(path))
-    except (OSError, ValueError) as exc:
-        raise ChainError(f"{_head_url(cfg)}: the lineage head cannot be read: {exc}") from exc
-
-
-def _write_head(cfg: Config, head: dict) -> None:
-    fs, path = _fs(cfg, _head_url(cfg))
-    try:
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, _canon(head))
-    except OSError as exc:
-        raise ChainError(f"{_head_url(cfg)}: the lineage head cannot be written: {exc}") from exc
+        return None if raw is None else json.loads(raw)
+    except ValueError as exc:
+        raise ChainError(f"{lineage_url(cfg, 'HEAD.json')}: not a lineage head: {exc}") from exc
 
 
 def read_chain(cfg: Config) -> list[dict]:
-    f = chain_file(cfg)
-    if not f.is_file():
-        return []
+    raw = _read(cfg, "chain.jsonl")
     try:
-        return [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        return [json.loads(ln) for ln in (raw or b"").decode().splitlines() if ln.strip()]
     except ValueError as exc:
-        raise ChainError(f"{f}: not a lineage chain: {exc}") from exc
+        raise ChainError(f"{lineage_url(cfg, 'chain.jsonl')}: not a lineage chain: {exc}") from exc
+
+
+def write_chain(cfg: Config, chain: list[dict]) -> None:
+    _write(cfg, "chain.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in chain).encode())
 
 
 def link_hash(entry: dict) -> str:
@@ -130,11 +140,8 @@ def seal(cfg: Config, tracker, run_id: str, request_id: str) -> dict:
     entry = {"seq": len(chain), "request_id": request_id, "run_id": run_id,
              "sealed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "record": record, "prev": prev}
     entry["hash"] = link_hash(entry)
-    f = chain_file(cfg)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    with f.open("a") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-    _write_head(cfg, {"seq": entry["seq"], "hash": entry["hash"]})
+    write_chain(cfg, [*chain, entry])
+    _write(cfg, "HEAD.json", _canon({"seq": entry["seq"], "hash": entry["hash"]}))
     tracker.set_run_tag(run_id, "lineage_seq", str(entry["seq"]))
     return entry
 

@@ -170,7 +170,7 @@ def log_gate(tracker, run_id: str | None, decision: dict, note: str | None = Non
 
 
 def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path, run_id: str | None,
-                         decision: dict, info: dict) -> dict:
+                         decision: dict, info: dict, fence=None) -> dict:
     """Base target as version 1 / champion (once); the unlearned model as a new version with alias
     ``candidate``; ``champion`` moves to it only if the gate passed. Logs the DVC md5s."""
     name = cfg.tracking.target_model_name
@@ -183,5 +183,5 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
     res = tracker.register_candidate(name, str(target_dir), str(model_dir), run_id, decision,
                                      {"request_id": info["request_id"], "forget_rows_hmac": info["rows_hmac"],
                                       "weights_sha256": weights_sha256(model_dir)},
-                                     cfg.tracking.unlearning_experiment, description=description)
+                                     cfg.tracking.unlearning_experiment, description=description, fence=fence)
     return {"registered_model": name, **res, "passed": decision["passed"], "request_id": info["request_id"]}

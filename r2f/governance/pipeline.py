@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +226,8 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
         rep["request_id"] = info["request_id"]
         rep["decoder_hash"] = decoder_dir(cfg).name
         rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
+        # promote refuses to move champion if it moved since now (another host's deletion)
+        rep["champion_at_start"] = tracker.alias_version(cfg.tracking.target_model_name, "champion")
         rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
         _write(new / "report.json", rep)
     return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
@@ -275,15 +278,40 @@ def promote(cfg: Config, log: Log, progress=None) -> dict:
     decision = _json(stage_dir(cfg, "gate") / "decision.json")
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
     tracker = make_tracker(cfg)
-    res = register_and_promote(tracker, cfg, stage_dir(cfg, "train_models") / "target",
-                               stage_dir(cfg, "unlearn") / "model", rep.get("mlflow_run_id"), decision, info)
-    if tracker.active and rep.get("mlflow_run_id"):  # tamper evidence: the decided lineage, chained
-        from r2f.governance.chain import seal
+    with _promotion_lease(cfg, tracker) as fence:
+        if fence is not None and "champion_at_start" in rep:
+            now = tracker.alias_version(cfg.tracking.target_model_name, "champion")
+            if now != rep["champion_at_start"]:
+                from r2f.governance.lease import ChampionMoved
 
-        res["lineage_seq"] = seal(cfg, tracker, rep["mlflow_run_id"], info["request_id"])["seq"]
+                raise ChampionMoved(f"request {info['request_id']}: champion moved from version "
+                                    f"{rep['champion_at_start']} to {now} since its unlearning started (another "
+                                    "run promoted); nothing promoted: run it again from the new champion")
+        res = register_and_promote(tracker, cfg, stage_dir(cfg, "train_models") / "target",
+                                   stage_dir(cfg, "unlearn") / "model", rep.get("mlflow_run_id"), decision, info,
+                                   fence=fence)
+        if tracker.active and rep.get("mlflow_run_id"):  # tamper evidence: the decided lineage, chained
+            from r2f.governance.chain import seal
+
+            res["lineage_seq"] = seal(cfg, tracker, rep["mlflow_run_id"], info["request_id"])["seq"]
     with atomic_dir(stage_dir(cfg, "promote")) as tmp:
         _write(tmp / "promotion.json", res)
     return res
+
+
+@contextmanager
+def _promotion_lease(cfg: Config, tracker):
+    """The cross-host promotion lease (r2f.governance.lease) while the candidate is registered and the
+    aliases move; yields its fence (None without tracking or with ``pipeline.lease: false``)."""
+    from r2f.governance.lease import PromotionLease, lease_uri
+
+    uri = lease_uri(cfg, tracker.uri) if tracker.active else None
+    if uri is None:
+        yield None
+        return
+    lease = PromotionLease(uri, cfg.tracking.target_model_name, cfg.pipeline.lease_ttl_s)
+    with lease.hold() as token:
+        yield lambda: lease.check(token)
 
 
 P = "${state_dir}/pipeline"

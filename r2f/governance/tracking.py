@@ -73,7 +73,8 @@ class NullTracker:
     def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf", tags=None, description=None):
         return None, None
 
-    def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None):
+    def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None, description=None,
+                           fence=None):
         return {"version": None, "champion_version": None, "base_version": None, "tracking": "disabled"}
 
 
@@ -325,10 +326,10 @@ class MlflowTracker:
 
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning",
-                           description: str | None = None) -> dict:
+                           description: str | None = None, fence=None) -> dict:
         """Register the unlearned model as the new ``candidate`` and promote it if the gate passed
         (:func:`r2f.governance.registry.register_candidate`)."""
         from r2f.governance.registry import register_candidate
 
         return register_candidate(self._client, self, name, base_dir, model_dir, run_id, decision, tags,
-                                  experiment, description)
+                                  experiment, description, fence)
