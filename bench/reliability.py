@@ -11,6 +11,13 @@ On a fresh tiny project (real Prefect, MLflow sqlite registry, DVC repo, GX suit
    race (goal 1) and the other run's refusal.
 4. the forget set's questions, answers and the subject searched in the MLflow database and artifact
    store, Prefect's state, the inbox, the run logs and the audit reports (goal 0 occurrences).
+5. shredding (issue #22): on a fresh project, a request through one scheduled tick, every file under
+   the state folder and the DVC cache searched for its questions, answers and 40-character prefixes
+   (before; the encrypted forget set included), a control that must find them, `r2f retention
+   enforce` past the window, the same search (after, the subject too), and `r2f audit`.
+6. tampering: that request's forget-quality metric rewritten in the tracking database, `r2f audit`.
+7. cross-host races: `--host-races` races of the promote stage between two state folders sharing a
+   PostgreSQL tracking store (goal: one promotion each), and a control race without the lease.
 Writes bench/results/reliability.json and .md. --quick: the request and params cases, 2 kill points,
 1 race.
 """
@@ -30,10 +37,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--races", type=int, default=2)
+    p.add_argument("--host-races", type=int, default=5, help="cross-host promotion races (PostgreSQL)")
     args = p.parse_args()
     setup()
     from bad_input_lib import cases, run_case
-    from conftest import TINY
+    from conftest import TINY, tiny_config
     from reliability_lib import (
         EASY_GATE,
         FAST_EVAL,
@@ -43,9 +51,12 @@ def main() -> None:
         forget_texts,
         make_project,
         r2f,
+        read_request_id,
         registry,
         run_and_kill,
         run_to_end,
+        shredding_check,
+        tamper_check,
         write_request,
     )
 
@@ -120,11 +131,49 @@ def main() -> None:
         hits = forget_text_hits(proj, texts, logs)
         rows.append({"check": "forget-text occurrences", "tried": len(texts), "ok": int(not hits),
                      "occurrences": len(hits)})
-    meta = {"bad_inputs": bad, "kill_points": kills, "races": races, "forget_text_hits": hits,
+
+        # 5. crypto-shredding
+        shred_proj = make_project(tmp / "shred", {**TINY, **FAST_EVAL, **EASY_GATE})
+        shred = shredding_check(shred_proj)
+        print(f"shredding: { {k: v for k, v in shred.items() if not k.endswith(('_log', '_tail'))} }", flush=True)
+        rows.append({"check": "shredding", "tried": 1, "shredded": shred["shredded"],
+                     "ok": int(shred["shredded"] == 1 and not shred["before"] and not shred["after"]
+                               and shred["control_hits"] > 0 and shred["audit_verdict"] == "VERIFIED"),
+                     "occurrences_before": len(shred["before"]), "occurrences_after": len(shred["after"]),
+                     "control_hits": shred["control_hits"], "strings": shred["searched_strings"],
+                     "audit_after": shred["audit_verdict"], "audit_not_run": len(shred["audit_not_run"] or [])})
+
+        # 6. a rewritten MLflow row of the (promoted, shredded) request: the audit must fail (exit 4)
+        tamper = tamper_check(shred_proj, read_request_id(shred_proj / "requests/forget01-authors.yaml"))
+        print(f"tampering: {tamper}", flush=True)
+        rows.append({"check": "tampering", "tried": 1, "audit_rc": tamper["audit_rc"],
+                     "ok": int(tamper["audit_rc"] == 4 and tamper["names_seal"] and tamper["audit_rc_restored"] == 0)})
+        # 7. one promotion across hosts: the real promote stage raced by two processes with separate state
+        # folders sharing one PostgreSQL tracking store and registry (tests/lease_lib.py)
+        from lease_lib import cross_host_races
+        from pg_server import postgres_server
+
+        from r2f.engine.zoo import ensure_models
+
+        zoo = tiny_config(tmp / "zoo")
+        target = ensure_models(zoo, log=lambda _m: None, splits=(zoo.data.forget_split,)).path("target")
+        with postgres_server() as pg:
+            xh = cross_host_races(pg, tmp / "hosts", target, races=args.host_races)
+        xh.pop("hosts")
+        print(f"cross-host races: {xh}", flush=True)
+        rows.append({"check": "cross-host races", "tried": len(xh["races"]),
+                     "ok": sum(r["promotions"] == 1 for r in xh["races"]),
+                     "promotions": sum(r["promotions"] for r in xh["races"]),
+                     "control_promotions": xh["control_without_lease"]["promotions"]})
+    meta = {"bad_inputs": bad, "kill_points": kills, "races": races, "forget_text_hits": hits, "shredding": shred,
+            "tampering": tamper, "cross_host": xh,
             "wall_s": round(time.perf_counter() - t_all, 1),
             "goals": {"bad inputs": "all rejected, message names the problem, 0 state changes",
                       "kill points": "all recovered", "concurrent runs": "exactly one promotion per race",
-                      "forget-text occurrences": "0"}}
+                      "forget-text occurrences": "0",
+                      "shredding": "0 occurrences before (ciphertext) and after; the control finds them; audit VERIFIED",
+                      "tampering": "the audit exits 4 naming the sealed lineage record; 0 once restored",
+                      "cross-host races": "exactly one promotion per race (>= 5 races)"}}
     notes = [
         "bad inputs: tests/data/bad_inputs/cases.yaml (requests: inbox submit + prepare/validate stages; params: "
         "params loading; tofu: TOFU loading + prepare; model: model loading + the unlearn stage). State = registry "
@@ -138,10 +187,24 @@ def main() -> None:
         "exits 2 naming the lock.",
         "forget-text occurrences: each question, answer (and 40-character prefix) and the subject, searched raw and "
         "JSON-escaped; the versioned forget set itself (pipeline/request, DVC cache/remote) is not searched.",
+        "shredding: every file under the state folder (DVC remote, MLflow store, Prefect database, logs, inbox, keys, "
+        "run folders, models) and the project's DVC cache, searched for each question, answer and 40-character "
+        "prefix before `r2f retention enforce` (the forget set is AES-GCM ciphertext) and after it (the subject "
+        "too); control_hits: the same search after writing the decrypted forget set under the state folder. "
+        "audit_not_run: the checks that need the destroyed key.",
+        "tampering: the shredded request's forget-quality metric rewritten in the sqlite tracking database "
+        "(metrics and latest_metrics), then `r2f audit`; restored, then `r2f audit` again.",
+        "cross-host races: two processes with separate state folders share one PostgreSQL server (started by the "
+        "bench from Debian's package) as tracking store and registry, plus an artifact folder and DVC remote; each "
+        "runs the real promote stage on a candidate unlearned from the same champion, started together. "
+        "control_promotions: one more race with pipeline.lease false (2 = the race the lease prevents).",
     ]
     write("reliability", args, rows, ["check", "tried", "ok", "rejected", "message_names_problem", "state_changes",
-                                      "promotions", "occurrences"], notes, meta,
-          deps=[*PIPELINE, "tests/reliability_lib.py", "tests/bad_input_lib.py", "tests/data/bad_inputs"])
+                                      "promotions", "occurrences", "shredded", "occurrences_before",
+                                      "occurrences_after", "control_hits", "audit_after", "audit_rc",
+                                      "control_promotions"], notes, meta,
+          deps=[*PIPELINE, "tests/reliability_lib.py", "tests/bad_input_lib.py", "tests/data/bad_inputs",
+                "tests/lease_lib.py", "tests/pg_server.py"])
 
 
 if __name__ == "__main__":

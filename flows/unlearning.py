@@ -166,13 +166,19 @@ def tick_flow(params: str = "params.yaml", overrides: dict | None = None) -> dic
     """One scheduled tick: every pending inbox request through the pipeline, oldest first, each
     from the then-current champion (``schedule.mode: sequential``), or all of them as one
     unlearning (``batch``). A failing request is marked ``failed`` with the reason and the others
-    go on; a tick with nothing pending does nothing; a second tick while one runs is refused."""
+    go on; a tick with nothing pending does nothing; a second tick while one runs is refused.
+    Every tick then enforces retention (r2f.governance.retention): final requests past
+    ``privacy.retention_days`` are crypto-shredded; ``shredded`` lists them."""
     from r2f.config import load_config
     from r2f.governance.inbox import process_pending
+    from r2f.governance.retention import enforce
 
     cfg = load_config(params, dict(overrides or {}))
-    return process_pending(cfg, lambda request, ids: unlearning_flow(
+    res = process_pending(cfg, lambda request, ids: unlearning_flow(
         params, {**(overrides or {}), "pipeline.request": str(request)}, inbox_ids=ids), _say)
+    if not res["busy"]:  # a tick that could not take the inbox lock leaves retention to the one that did
+        res["shredded"] = [r["request_id"] for r in enforce(cfg, log=_say)]
+    return res
 
 
 def tick_deployment(params: str = "params.yaml", overrides: dict | None = None, cron: str = "0 2 * * *"):

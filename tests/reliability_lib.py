@@ -183,8 +183,8 @@ def forget_texts(project: Path, request_file: str) -> list[str]:
 def forget_text_hits(project: Path, texts: list[str], logs: dict[str, str]) -> list[dict]:
     """Occurrences of ``texts`` in the MLflow database and artifact store, Prefect's state (its
     database and persisted task results), the flow log files (``.r2f/logs``), the inbox, the audit
-    reports and ``logs`` (name -> text). The forget set itself (pipeline/request/forget.jsonl and its
-    DVC cache/remote copies) is the versioned input, not a log, and is not searched."""
+    reports and ``logs`` (name -> text). The forget set itself (pipeline/request/forget.jsonl.enc and
+    its DVC cache/remote copies) is ciphertext; :func:`state_text_hits` searches everything."""
     import json as _json
 
     st = project / ".r2f"
@@ -202,6 +202,31 @@ def forget_text_hits(project: Path, texts: list[str], logs: dict[str, str]) -> l
             if any(f in blob for f in forms):
                 hits.append({"where": where, "text_sha256": hashlib.sha256(t.encode()).hexdigest()[:12]})
     return hits
+
+
+def state_text_hits(state: Path, texts: list[str]) -> list[dict]:
+    """Occurrences of ``texts`` (as UTF-8, JSON-escaped or JSON with non-ASCII kept) in every file
+    under the state folder ``state``: DVC cache and remote, MLflow store, Prefect database, logs,
+    inbox, keys, run folders, models. Files over 200 MiB are read in overlapping blocks."""
+    import json as _json
+
+    forms = {t: {t.encode(), _json.dumps(t)[1:-1].encode(), _json.dumps(t, ensure_ascii=False)[1:-1].encode()}
+             for t in texts}
+    longest = max((len(f) for fs in forms.values() for f in fs), default=0)
+    hits = []
+    for p in sorted(state.rglob("*")):
+        if not p.is_file() or p.is_symlink():
+            continue
+        with p.open("rb") as fh:
+            tail = b""
+            while block := fh.read(64 * 2**20):
+                buf = tail + block
+                for t, fs in forms.items():
+                    if any(f in buf for f in fs):
+                        hits.append({"where": str(p.relative_to(state)),
+                                     "text_sha256": hashlib.sha256(t.encode()).hexdigest()[:12]})
+                tail = buf[-longest:]
+    return [dict(x) for x in {(h["where"], h["text_sha256"]): h for h in hits}.values()]
 
 
 def cut_promotion(project: Path, rid: str, question_ids: list[str]) -> dict:
@@ -231,3 +256,92 @@ def cut_promotion(project: Path, rid: str, question_ids: list[str]) -> dict:
     before = registry(project)
     rc, out = run_to_end(project, "run", "--set", f"pipeline.request={req}")
     return {"version": version, "before": before, "after": registry(project), "rc": rc, "output": out}
+
+
+def shredding_check(project: Path, request_file: str = "requests/forget01-authors.yaml") -> dict:
+    """Issue #22's crypto-shredding scenario on ``project``: submit the request, one scheduled tick
+    (``r2f serve --once``), then search every file under the state folder and the project's DVC cache
+    for the forget set's questions, answers and 40-character prefixes (before); a control that writes
+    the decrypted forget set under the state folder and must be found; ``r2f retention enforce`` at a
+    time past the window; the same search (after, the subject included); ``r2f audit``."""
+    import datetime as dt
+    import json as _json
+
+    from r2f.config import load_config
+    from r2f.governance.inbox import inbox
+    from r2f.governance.privacy import FileKeyStore, read_forget_set
+
+    out: dict = {}
+    rc, log = run_to_end(project, "request", "submit", request_file)
+    rid = read_request_id(project / request_file)
+    rc2, log2 = run_to_end(project, "serve", "--once")
+    out["tick_rc"], out["tick_log_tail"] = rc2, log2[-2000:]
+    cfg = load_config(project / "params.yaml", {"state_dir": str(project / ".r2f")})
+    rec = inbox(cfg).get(rid)
+    out["state"] = rec.state
+    texts = forget_texts(project, request_file)
+    subject = read_request_subject(project / request_file)
+    qa = [t for t in texts if t != subject]
+    places = (project / ".r2f", project / ".dvc/cache")
+    out["searched_strings"] = len(qa)
+    out["before"] = [h for p in places if p.exists() for h in state_text_hits(p, qa)]
+    # control: the decrypted forget set written under the state folder is found
+    prep = project / ".r2f/pipeline/request"
+    rows = read_forget_set(FileKeyStore(project / ".r2f/keys").get(rid), rid, prep / "forget.jsonl.enc")
+    ctl = project / ".r2f/control-plaintext.jsonl"
+    ctl.write_text("\n".join(_json.dumps(r, ensure_ascii=False) for r in rows))
+    out["control_hits"] = len(state_text_hits(project / ".r2f", qa))
+    ctl.unlink()
+    final = dt.datetime.fromisoformat(rec.at(rec.state))
+    later = (final + dt.timedelta(days=cfg.privacy.retention_days, minutes=1)).isoformat()
+    rc3, log3 = run_to_end(project, "retention", "enforce", "--now", later)
+    out["enforce_rc"], out["enforce_log"] = rc3, log3[-1000:]
+    out["shredded"] = sum(1 for r in inbox(cfg).records() if r.shredded_at)
+    out["after"] = [h for p in places if p.exists() for h in state_text_hits(p, [*qa, subject])]
+    rc4, rep = run_to_end(project, "audit", rid, "--format", "json")
+    out["audit_rc"] = rc4
+    try:
+        audit = _json.loads(rep)
+    except ValueError:
+        audit = {"verdict": rep[-500:]}
+    out["audit_verdict"] = audit.get("verdict")
+    out["audit_not_run"] = audit.get("not_run")
+    out["audit_shredded_at"] = audit.get("forget_set_shredded_at")
+    out["key_file_left"] = (project / ".r2f/keys" / f"{rid}.key").exists()
+    return out
+
+
+def read_request_id(path: Path) -> str:
+    return yaml.safe_load(path.read_text())["request_id"]
+
+
+def read_request_subject(path: Path) -> str:
+    return yaml.safe_load(path.read_text())["subject"]
+
+
+def tamper_check(project: Path, rid: str) -> dict:
+    """Issue #22's tampering scenario: ``rid``'s forget-quality metric rewritten straight in the
+    tracking database (sqlite), then ``r2f audit`` (goal: exit 4 naming the sealed lineage record);
+    the row restored, the audit again (goal: exit 0)."""
+    import sqlite3
+
+    from r2f.config import load_config
+    from r2f.governance.tracking_setup import make_tracker
+
+    cfg = load_config(project / "params.yaml", {"state_dir": str(project / ".r2f")})
+    run_id = make_tracker(cfg).find_run(cfg.tracking.unlearning_experiment, {"request_id": rid})
+    sql = "UPDATE {t} SET value = value + ? WHERE run_uuid = ? AND key LIKE '%forget_quality%'"
+    db = sqlite3.connect(project / ".r2f/mlflow/mlflow.db")
+    try:
+        edited = db.execute(sql.format(t="metrics"), (0.5, run_id)).rowcount
+        db.execute(sql.format(t="latest_metrics"), (0.5, run_id))
+        db.commit()
+        rc, out = run_to_end(project, "audit", rid)
+        db.execute(sql.format(t="metrics"), (-0.5, run_id))
+        db.execute(sql.format(t="latest_metrics"), (-0.5, run_id))
+        db.commit()
+    finally:
+        db.close()
+    rc_restored, _ = run_to_end(project, "audit", rid)
+    return {"rows_edited": edited, "audit_rc": rc, "names_seal": "sealed lineage record" in out,
+            "audit_rc_restored": rc_restored}

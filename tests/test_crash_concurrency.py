@@ -96,6 +96,12 @@ def test_no_forget_text_in_tracking_state_logs_or_audit(project):
         assert rc == 0, logs[f"audit-{fmt}"][-3000:]
     hits = forget_text_hits(project, texts, logs)
     assert hits == [], hits[:10]
-    # control: the probe finds the text where it legitimately is (the versioned forget set)
-    forget_set = (project / ".r2f/pipeline/request/forget.jsonl").read_text()
-    assert forget_text_hits(project, texts, {"forget_set": forget_set})
+    # the versioned forget set is ciphertext: no forget text in it either
+    import json
+
+    from test_pipeline_flow import forget_rows
+
+    raw = (project / ".r2f/pipeline/request/forget.jsonl.enc").read_bytes()
+    assert forget_text_hits(project, texts, {"ciphertext": raw.decode("latin-1")}) == []
+    # control: the probe finds the text where it legitimately is (the forget set, decrypted)
+    assert forget_text_hits(project, texts, {"forget_set": json.dumps(forget_rows(project), ensure_ascii=False)})

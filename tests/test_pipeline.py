@@ -99,7 +99,7 @@ def _changed(dump: dict, key: str, value):
     elif isinstance(value, (int, float)):
         cands = [value + 1, value * 2, value / 2, value + 0.01, value - 1]
     elif isinstance(value, str):
-        cands = [value + "x", *_literals(key)]
+        cands = [value + "x", *_literals(key), "pkg.mod:Store"]  # the last: a "module:Class" setting
     elif isinstance(value, list):
         cands = [value[:-1], value + value[-1:]] if value else [["/tmp"]]
     elif isinstance(value, dict):
@@ -175,13 +175,14 @@ H = "subject: s\nrequester: r\nlegal_basis: x\ncreated_at: 2026-01-01\n"
 
 
 def test_request_parsing_and_resolution(tmp_path, tofu):
-    from r2f.governance.requests import RequestError, eval_split, read_request, resolve, rows_digest
+    from r2f.governance.privacy import rows_hmac
+    from r2f.governance.requests import RequestError, eval_split, read_request, resolve
 
     req = read_request(ROOT / "requests/forget01-authors.yaml")
     items = resolve(req, tofu)
     assert [q.id for q in items] == [q.id for q in tofu.split("forget01")]
     assert eval_split(items) == "forget01"
-    assert len(rows_digest(items)) == 64
+    assert len(rows_hmac(b"k" * 32, items)) == 64 and rows_hmac(b"k" * 32, items) != rows_hmac(b"j" * 32, items)
     one = tmp_path / "one.yaml"
     one.write_text("request_id: r1\n" + H + "selectors: {question_ids: [tofu-3990]}\n")
     assert eval_split(resolve(read_request(one), tofu)) == "forget01"

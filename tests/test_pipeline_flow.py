@@ -48,7 +48,12 @@ def _alias(client, alias):
 
 
 def forget_rows(project) -> list[dict]:
-    return [json.loads(line) for line in (project / ".r2f/pipeline/request/forget.jsonl").read_text().splitlines()]
+    """The versioned forget set, decrypted with its request's key (it is AES-GCM ciphertext at rest)."""
+    from r2f.governance.privacy import FileKeyStore, read_forget_set
+
+    prep = project / ".r2f/pipeline/request"
+    rid = json.loads((prep / "request.json").read_text())["request_id"]
+    return read_forget_set(FileKeyStore(project / ".r2f/keys").get(rid), rid, prep / "forget.jsonl.enc")
 
 
 def test_flow_end_to_end_then_gate_failure_then_bad_data(project, harness, monkeypatch):

@@ -75,8 +75,9 @@ def test_flow_against_a_tracking_server(server, s3, tmp_path, monkeypatch):
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)  # r2f's subprocesses inherit them (reliability_lib.env_for)
     remote = {"versioning.remote_url": "s3://r2f-dvc/store", "versioning.remote_options": {"endpointurl": endpoint}}
+    # the promotion lease lives in the server's backing database (docs/reliability.md)
     project = make_project(tmp_path / "p", {**TINY, **FAST_EVAL, **EASY_GATE, "tracking.tracking_uri": url,
-                                            **remote})
+                                            "pipeline.lease_uri": f"sqlite:///{root / 'server.db'}", **remote})
     rc, out = run_to_end(project, "run")
     assert rc == 0, out[-4000:]
     req = write_request(project, "req-remote-2", ["tofu-3961"])

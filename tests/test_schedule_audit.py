@@ -25,6 +25,12 @@ def _write(root, name, rid, selectors, day=1, subject="a fictitious author"):
     return p
 
 
+def audit_run_id(cfg, rid):
+    from r2f.governance.tracking_setup import make_tracker
+
+    return make_tracker(cfg).find_run(cfg.tracking.unlearning_experiment, {"request_id": rid})
+
+
 def _place(ib, src):
     """Put a request into the inbox as ``submit`` would, without its checks."""
     import hashlib
@@ -105,10 +111,12 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
         "MLflow run of the request found", "request file matches the inbox record",
         "request file matches the MLflow run", "selectors re-resolve to the recorded forget rows",
         "forget set: DVC object <md5> intact", "forget set: every file of the DVC folder stored and intact",
-        "versioned forget set hashes to the recorded rows digest", "decoder: DVC object <md5> intact",
+        "versioned forget set decrypts to the recorded rows", "decoder: DVC object <md5> intact",
         "decoder: every file of the DVC folder stored and intact", "decoder's MLflow run found",
         "registered model weights match the hash recorded at registration",
-        "registry tag agrees with the gate decision", "inbox state agrees with the gate decision"]
+        "registry tag agrees with the gate decision", "inbox state agrees with the gate decision",
+        "lineage chain links hold", "lineage chain ends at the head stored in the DVC remote",
+        "MLflow records match the sealed lineage record"]
     text = json.dumps(rep, default=str)
     assert "Nikolai" not in text and tofu.split("full")[3990].answer not in text
     from typer.testing import CliRunner
@@ -128,15 +136,54 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
     failed = audit(cfg, "req-c-retain")  # never unlearned: the file checks and the reason, nothing more
     assert failed["verified"] and failed["verdict"].startswith("VERIFIED (not processed") and "retain" in failed["verdict"]
 
+    # a rewritten MLflow row (req-a's forget quality, straight in the tracking database): the records
+    # no longer match the lineage record sealed when req-a was decided (issue #22 item 5)
+    import sqlite3
+
+    run_id = audit_run_id(cfg, "req-a")
+    db = sqlite3.connect(project / ".r2f/mlflow/mlflow.db")
+    n = db.execute("UPDATE metrics SET value = value + 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'",
+                   (run_id,)).rowcount
+    db.execute("UPDATE latest_metrics SET value = value + 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'",
+               (run_id,))
+    db.commit()
+    assert n >= 1
+    tampered = audit(cfg, "req-a")
+    assert not tampered["verified"] and "MLflow records match the sealed lineage record" in tampered["verdict"]
+    assert "forget_quality" in next(c["detail"] for c in tampered["checks"]
+                                    if c["check"] == "MLflow records match the sealed lineage record")
+    assert cli.invoke(app, ["audit", "req-a", "--params", params]).exit_code == 4
+    db.execute("UPDATE metrics SET value = value - 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'", (run_id,))
+    db.execute("UPDATE latest_metrics SET value = value - 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'",
+               (run_id,))
+    db.commit()
+    db.close()
+    assert audit(cfg, "req-a")["verified"]  # restored: the seal matches again
+    # the chain rewritten consistently with a forged record (and cut after it) still fails: its head differs
+    from r2f.governance.chain import link_hash, read_chain, write_chain
+
+    chain = read_chain(cfg)
+    i = next(i for i, e in enumerate(chain) if e["run_id"] == run_id)
+    forged = json.loads(json.dumps(chain[i]))
+    forged["record"]["metrics"] = {k: v + 1 for k, v in forged["record"]["metrics"].items()}
+    forged["hash"] = link_hash(forged)  # a consistent chain up to req-a's forged record; the rest dropped
+    write_chain(cfg, [*chain[:i], forged])
+    cut = audit(cfg, "req-a")
+    assert not cut["verified"] and "head stored in the DVC remote" in cut["verdict"], cut["verdict"]
+    write_chain(cfg, chain)
+    assert audit(cfg, "req-a")["verified"]
+
     # tamper with the forget set's DVC object of req-a: the audit names the mismatch
     from r2f.governance.versioning import cache_dir as _cache_dir
 
     md5 = rep["forget_rows"]["dvc_md5"]
     manifest = _cache_dir(project) / "files/md5" / md5[:2] / md5[2:]
-    entry = next(e for e in json.loads(manifest.read_text()) if e["relpath"] == "forget.jsonl")
+    entry = next(e for e in json.loads(manifest.read_text()) if e["relpath"] == "forget.jsonl.enc")
     obj = _cache_dir(project) / "files/md5" / entry["md5"][:2] / entry["md5"][2:]
     os.chmod(obj, stat.S_IWUSR | stat.S_IRUSR)
-    obj.write_text(obj.read_text().replace("tofu-3981", "tofu-3982", 1))
+    blob = bytearray(obj.read_bytes())
+    blob[-20] ^= 1  # one bit of the ciphertext
+    obj.write_bytes(bytes(blob))
     rep = audit(cfg, "req-a")
     assert not rep["verified"] and "forget set" in rep["verdict"]
     assert cli.invoke(app, ["audit", "req-a", "--params", params]).exit_code == 4

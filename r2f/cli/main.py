@@ -274,7 +274,7 @@ def _print_run_summary(cfg, results: dict) -> None:
     req, gate, promo = results["prepare"], results["gate"], results["promote"]
     con = Console()
     con.print(f"[bold]request {req['request_id']}[/]: forgot {req['n_rows']} rows "
-              f"(sha256 {req['rows_sha256'][:12]}…), evaluated on {req['eval_split']}, "
+              f"(hmac {req['rows_hmac'][:12]}…), evaluated on {req['eval_split']}, "
               f"method {results['unlearn']['method']} (eta {results['unlearn']['eta']})")
     t = Table(title="gate")
     for c in ("rule", "value", "threshold", "passed"):

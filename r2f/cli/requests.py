@@ -1,5 +1,6 @@
-"""``r2f request submit|list|authors``, ``r2f serve``, ``r2f audit`` and ``r2f history``: deletion
-requests through the inbox, the scheduled deployment and the lineage audit (docs/requests.md)."""
+"""``r2f request submit|list|authors``, ``r2f serve``, ``r2f audit``, ``r2f history`` and ``r2f retention
+enforce|shred``: deletion requests through the inbox, the scheduled deployment, the lineage audit
+(docs/requests.md) and the crypto-shredding of forget sets (docs/privacy.md)."""
 
 from __future__ import annotations
 
@@ -155,9 +156,59 @@ def history(params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
                    f"champion {res.get('champion_version', '-')}  run {res.get('mlflow_run_id', '-')}")
 
 
+retention_app = typer.Typer(help="Retention of forget sets: crypto-shred final requests once privacy.retention_days "
+                                 "have passed (docs/privacy.md).", no_args_is_help=True)
+
+
+@retention_app.command("enforce")
+def retention_enforce(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
+                      now: str | None = typer.Option(None, help="Judge the windows at this ISO time instead of now "
+                                                                "(a dry look ahead is `r2f request list`).")) -> None:
+    """Shred every inbox request that is final and past its retention window: destroy its key (the
+    encrypted forget set in the run folder, DVC cache and remote becomes unreadable), remove its
+    plaintext request file, record the time in the inbox and on its MLflow run. Every scheduled tick
+    does the same. Exit 0 (also when nothing is due); 2 on an error."""
+    _setup()
+    import datetime as dt
+
+    from r2f.governance.retention import enforce
+
+    cfg = _cfg(params, set_)
+    _state_env(cfg)
+    try:
+        at = dt.datetime.fromisoformat(now) if now else None
+    except ValueError:
+        _fail(f"--now {now!r}: not an ISO date/time")
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    try:
+        done = enforce(cfg, at, log=typer.echo)
+    except _pipeline_errors() as exc:
+        _fail_on(exc)
+    typer.echo(f"retention: {len(done)} request(s) shredded")
+
+
+@retention_app.command("shred")
+def retention_shred(request_id: str = typer.Argument(..., help="The request id."),
+                    force: bool = typer.Option(False, "--force", help="Also a request that is not final yet."),
+                    params: Path = ParamsOpt, set_: list[str] | None = SetOpt) -> None:
+    """Shred one request now, whatever its retention window (a final request; --force for one still
+    pending, e.g. withdrawn). Exit 2 when it is unknown or not final."""
+    _setup()
+    from r2f.governance.retention import shred
+
+    cfg = _cfg(params, set_)
+    _state_env(cfg)
+    try:
+        shred(cfg, request_id, log=typer.echo, force=force)
+    except _pipeline_errors() as exc:
+        _fail_on(exc)
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the main ``r2f`` app."""
     app.add_typer(request_app, name="request")
+    app.add_typer(retention_app, name="retention")
     app.command()(serve)
     app.command()(audit)
     app.command()(history)

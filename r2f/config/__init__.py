@@ -20,6 +20,7 @@ from r2f.config._base import ConfigError, _Strict
 from r2f.config.governance import (
     GateConfig,
     PipelineConfig,
+    PrivacyConfig,
     ScaleConfig,
     ScheduleConfig,
     TrackingConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "METHOD_NAMES", "ArchConfig", "Config", "ConfigError", "DataConfig", "DecoderConfig", "EtaConfig",
     "EvalConfig", "GateConfig", "GradAscentConfig", "GradDiffConfig", "LoraConfig", "LoraMulConfig",
     "MethodName", "ModelSpec", "ModelsConfig", "NPOConfig", "ParaphraseConfig", "PipelineConfig", "PretrainedConfig",
+    "PrivacyConfig",
     "R2FMethodConfig", "ScaleConfig", "ScheduleConfig", "TrackingConfig", "TrainConfig", "UnlearnConfig",
     "ValidationConfig", "VersioningConfig", "confine_paths", "load_config",
 ]
@@ -78,6 +80,7 @@ class Config(_Strict):
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     scale: ScaleConfig = ScaleConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @field_validator("state_dir")
     @classmethod

@@ -74,6 +74,11 @@ class PipelineConfig(_Strict):
     # A request whose final decision is in the registry is not processed again (exactly once, also
     # after a crash); true: run it again as a new candidate (comparing methods, a changed gate)
     rerun: bool = False
+    # One promotion at a time across hosts (r2f.governance.lease): a lease with a fencing token in the
+    # registry's database; lease_uri None: the tracking URI when it is a database (sqlite/postgresql)
+    lease: bool = True
+    lease_uri: str | None = None
+    lease_ttl_s: float = Field(600.0, gt=0)
 
 
 class ScheduleConfig(_Strict):
@@ -81,6 +86,26 @@ class ScheduleConfig(_Strict):
 
     cron: str = "0 2 * * *"          # every night at 02:00
     mode: Literal["sequential", "batch"] = "sequential"  # one unlearning per request, or one for all pending
+
+
+class PrivacyConfig(_Strict):
+    """Forget sets at rest (docs/privacy.md): a key per request, AES-GCM ciphertext in the run folders,
+    DVC and MLflow, and the key destroyed once a final request's retention window has passed."""
+
+    # "file": one key file per request under key_dir (mode 0600); "module:Class": a key-service
+    # provider implementing r2f.governance.privacy.KeyStore, built with the Config
+    key_store: str = "file"
+    key_dir: str | None = None       # the file store's folder; None: <state_dir>/keys
+    retention_days: float = Field(30.0, ge=0)   # after a request reaches a final state
+
+    @field_validator("key_store")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        import re
+
+        if v != "file" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"{v!r}: expected 'file' or 'module:Class'")
+        return v
 
 
 class ScaleConfig(_Strict):

@@ -8,12 +8,18 @@ re-resolved to the recorded forget rows; the git revision of the run; the DVC md
 recorded; the forget set's DVC object (stored, intact, its rows hashing to the recorded digest);
 the decoder (its DVC object, its MLflow run and registered version); the registered model's
 weights against the sha256 recorded at registration; the gate decision against the registry tag
-and the inbox state; where ``champion`` points now. A request never unlearned (failed, or its data
+and the inbox state; the MLflow records against the lineage record sealed in the hash chain when the
+request was decided (r2f.governance.chain); where ``champion`` points now. A request never unlearned (failed, or its data
 rejected) is checked up to its request file only.
 
-Each check is ``{"check", "ok", "detail"}``; the verdict is VERIFIED when every check passed, else
-the report names what does not match. The report holds ids, versions and hashes only: never the
-subject's name or the forget-set text (the subject appears as its sha256).
+The forget set is AES-GCM ciphertext and its digests are HMACs under the request's key
+(r2f.governance.privacy). Once retention has destroyed the key (crypto-shredding), the checks that
+need the text or the key (the request file, the re-resolved rows, the forget set's rows) cannot run:
+they are listed as not run, with the time of the shredding, and every other link is still verified.
+
+Each check is ``{"check", "ok", "detail"}`` (``ok`` None: could not run, and why); the verdict is
+VERIFIED when every check that ran passed, else the report names what does not match. The report
+holds ids, versions and keyed digests only: never the subject's name or the forget-set text.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from r2f.digest import sha256_file
 from r2f.engine.data import QA, load_tofu
 from r2f.errors import R2FError
 from r2f.governance.inbox import InboxError, Record, inbox
-from r2f.governance.requests import DeletionRequest, RequestError, read_request, resolve, rows_digest
+from r2f.governance.privacy import KeyShredded, PrivacyError, key_store, read_forget_set, rows_hmac
+from r2f.governance.requests import DeletionRequest, RequestError, read_request, resolve
 from r2f.governance.tracking import MlflowTracker, TrackingError
 from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.versioning import cache_dir, find_root, remote_url
@@ -78,10 +85,20 @@ class _Trail:
     md5s: dict = field(default_factory=dict)  # the DVC md5s the run recorded (``_dvc_md5s``)
     cache: Path | None = None  # the DVC cache and local remote they are looked up in
     remote: Path | None = None
+    key: bytes | None = None  # the request's key; None once shredded (``shredded_at``) or never made
+    shredded_at: str | None = None
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
         return ok
+
+    def not_run(self, name: str, why: str) -> None:
+        """A check that cannot run any more (the key is destroyed): listed, not failed."""
+        self.checks.append({"check": name, "ok": None, "detail": why})
+
+    @property
+    def shredded(self) -> str:
+        return f"key destroyed: forget set shredded at {self.shredded_at}"
 
     @property
     def unlearned(self) -> bool:
@@ -123,9 +140,9 @@ def _verify_dvc(t: _Trail, label: str, md5: str) -> dict[str, Path]:
     return files
 
 
-def _rows_digest_of(path: Path) -> str:
-    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return rows_digest([QA(r["id"], r["question"], r["answer"]) for r in rows])
+def _rows_hmac_of(t: _Trail, path: Path) -> str:
+    rows = read_forget_set(t.key, t.report["request_id"], path)
+    return rows_hmac(t.key, [QA(r["id"], r["question"], r["answer"]) for r in rows])
 
 
 # -- the links, in lineage order -----------------------------------------------------------------------
@@ -138,6 +155,9 @@ def _request_file(t: _Trail) -> None:
     """The request file (inbox copy, or the file the run was given) hashes to the sha256 in the inbox
     record and in the run, and parses."""
     src = inbox(t.cfg).path(t.report["request_id"]) if t.rec else Path(t.tags.get("request_source", ""))
+    if t.shredded_at and not src.is_file():  # retention removed the plaintext request with the key
+        t.not_run("request file matches its records", t.shredded)
+        return
     if not src.is_file():
         t.check("request file present", False, f"{src} missing")
         return
@@ -151,24 +171,28 @@ def _request_file(t: _Trail) -> None:
                 f"{sha[:16]} vs recorded {t.tags['request_sha256'][:16]}")
     try:
         t.req = read_request(src)
-        t.report["request"].update({"created_at": str(t.req.created_at), "requester": t.req.requester,
-                                    **t.req.digests()})
+        t.report["request"].update({"created_at": str(t.req.created_at),
+                                    **(t.req.digests(t.key) if t.key else {})})
     except RequestError as exc:
         t.check("request file parses", False, str(exc))
 
 
 def _forget_rows(t: _Trail) -> None:
     """The request's selectors, re-resolved against the packaged TOFU data, give the recorded
-    ``forget_rows_sha256``."""
-    recorded = t.tags.get("forget_rows_sha256")
-    rows = t.report["forget_rows"] = {"rows_sha256_recorded": recorded, "git_sha": t.tags.get("git_sha")}
+    ``forget_rows_hmac`` (keyed: runs only while the request's key exists)."""
+    recorded = t.tags.get("forget_rows_hmac")
+    rows = t.report["forget_rows"] = {"rows_hmac_recorded": recorded, "git_sha": t.tags.get("git_sha")}
+    if t.key is None:
+        t.not_run("selectors re-resolve to the recorded forget rows", t.shredded if t.shredded_at else "no key")
+        return
     if t.req is None:
         return
     try:
         items = resolve(t.req, load_tofu(t.cfg.data.tofu_dir))
         rows.update(n_rows=len(items), item_ids=[q.id for q in items])
-        t.check("selectors re-resolve to the recorded forget rows", rows_digest(items) == recorded,
-                f"{rows_digest(items)[:16]} vs recorded {str(recorded)[:16]}")
+        got = rows_hmac(t.key, items)
+        t.check("selectors re-resolve to the recorded forget rows", got == recorded,
+                f"{got[:16]} vs recorded {str(recorded)[:16]}")
     except (RequestError, ValueError) as exc:
         t.check("selectors re-resolve", False, str(exc))
 
@@ -196,15 +220,24 @@ def _dvc_md5s(t: _Trail) -> None:
 
 
 def _forget_set(t: _Trail) -> None:
-    """The forget set's DVC object is stored and intact, and its rows hash to the recorded digest."""
+    """The forget set's DVC object is stored and intact (the ciphertext: this runs after shredding too),
+    and, while the key exists, it decrypts to rows whose keyed digest is the recorded one."""
     rows = t.report["forget_rows"]
     key = next((k for k in t.md5s if k.startswith("prepare:") and k.endswith("/request")), None)
     if key and t.cache:
         files = _verify_dvc(t, "forget set", t.md5s[key])
-        if "forget.jsonl" in files:
-            got, recorded = _rows_digest_of(files["forget.jsonl"]), rows["rows_sha256_recorded"]
-            t.check("versioned forget set hashes to the recorded rows digest", got == recorded,
-                    f"{got[:16]} vs recorded {str(recorded)[:16]}")
+        name = "versioned forget set decrypts to the recorded rows"
+        if "forget.jsonl.enc" in files and t.key is None:
+            t.not_run(name, t.shredded if t.shredded_at else "no key")
+        elif "forget.jsonl.enc" in files:
+            recorded = rows["rows_hmac_recorded"]
+            try:
+                got = _rows_hmac_of(t, files["forget.jsonl.enc"])
+            except PrivacyError as exc:
+                got = f"unreadable ({exc})"
+            t.check(name, got == recorded, f"{got[:16]} vs recorded {str(recorded)[:16]}")
+        elif files:
+            t.check("versioned forget set is encrypted", False, f"no forget.jsonl.enc in {sorted(files)[:5]}")
         rows["dvc_md5"] = t.md5s[key]
     elif not key:
         t.check("forget set's DVC md5 recorded", False, "no prepare:…/request entry")
@@ -273,6 +306,26 @@ def _gate(t: _Trail) -> None:
                 (t.rec.state == "promoted") == bool(decision["passed"]), t.rec.state)
 
 
+def _lineage_chain(t: _Trail) -> None:
+    """The request's MLflow records (tags, params, metrics, gate decision, registry version tags) equal
+    the lineage record sealed when it was decided; the chain links hold and end at the head stored in
+    the DVC remote (r2f.governance.chain)."""
+    from r2f.governance.chain import ChainError, verify
+
+    if not t.run_id:
+        return
+    try:
+        results = verify(t.cfg, t.tracker, t.run_id)
+    except ChainError as exc:
+        t.check("lineage chain readable", False, str(exc))
+        return
+    for name, ok, detail in results:
+        if ok is None:
+            t.not_run(name, detail)
+        else:
+            t.check(name, ok, detail)
+
+
 def _champion(t: _Trail) -> None:
     """Where the ``champion`` alias points now (recorded, nothing to re-compute)."""
     t.report["models"]["champion_now"] = t.tracker.alias_version(t.cfg.tracking.target_model_name, "champion")
@@ -290,6 +343,7 @@ CHECKS: tuple[tuple[Callable[[_Trail], None], bool], ...] = (
     (_decoder, False),
     (_model_weights, False),
     (_gate, False),
+    (_lineage_chain, False),
     (_champion, False),
 )
 
@@ -310,7 +364,14 @@ def _trail(cfg: Config, request_id: str) -> _Trail:
     tags = dict(tracker.run(run_id).data.tags) if run_id else {}
     report = {"request_id": request_id, "states": rec.history if rec else [],
               "state": rec.state if rec else tags.get("status")}
-    return _Trail(cfg, tracker, rec, run_id, tags, report)
+    key, shredded_at = None, None
+    try:
+        key = key_store(cfg).get(request_id)
+    except KeyShredded as exc:
+        shredded_at = report["forget_set_shredded_at"] = exc.at
+    except PrivacyError:
+        pass
+    return _Trail(cfg, tracker, rec, run_id, tags, report, key=key, shredded_at=shredded_at)
 
 
 def audit(cfg: Config, request_id: str) -> dict:
@@ -320,8 +381,9 @@ def audit(cfg: Config, request_id: str) -> dict:
     for check, for_every_request in CHECKS:
         if for_every_request or t.unlearned:
             check(t)
-    rep, failed = t.report, [c["check"] for c in t.checks if not c["ok"]]
+    rep, failed = t.report, [c["check"] for c in t.checks if c["ok"] is False]
     rep["checks"] = t.checks
+    rep["not_run"] = [c["check"] for c in t.checks if c["ok"] is None]
     if t.unlearned:
         rep["verified"] = not failed
         rep["verdict"] = "VERIFIED" if not failed else "MISMATCH: " + "; ".join(failed)
@@ -340,12 +402,16 @@ def to_markdown(rep: dict) -> str:
              f"State: {rep.get('state')}", ""]
     r = rep.get("request") or {}
     lines += ["## Request", "", f"- file: `{r.get('file')}` sha256 `{r.get('sha256')}`",
-              f"- created_at: {r.get('created_at')}; requester: {r.get('requester')}",
-              f"- subject sha256: `{r.get('subject_sha256')}`; legal basis sha256: `{r.get('legal_basis_sha256')}`", ""]
+              f"- created_at: {r.get('created_at')}",
+              f"- subject hmac: `{r.get('subject_hmac')}`; requester hmac: `{r.get('requester_hmac')}`; "
+              f"legal basis hmac: `{r.get('legal_basis_hmac')}`", ""]
+    if rep.get("forget_set_shredded_at"):
+        lines += [f"**Forget set shredded at {rep['forget_set_shredded_at']}** (its key destroyed by retention): "
+                  "the checks that need the text or the key are listed as not run.", ""]
     f = rep.get("forget_rows") or {}
     ids = f.get("item_ids") or []
     lines += ["## Forget rows", "", f"- {f.get('n_rows')} rows: {', '.join(ids[:8])}{' …' if len(ids) > 8 else ''}",
-              f"- rows sha256 `{f.get('rows_sha256_recorded')}`; DVC md5 `{f.get('dvc_md5')}`; git `{f.get('git_sha')}`", ""]
+              f"- rows hmac `{f.get('rows_hmac_recorded')}`; DVC md5 `{f.get('dvc_md5')}`; git `{f.get('git_sha')}`", ""]
     d = rep.get("decoder") or {}
     lines += ["## Decoder", "", f"- hash `{d.get('decoder_hash')}`, MLflow run `{d.get('mlflow_run_id')}`, "
               f"registered version {d.get('version')}; DVC md5 `{d.get('dvc_md5')}`",
@@ -365,7 +431,8 @@ def to_markdown(rep: dict) -> str:
                                          + (f" ({h['reason'][:200]})" if h.get("reason") else "")
                                           for h in rep.get("states") or []]
     lines += ["", "## Checks", "", "| check | ok | detail |", "|---|---|---|"]
-    lines += [f"| {c['check']} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |" for c in rep["checks"]]
+    mark = {True: "yes", False: "**NO**", None: "not run"}
+    lines += [f"| {c['check']} | {mark[c['ok']]} | {c['detail']} |" for c in rep["checks"]]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """The request inbox: where deletion requests wait, and the state of each one.
 
 ``<state_dir>/inbox/<request_id>/`` holds ``request.yaml`` (the submitted file, byte for byte) and
-``state.json``::
+``state.json`` (``request.yaml`` is removed, and ``shredded_at`` set, when retention shreds the
+request: r2f.governance.retention)::
 
     {"request_id": ..., "state": "pending", "source_sha256": ..., "submitted_at": ...,
      "history": [{"state": "pending", "at": ...}, {"state": "validated", "at": ...}, ...],
@@ -59,11 +60,12 @@ class Record:
     created_at: str
     history: list[dict] = field(default_factory=list)
     result: dict = field(default_factory=dict)
+    shredded_at: str | None = None  # retention destroyed the key and removed request.yaml then
 
     def to_dict(self) -> dict:
         return {"request_id": self.request_id, "state": self.state, "source_sha256": self.source_sha256,
                 "submitted_at": self.submitted_at, "created_at": self.created_at, "history": self.history,
-                "result": self.result}
+                "result": self.result, "shredded_at": self.shredded_at}
 
     def at(self, state: str) -> str | None:
         return next((h["at"] for h in reversed(self.history) if h["state"] == state), None)
@@ -145,11 +147,22 @@ class Inbox:
         rec.state = state
         rec.history.append({"state": state, "at": now(), **detail})
         rec.result.update({k: v for k, v in detail.items() if k != "reason"})
-        f = self.root / request_id / "state.json"
+        self._save(rec)
+        return rec
+
+    def mark_shredded(self, request_id: str, at: str) -> Record:
+        """Record the crypto-shredding of a final request and remove its plaintext request file."""
+        rec = self.get(request_id)
+        rec.shredded_at = at
+        self._save(rec)
+        self.path(request_id).unlink(missing_ok=True)
+        return rec
+
+    def _save(self, rec: Record) -> None:
+        f = self.root / rec.request_id / "state.json"
         tmp = f.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec.to_dict(), indent=2, default=str))
         os.replace(tmp, f)
-        return rec
 
     @contextlib.contextmanager
     def lock(self):
@@ -252,4 +265,5 @@ def batch_request(cfg: Config, ib: Inbox, recs: list[Record]) -> Path:
     path = ib.root / ".batches" / f"batch-{key}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(body, sort_keys=False))
+    path.with_suffix(".json").write_text(json.dumps({"request_id": f"batch-{key}", "members": ids}))  # retention
     return path

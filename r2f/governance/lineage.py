@@ -3,7 +3,7 @@ unlearning experiments), the registry versions and aliases, and the DVC md5 of e
 output. Only ids, hashes, configuration and metrics are logged, never forget-set text.
 
 Record of one request (experiment ``tracking.unlearning_experiment``, run ``<request_id>-<method>``):
-tags ``request_id``, ``method``, ``git_sha``, ``config_hash``, ``forget_rows_sha256``, ``status``;
+tags ``request_id``, ``method``, ``git_sha``, ``config_hash``, ``forget_rows_hmac``, ``status``;
 params: method, eta, lora / unlearn config, forget row ids digest; metrics: NLLs before/after, wall
 time, every TOFU / paper metric; artifacts: ``eval/TOFU_EVAL.json`` (per item), ``TOFU_SUMMARY.json``,
 ``plots/metrics.png``, ``gate/decision.json``, ``dvc/md5s.json``; the unlearned model as a new
@@ -72,8 +72,8 @@ def decoder_note(key: str, rep: dict) -> str:
 
 
 def _request_text(info: dict, method: str) -> str:
-    return (f"request {info['request_id']}: {info['n_rows']} forget rows (sha256 "
-            f"{info['rows_sha256'][:12]}), method {method}")
+    return (f"request {info['request_id']}: {info['n_rows']} forget rows (hmac "
+            f"{info['rows_hmac'][:12]}), method {method}")
 
 
 def run_note(info: dict, rep: dict) -> str:
@@ -85,7 +85,7 @@ def run_note(info: dict, rep: dict) -> str:
 def start_unlearning_run(tracker, cfg: Config, info: dict, rep: dict) -> str | None:
     """Open the request's run in the unlearning experiment, log the unlearning step; returns the run id."""
     tags = {"request_id": info["request_id"], "method": rep["method"], "git_sha": git_sha(),
-            "config_hash": config_hash(cfg), "forget_rows_sha256": info["rows_sha256"],
+            "config_hash": config_hash(cfg), "forget_rows_hmac": info["rows_hmac"],
             "eval_split": info["eval_split"], "status": "unlearned",
             "start_model_version": str((rep.get("start_model") or {}).get("version")),
             "start_model_source": (rep.get("start_model") or {}).get("source", "target"),
@@ -170,7 +170,7 @@ def log_gate(tracker, run_id: str | None, decision: dict, note: str | None = Non
 
 
 def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path, run_id: str | None,
-                         decision: dict, info: dict) -> dict:
+                         decision: dict, info: dict, fence=None) -> dict:
     """Base target as version 1 / champion (once); the unlearned model as a new version with alias
     ``candidate``; ``champion`` moves to it only if the gate passed. Logs the DVC md5s."""
     name = cfg.tracking.target_model_name
@@ -181,7 +181,7 @@ def register_and_promote(tracker, cfg: Config, target_dir: Path, model_dir: Path
     outcome = ("promoted to champion" if decision["passed"] else "rejected by the gate; champion unchanged")
     description = f"Candidate for deletion {_request_text(info, cfg.unlearn.method)}; {outcome}. {gate_note(decision)}"
     res = tracker.register_candidate(name, str(target_dir), str(model_dir), run_id, decision,
-                                     {"request_id": info["request_id"], "forget_rows_sha256": info["rows_sha256"],
+                                     {"request_id": info["request_id"], "forget_rows_hmac": info["rows_hmac"],
                                       "weights_sha256": weights_sha256(model_dir)},
-                                     cfg.tracking.unlearning_experiment, description=description)
+                                     cfg.tracking.unlearning_experiment, description=description, fence=fence)
     return {"registered_model": name, **res, "passed": decision["passed"], "request_id": info["request_id"]}

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +37,13 @@ from r2f.governance.lineage import (
     run_note,
     start_unlearning_run,
 )
+from r2f.governance.privacy import KeyShredded, key_store, rows_hmac, write_forget_set
 from r2f.governance.requests import (
     RequestError,
     author_indices,
     eval_split,
     read_request,
     resolve,
-    rows_digest,
-    write_forget_set,
 )
 from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
@@ -129,17 +129,21 @@ def prepare(cfg: Config, log: Log, progress=None) -> dict:
         split = eval_split(items) if items else None
     except RequestError:
         split = None
-    info = {"request_id": req.request_id, "created_at": str(req.created_at), **req.digests(),
+    try:  # the request's key (r2f.governance.privacy): created when the request first enters the system
+        key = key_store(cfg).ensure(req.request_id)
+    except KeyShredded as exc:
+        raise PipelineError(f"{src}: {exc}; a shredded request is not processed again") from None
+    info = {"request_id": req.request_id, "created_at": str(req.created_at), **req.digests(key),
             "authors": author_indices(resolved, tofu), "requested_question_ids": list(qids),
             "unknown_question_ids": unknown, "item_ids": [q.id for q in items], "n_rows": len(items),
-            "rows_sha256": rows_digest(items), "eval_split": split, "source": str(src),
+            "rows_hmac": rows_hmac(key, items), "eval_split": split, "source": str(src),
             "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
     with atomic_dir(stage_dir(cfg, "prepare")) as tmp:
-        write_forget_set(items, tmp / "forget.jsonl")
+        write_forget_set(key, req.request_id, items, tmp / "forget.jsonl.enc")  # AES-GCM: no plaintext at rest
         _write(tmp / "request.json", info)
-    log(f"request {req.request_id}: {len(items)} rows (sha256 {info['rows_sha256'][:12]}), "
+    log(f"request {req.request_id}: {len(items)} rows (hmac {info['rows_hmac'][:12]}), "
         f"evaluated on {split}")
-    return {k: info[k] for k in ("request_id", "n_rows", "rows_sha256", "eval_split")}
+    return {k: info[k] for k in ("request_id", "n_rows", "rows_hmac", "eval_split")}
 
 
 def validate(cfg: Config, log: Log, progress=None) -> dict:
@@ -222,6 +226,8 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
         rep["request_id"] = info["request_id"]
         rep["decoder_hash"] = decoder_dir(cfg).name
         rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
+        # promote refuses to move champion if it moved since now (another host's deletion)
+        rep["champion_at_start"] = tracker.alias_version(cfg.tracking.target_model_name, "champion")
         rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
         _write(new / "report.json", rep)
     return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
@@ -271,11 +277,41 @@ def promote(cfg: Config, log: Log, progress=None) -> dict:
     info = request_info(cfg)
     decision = _json(stage_dir(cfg, "gate") / "decision.json")
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
-    res = register_and_promote(make_tracker(cfg), cfg, stage_dir(cfg, "train_models") / "target",
-                               stage_dir(cfg, "unlearn") / "model", rep.get("mlflow_run_id"), decision, info)
+    tracker = make_tracker(cfg)
+    with _promotion_lease(cfg, tracker) as fence:
+        if fence is not None and "champion_at_start" in rep:
+            now = tracker.alias_version(cfg.tracking.target_model_name, "champion")
+            if now != rep["champion_at_start"]:
+                from r2f.governance.lease import ChampionMoved
+
+                raise ChampionMoved(f"request {info['request_id']}: champion moved from version "
+                                    f"{rep['champion_at_start']} to {now} since its unlearning started (another "
+                                    "run promoted); nothing promoted: run it again from the new champion")
+        res = register_and_promote(tracker, cfg, stage_dir(cfg, "train_models") / "target",
+                                   stage_dir(cfg, "unlearn") / "model", rep.get("mlflow_run_id"), decision, info,
+                                   fence=fence)
+        if tracker.active and rep.get("mlflow_run_id"):  # tamper evidence: the decided lineage, chained
+            from r2f.governance.chain import seal
+
+            res["lineage_seq"] = seal(cfg, tracker, rep["mlflow_run_id"], info["request_id"])["seq"]
     with atomic_dir(stage_dir(cfg, "promote")) as tmp:
         _write(tmp / "promotion.json", res)
     return res
+
+
+@contextmanager
+def _promotion_lease(cfg: Config, tracker):
+    """The cross-host promotion lease (r2f.governance.lease) while the candidate is registered and the
+    aliases move; yields its fence (None without tracking or with ``pipeline.lease: false``)."""
+    from r2f.governance.lease import PromotionLease, lease_uri
+
+    uri = lease_uri(cfg, tracker.uri) if tracker.active else None
+    if uri is None:
+        yield None
+        return
+    lease = PromotionLease(uri, cfg.tracking.target_model_name, cfg.pipeline.lease_ttl_s)
+    with lease.hold() as token:
+        yield lambda: lease.check(token)
 
 
 P = "${state_dir}/pipeline"

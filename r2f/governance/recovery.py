@@ -63,6 +63,6 @@ def results_on_disk(cfg: Config) -> dict:
     """The results of prepare, unlearn and gate as their outs record them (for a resumed run)."""
     info = request_info(cfg)
     rep = _json(stage_dir(cfg, "unlearn") / "report.json")
-    return {"prepare": {k: info[k] for k in ("request_id", "n_rows", "rows_sha256", "eval_split")},
+    return {"prepare": {k: info[k] for k in ("request_id", "n_rows", "rows_hmac", "eval_split")},
             "unlearn": {k: rep.get(k) for k in ("method", "eta", "wall_s", "mlflow_run_id")},
             "gate": _json(stage_dir(cfg, "gate") / "decision.json")}

@@ -213,12 +213,13 @@ def champion_model(client, tracker, name: str, dest: str | Path, skip_roles: tup
 
 def register_candidate(client, tracker, name: str, base_dir: str, model_dir: str, run_id: str | None,
                        decision: dict, tags: dict, experiment: str = "r2f-unlearning",
-                       description: str | None = None) -> dict:
+                       description: str | None = None, fence=None) -> dict:
     """Base target as version 1 / ``champion`` (once), then the unlearned model as a new version
     (``tags`` from its creation on) with alias ``candidate``; ``champion`` moves only if
     ``decision['passed']``. After a crash mid-promotion, a rerun reuses the version already
     registered for the same request and weights (no ``decision`` tag yet) instead of adding one.
-    ``client`` is the client on ``tracker``'s store, ``tracker`` logs the model."""
+    ``client`` is the client on ``tracker``'s store, ``tracker`` logs the model. ``fence()`` is called
+    right before the aliases move and raises when this promotion lost its lease (r2f.governance.lease)."""
     base = ensure_base(client, tracker, name, base_dir, experiment)
     same = [mv for mv in versions(client, name, request_id=tags.get("request_id"),
                                   weights_sha256=tags.get("weights_sha256"))
@@ -230,6 +231,8 @@ def register_candidate(client, tracker, name: str, base_dir: str, model_dir: str
             _, version = tracker.log_model_dir(model_dir, "model", registered_name=name, tags=tags,
                                                description=description)
             tracker.set_tags({"registered_model": name, "registered_version": version})
+    if fence is not None:
+        fence()
     set_alias(client, name, "candidate", version)
     promote(client, name, version, decision)
     return {"version": version, "champion_version": get_alias_version(client, name, "champion"),

@@ -18,8 +18,6 @@ the legal basis, the rows), never the subject's name or the forget-set text.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -113,13 +111,13 @@ class DeletionRequest(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
-    def digests(self) -> dict:
-        """sha256 of the free-text fields: what logs and audit reports show instead of the text."""
-        return {f"{k}_sha256": _sha(getattr(self, k)) for k in ("subject", "requester", "legal_basis")}
+    def digests(self, key: bytes) -> dict:
+        """HMAC-SHA256 of the free-text fields under the request's key (r2f.governance.privacy): what
+        records and audit reports show instead of the text, unlinkable to it once the key is destroyed
+        (a plain hash of a name can be confirmed by guessing the name)."""
+        from r2f.governance.privacy import keyed_digest
 
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return {f"{k}_hmac": keyed_digest(key, getattr(self, k)) for k in ("subject", "requester", "legal_basis")}
 
 
 def parse_request(raw, source: str) -> DeletionRequest:
@@ -192,14 +190,3 @@ def eval_split(items) -> str:
             return s
     raise RequestError("request: rows outside TOFU's forget10 authors (180-199) have no retain model "
                        "or holdout set to evaluate against in this version")
-
-
-def rows_digest(items) -> str:
-    """sha256 over the rows' ids and content digests: the forget set's identity in logs and lineage."""
-    return hashlib.sha256("\n".join(f"{q.id}:{q.digest()}" for q in items).encode()).hexdigest()
-
-
-def write_forget_set(items, path: Path) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for q in items:
-            fh.write(json.dumps({"id": q.id, "question": q.question, "answer": q.answer}, ensure_ascii=False) + "\n")

@@ -61,6 +61,7 @@ class NullTracker:
     def log_params(self, params): pass
     def log_metrics(self, metrics, step=None): pass
     def set_tags(self, tags): pass
+    def set_run_tag(self, run_id, key, value): pass
     def log_dict(self, obj, artifact_file): pass
     def log_artifact(self, path, artifact_path=None): pass
     def find_run(self, experiment, tags): return None
@@ -72,7 +73,8 @@ class NullTracker:
     def log_model_dir(self, model_dir, artifact_path, registered_name=None, kind="hf", tags=None, description=None):
         return None, None
 
-    def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None):
+    def register_candidate(self, name, base_dir, model_dir, run_id, decision, tags, experiment=None, description=None,
+                           fence=None):
         return {"version": None, "champion_version": None, "base_version": None, "tracking": "disabled"}
 
 
@@ -191,6 +193,10 @@ class MlflowTracker:
         rid = self._need_run()
         for k, v in safe_params(tags).items():
             self._client.set_tag(rid, k, v)
+
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        """Tag a finished run (retention records the shredding on the request's run)."""
+        self._client.set_tag(run_id, key, value)
 
     def log_dict(self, obj, artifact_file: str) -> None:
         self._client.log_dict(self._need_run(), obj, artifact_file)
@@ -320,10 +326,10 @@ class MlflowTracker:
 
     def register_candidate(self, name: str, base_dir: str, model_dir: str, run_id: str | None,
                            decision: dict, tags: dict, experiment: str = "r2f-unlearning",
-                           description: str | None = None) -> dict:
+                           description: str | None = None, fence=None) -> dict:
         """Register the unlearned model as the new ``candidate`` and promote it if the gate passed
         (:func:`r2f.governance.registry.register_candidate`)."""
         from r2f.governance.registry import register_candidate
 
         return register_candidate(self._client, self, name, base_dir, model_dir, run_id, decision, tags,
-                                  experiment, description)
+                                  experiment, description, fence)

@@ -36,7 +36,7 @@ def notes(cfg: Config) -> dict[str, str]:
         t.decoder_experiment: "R2F gradient decoders fitted on the proxy model: one run per decoder "
         "configuration hash (proxy architecture, LoRA settings, decoder training and its held-out fidelity).",
         t.target_model_name: "The target model as deletions are applied. Version 1 is the untouched base target; "
-        "every later version is the candidate of one deletion request (tags request_id, forget_rows_sha256, "
+        "every later version is the candidate of one deletion request (tags request_id, forget_rows_hmac, "
         "weights_sha256, decision). The alias 'champion' is the model in service; it moves only when the "
         "promotion gate passes. 'candidate' is the latest candidate.",
         t.decoder_model_name: "R2F gradient decoders (LoRA gradients -> full-weight update directions), one "
