@@ -136,3 +136,24 @@ def test_shipped_variants_load():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "params-smollm2-tofu.yaml")
     assert cfg.models.pretrained is not None and cfg.models.pretrained.name == "smollm2-135m-instruct"
+
+
+def test_precision_auto_resolves_by_the_cpus_native_bfloat16(tmp_path):
+    """bf16 autocast is emulated, and many times slower than fp32, on CPUs without native bfloat16
+    (bench/results/bf16_speed.md): ``auto`` picks bf16 only where the CPU has it, and is resolved at
+    load so caches and results name the precision really used."""
+    from r2f.config import load_config
+    from r2f.config._base import native_bf16, resolve_precision
+
+    for flags, native in (("fpu avx2 fma", False), ("fpu avx2 avx512f avx512_bf16", True), ("fp asimd bf16", True),
+                          ("avx512f amx_tile amx_bf16", True)):
+        f = tmp_path / "cpuinfo"
+        f.write_text(f"processor\t: 0\nflags\t\t: {flags}\n" if "asimd" not in flags else f"Features\t: {flags}\n")
+        assert native_bf16(str(f)) is native, flags
+    assert native_bf16(str(tmp_path / "missing")) is False
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    here = "bf16" if native_bf16() else "fp32"
+    assert resolve_precision("auto") == here
+    cfg = load_config(ROOT / "params-smollm2-tofu.yaml")
+    assert cfg.models.pretrained.precision == here and cfg.eval.precision == here
+    assert load_config(ROOT / "params.yaml", {"eval.precision": "bf16"}).eval.precision == "bf16"  # explicit kept

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from r2f.config._base import _Strict
+from r2f.config._base import _Strict, resolve_precision
 
 
 class DataConfig(_Strict):
@@ -65,8 +65,15 @@ class PretrainedConfig(_Strict):
     lora_rank: int = Field(32, ge=1)
     train: TrainConfig = TrainConfig(epochs=5, lr=1e-4, batch_size=8)
     # bf16: mixed precision (bfloat16 autocast, float32 weights and optimizer): about 2x the float32
-    # throughput on CPUs with AVX512-BF16 (docs/worlds.md has the measurement); the saved model is float32
-    precision: Literal["fp32", "bf16"] = "bf16"
+    # throughput on CPUs with AVX512-BF16 (docs/worlds.md has the measurement), many times slower where
+    # bfloat16 is emulated (AVX2 only: bench/results/bf16_speed.md); auto: bf16 where the CPU has it
+    # natively, else fp32 (resolved at load). The saved model is float32.
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+
+    @field_validator("precision")
+    @classmethod
+    def _resolve(cls, v: str) -> str:
+        return resolve_precision(v)
     # None: every decoder layer is trained (full fine-tuning); N: only the top N decoder layers (and the
     # final norm); embeddings and the lower layers stay as packaged. Full method only.
     train_layers: int | None = Field(None, ge=1)
@@ -146,5 +153,11 @@ class EvalConfig(_Strict):
     # fp32, or bf16: teacher-forced scoring and the relearning attack's fine-tuning under bfloat16
     # autocast (weights stay float32); generation (ROUGE, USR) and drift always fp32. Measured against
     # fp32 in bench/results/eval_precision.md. A world's references and candidates share it (it names
-    # the evaluation cache folder).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # the evaluation cache folder). auto: bf16 where the CPU computes bfloat16 natively, else fp32
+    # (resolved at load, like models.pretrained.precision).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+
+    @field_validator("precision")
+    @classmethod
+    def _resolve(cls, v: str) -> str:
+        return resolve_precision(v)
