@@ -96,8 +96,11 @@ def cross_host_races(pg: str, root, target, races: int = 5) -> dict:
         res = race(hosts, f"req-race-{j}", target)
         out.append({"race": j, "outcomes": sorted(r[0] for r in res),
                     "promotions": len(champion_versions(hosts[0])) - before})
+    from r2f.governance.chain import read_chain
+
+    chain = [e["seq"] for e in read_chain(hosts[0])]  # both hosts sealed into the one chain in the remote
     loose = [host_cfg(root / h, pg, shared, lease=False) for h in ("host-a", "host-b")]
     before = len(champion_versions(loose[0]))
     res = race(loose, "req-race-nolease", target)
     control = {"outcomes": sorted(r[0] for r in res), "promotions": len(champion_versions(loose[0])) - before}
-    return {"races": out, "control_without_lease": control, "hosts": hosts}
+    return {"races": out, "control_without_lease": control, "chain_seqs_after_races": chain, "hosts": hosts}
