@@ -330,15 +330,18 @@ def tamper_check(project: Path, rid: str) -> dict:
 
     cfg = load_config(project / "params.yaml", {"state_dir": str(project / ".r2f")})
     run_id = make_tracker(cfg).find_run(cfg.tracking.unlearning_experiment, {"request_id": rid})
-    sql = "UPDATE {t} SET value = value + ? WHERE run_uuid = ? AND key LIKE '%forget_quality%'"
+    where = "WHERE run_uuid = ? AND key LIKE '%forget_quality%'"
     db = sqlite3.connect(project / ".r2f/mlflow/mlflow.db")
     try:
-        edited = db.execute(sql.format(t="metrics"), (0.5, run_id)).rowcount
-        db.execute(sql.format(t="latest_metrics"), (0.5, run_id))
+        saved = {t: db.execute(f"SELECT rowid, value FROM {t} {where}", (run_id,)).fetchall()  # noqa: S608
+                 for t in ("metrics", "latest_metrics")}
+        for t in saved:
+            db.execute(f"UPDATE {t} SET value = value + 0.5 {where}", (run_id,))  # noqa: S608
         db.commit()
+        edited = len(saved["metrics"])
         rc, out = run_to_end(project, "audit", rid)
-        db.execute(sql.format(t="metrics"), (-0.5, run_id))
-        db.execute(sql.format(t="latest_metrics"), (-0.5, run_id))
+        for t, rows in saved.items():  # the original values back, bit for bit
+            db.executemany(f"UPDATE {t} SET value = ? WHERE rowid = ?", [(v, r) for r, v in rows])  # noqa: S608
         db.commit()
     finally:
         db.close()

@@ -142,20 +142,20 @@ def test_inbox_tick_sequential_and_audit(tmp_path, harness, monkeypatch):  # noq
 
     run_id = audit_run_id(cfg, "req-a")
     db = sqlite3.connect(project / ".r2f/mlflow/mlflow.db")
-    n = db.execute("UPDATE metrics SET value = value + 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'",
-                   (run_id,)).rowcount
-    db.execute("UPDATE latest_metrics SET value = value + 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'",
-               (run_id,))
+    where = "WHERE run_uuid = ? AND key LIKE '%forget_quality%'"
+    saved = {t: db.execute(f"SELECT rowid, value FROM {t} {where}", (run_id,)).fetchall()
+             for t in ("metrics", "latest_metrics")}
+    for t in saved:
+        db.execute(f"UPDATE {t} SET value = value + 0.5 {where}", (run_id,))
     db.commit()
-    assert n >= 1
+    assert saved["metrics"]
     tampered = audit(cfg, "req-a")
     assert not tampered["verified"] and "MLflow records match the sealed lineage record" in tampered["verdict"]
     assert "forget_quality" in next(c["detail"] for c in tampered["checks"]
                                     if c["check"] == "MLflow records match the sealed lineage record")
     assert cli.invoke(app, ["audit", "req-a", "--params", params]).exit_code == 4
-    db.execute("UPDATE metrics SET value = value - 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'", (run_id,))
-    db.execute("UPDATE latest_metrics SET value = value - 0.5 WHERE run_uuid = ? AND key LIKE '%forget_quality%'",
-               (run_id,))
+    for t, rows in saved.items():  # the original values back, bit for bit
+        db.executemany(f"UPDATE {t} SET value = ? WHERE rowid = ?", [(v, r) for r, v in rows])
     db.commit()
     db.close()
     assert audit(cfg, "req-a")["verified"]  # restored: the seal matches again
