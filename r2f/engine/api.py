@@ -12,13 +12,14 @@ from pathlib import Path
 from r2f.atomic import write_json
 from r2f.config import Config
 from r2f.engine.data import load_tofu
-from r2f.engine.decoder import LearnedDecoder
+from r2f.engine.decoder import LearnedDecoder, check_family
 from r2f.engine.evaluation import EvalError, add_gur, evaluate, summarize, to_json, write
 from r2f.engine.fidelity import fit_decoder
 from r2f.engine.models.io import load_model, save_model
 from r2f.engine.models.memory import peak_rss_mb
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.unlearn import UnlearnContext, get_method
+from r2f.engine.used import decoder_used, unused_settings
 from r2f.engine.zoo import ensure_models, models_dir
 
 Log = Callable[[str], None]
@@ -90,11 +91,19 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     if not model_path:
         model_path = models.path("target")
         model, tok = load_model(model_path)
-    decoder = None
+    decoder = used = None
     if getattr(impl, "uses_decoder", False):
         decoder = cfg.decoder.kind
         if decoder == "learned":
             decoder = LearnedDecoder.load(ensure_decoder(cfg, log, progress)["decoder_dir"])
+        used = decoder_used(cfg, decoder)
+        if used["trained_weights"]:
+            check_family(decoder, model)  # before any gradient work: trained weights decode one family only
+        log(f"{method}: decoder {used['used']}" + (" (trained weights)" if used["trained_weights"] else
+                                                   f" (configured: {used['configured']}; no trained weights)"))
+    unused = unused_settings(cfg, method)
+    if unused:
+        log(f"{method}: settings with no effect in this configuration: {', '.join(unused)}")
     forget = list(forget_items) if forget_items else tofu.split(forget_split)
     calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
     # the report's before/after NLLs: the request, and the retain / holdout sets under the evaluation's
@@ -118,6 +127,7 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
         "nll_items": {k: len(v) for k, v in evalsets.items()} if nll_report else None,
         "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
         "forget_ids_sha256": _ids_digest([q.id for q in forget]),
+        "decoder": used, "unused_settings": unused,
     }
     if out:
         save_model(result.model, tok, out, {"unlearn": report})

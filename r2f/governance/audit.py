@@ -261,6 +261,7 @@ def _decoder(t: _Trail) -> None:
                                               if k.startswith("proxy.")},
                    version=t.tracker.version_of_run(tracking.decoder_model_name, drun))
     t.check("decoder's MLflow run found", drun is not None, f"decoder_hash {str(dhash)[:24]}")
+    dec.update(used=t.tags.get("decoder_used"), trained_weights=t.tags.get("decoder_trained_weights"))
     t.report["decoder"] = dec
 
 
@@ -413,8 +414,12 @@ def to_markdown(rep: dict) -> str:
     lines += ["## Forget rows", "", f"- {f.get('n_rows')} rows: {', '.join(ids[:8])}{' …' if len(ids) > 8 else ''}",
               f"- rows hmac `{f.get('rows_hmac_recorded')}`; DVC md5 `{f.get('dvc_md5')}`; git `{f.get('git_sha')}`", ""]
     d = rep.get("decoder") or {}
-    lines += ["## Decoder", "", f"- hash `{d.get('decoder_hash')}`, MLflow run `{d.get('mlflow_run_id')}`, "
-              f"registered version {d.get('version')}; DVC md5 `{d.get('dvc_md5')}`",
+    reg = (f"registered version {d['version']}" if d.get("version") not in (None, "None")
+           else "not registered (no trained weights)")
+    lines += ["## Decoder", "", f"- decode used: {d.get('used') or 'not recorded'}"
+              + ("" if d.get("trained_weights") in (None, "") else f" (trained weights: {d['trained_weights']})"),
+              f"- hash `{d.get('decoder_hash')}`, MLflow run `{d.get('mlflow_run_id')}`, {reg}; "
+              f"DVC md5 `{d.get('dvc_md5')}`",
               f"- proxy: {json.dumps(d.get('proxy') or {}, sort_keys=True)}", ""]
     m = rep.get("models") or {}
     before = (f"version {m['before']} (the champion then)" if m.get("before_source") == "champion"
