@@ -171,6 +171,7 @@ def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs, 
 
 class R2F:
     name = "r2f"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
     uses_decoder = True  # api.unlearn_model loads cfg.decoder for it
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
