@@ -237,7 +237,7 @@ def cut_promotion(project: Path, rid: str, question_ids: list[str]) -> dict:
     import contextlib
 
     from r2f.config import load_config
-    from r2f.governance.audit import weights_sha256
+    from r2f.digest import weights_sha256
     from r2f.governance.tracking_setup import make_tracker
 
     req = write_request(project, rid, question_ids)

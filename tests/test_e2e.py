@@ -25,6 +25,10 @@ def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
     assert rep["eta"] in tiny_cfg.unlearn.eta.grid
     meta = json.loads((tmp_path / "unlearned" / "r2f_model.json").read_text())
     assert meta["unlearn"]["method"] == "r2f"
+    # the report names the decode really applied, not the configured kind, and the settings with no effect
+    assert rep["decoder"]["configured"] == "learned" and rep["decoder"]["used"] == "analytic"
+    assert rep["decoder"]["trained_weights"] is False and rep["info"]["decoder"]["used"] == "analytic"
+    assert "decoder.steps" in rep["unused_settings"]
     # no forget text in the report: only ids' digest
     text = json.dumps(rep)
     assert "Question" not in text and rep["forget_ids_sha256"]

@@ -111,7 +111,10 @@ def unlearn(
     params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
 ) -> None:
     """Unlearn a forget split from the target and report NLL before/after and the chosen eta.
-    Exit 2 with nothing written on bad input, a NaN update, or when no eta of unlearn.eta.grid keeps
+    The report names the decoder really used (configured vs used, trained weights or not) and the
+    settings that had no effect in this configuration (also printed).
+    Exit 2 with nothing written on bad input (a --model none of whose layers is in
+    lora.target_modules is refused before any work), a NaN update, or when no eta of unlearn.eta.grid keeps
     the retain NLL within unlearn.eta.retain_budget (the step is refused, never applied anyway)."""
     _setup()
     from r2f.atomic import write_json
@@ -182,7 +185,14 @@ def _print_report(rep: dict) -> None:
     t.add_column("after", justify="right")
     for k in rep["nll_before"]:
         t.add_row(k, f"{rep['nll_before'][k]:.3f}", f"{rep['nll_after'][k]:.3f}")
-    Console().print(t)
+    con = Console()
+    con.print(t)
+    d = rep.get("decoder")
+    if d:
+        con.print(f"decoder used: {d['used']} (configured {d['configured']}; trained weights: "
+                  f"{'yes' if d['trained_weights'] else 'no'}; token weighting: {d['weighting_source']})")
+    if rep.get("unused_settings"):
+        con.print(f"settings with no effect here: {', '.join(rep['unused_settings'])}")
 
 
 

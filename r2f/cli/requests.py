@@ -122,7 +122,7 @@ def audit(request_id: str = typer.Argument(..., help="The request id."),
     does not match (exit 4). Ids and hashes only, never the forgotten text."""
     _setup()
     from r2f.governance.audit import audit as run_audit
-    from r2f.governance.audit import render
+    from r2f.governance.audit_report import render
 
     if fmt not in ("md", "json", "html"):
         _fail(f"--format {fmt}: expected md, json or html")

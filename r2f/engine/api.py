@@ -12,13 +12,15 @@ from pathlib import Path
 from r2f.atomic import write_json
 from r2f.config import Config
 from r2f.engine.data import load_tofu
-from r2f.engine.decoder import LearnedDecoder
+from r2f.engine.decoder import DecoderError, LearnedDecoder, check_family
 from r2f.engine.evaluation import EvalError, add_gur, evaluate, summarize, to_json, write
 from r2f.engine.fidelity import fit_decoder
-from r2f.engine.models.io import load_model, save_model
+from r2f.engine.grads import target_modules
+from r2f.engine.models.io import ModelError, load_model, save_model
 from r2f.engine.models.memory import peak_rss_mb
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.unlearn import UnlearnContext, get_method
+from r2f.engine.used import decoder_used, unused_settings
 from r2f.engine.zoo import ensure_models, models_dir
 
 Log = Callable[[str], None]
@@ -61,6 +63,13 @@ def ensure_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = F
         return {"decoder_dir": str(out), **LearnedDecoder.load(out).meta}
     models = ensure_models(cfg, log)
     model, tok = load_model(models.path("proxy"))
+    try:
+        target_modules(model, cfg.lora.target_modules)
+    except ValueError as e:
+        raise DecoderError(f"the proxy ({model.config.model_type}) has none of lora.target_modules "
+                           f"{list(cfg.lora.target_modules)}, and the learned decoder (its token weighting) is fitted "
+                           "on the proxy: for a target of another family use decoder.kind analytic (uniform "
+                           "weighting), or a proxy of the target's family") from e
     items = decoder_train_items(cfg, load_tofu(cfg.data.tofu_dir))
     dec = fit_decoder(cfg, model, tok, items, log, progress)
     dec.meta["proxy"] = str(models.path("proxy"))
@@ -84,17 +93,30 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     forget_split = forget_split or cfg.data.forget_split
     impl = get_method(method)
     tofu = load_tofu(cfg.data.tofu_dir)
-    if model_path:  # fail fast on a bad path, before any training
+    adapted = getattr(impl, "adapted_modules", False)
+    if model_path:  # fail fast on a bad path or a model the method cannot adapt, before any training
         model, tok = load_model(model_path)
+        if adapted:
+            _check_target_modules(model, cfg.lora.target_modules, model_path, log)
     models = ensure_models(cfg, log, splits=(forget_split,))
     if not model_path:
         model_path = models.path("target")
         model, tok = load_model(model_path)
-    decoder = None
+        if adapted:
+            _check_target_modules(model, cfg.lora.target_modules, model_path, log)
+    decoder = used = None
     if getattr(impl, "uses_decoder", False):
         decoder = cfg.decoder.kind
         if decoder == "learned":
             decoder = LearnedDecoder.load(ensure_decoder(cfg, log, progress)["decoder_dir"])
+        used = decoder_used(cfg, decoder)
+        if used["trained_weights"]:
+            check_family(decoder, model)  # before any gradient work: trained weights decode one family only
+        log(f"{method}: decoder {used['used']}" + (" (trained weights)" if used["trained_weights"] else
+                                                   f" (configured: {used['configured']}; no trained weights)"))
+    unused = unused_settings(cfg, method)
+    if unused:
+        log(f"{method}: settings with no effect in this configuration: {', '.join(unused)}")
     forget = list(forget_items) if forget_items else tofu.split(forget_split)
     calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
     # the report's before/after NLLs: the request, and the retain / holdout sets under the evaluation's
@@ -118,11 +140,29 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
         "nll_items": {k: len(v) for k, v in evalsets.items()} if nll_report else None,
         "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
         "forget_ids_sha256": _ids_digest([q.id for q in forget]),
+        "decoder": used, "unused_settings": unused,
     }
     if out:
         save_model(result.model, tok, out, {"unlearn": report})
         report["out"] = str(out)
     return report
+
+
+def _check_target_modules(model, kinds, source, log: Log) -> None:
+    """Refuse a model none of whose linear layers is one of ``lora.target_modules`` (another family's
+    names: GPT-NeoX's ``query_key_value``, Phi's ``fc1``), naming the layers it has, before any
+    expensive work; log the kinds it lacks when some match."""
+    import torch
+
+    present = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"}
+    missing = [k for k in kinds if k not in present]
+    family = getattr(model.config, "model_type", "?")
+    if len(missing) == len(kinds):
+        raise ModelError(f"{source}: none of lora.target_modules {list(kinds)} is a linear layer of this {family} "
+                         f"model; its linear layers are {sorted(present)}: set lora.target_modules to those to adapt "
+                         "(e.g. --set 'lora.target_modules=[...]')")
+    if missing:
+        log(f"lora.target_modules not in this {family} model (not adapted): {', '.join(missing)}")
 
 
 def _scored(model, tok, evalsets: dict, max_len: int, progress, label: str) -> dict:

@@ -150,6 +150,11 @@ def fit_decoder(cfg, model, tokenizer, items, log=lambda _m: None, progress=None
     learned = analytic if cfg.lora.init == "activation" else fidelity(dec, val)
     meta.update(val_learned=learned, val_analytic=analytic, train_s=round(time.perf_counter() - t0, 1))
     dec.meta = meta
-    log(f"decoder: held-out proxy cosine learned {meta['val_learned']['cosine_mean']:.3f} "
-        f"vs analytic {meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
+    if cfg.lora.init == "activation":
+        log(f"decoder: token weighting {meta['weighting'] or 'uniform'} fitted; no decoder weights are trained with "
+            f"lora.init activation (the decode is the projection): held-out proxy cosine "
+            f"{meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
+    else:
+        log(f"decoder: held-out proxy cosine learned {meta['val_learned']['cosine_mean']:.3f} "
+            f"vs analytic {meta['val_analytic']['cosine_mean']:.3f} ({meta['train_s']} s)")
     return dec

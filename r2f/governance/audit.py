@@ -20,12 +20,11 @@ they are listed as not run, with the time of the shredding, and every other link
 Each check is ``{"check", "ok", "detail"}`` (``ok`` None: could not run, and why); the verdict is
 VERIFIED when every check that ran passed, else the report names what does not match. The report
 holds ids, versions and keyed digests only: never the subject's name or the forget-set text.
+Rendering (markdown, json, html) is in r2f.governance.audit_report.
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
 import json
 import subprocess
 import tempfile
@@ -34,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2f.config import Config
-from r2f.digest import sha256_file
+from r2f.digest import md5_file as _md5
+from r2f.digest import sha256_file, weights_sha256
 from r2f.engine.data import QA, load_tofu
 from r2f.errors import R2FError
 from r2f.governance.inbox import InboxError, Record, inbox
@@ -47,23 +47,6 @@ from r2f.governance.versioning import cache_dir, find_root, remote_url
 
 class AuditError(R2FError, RuntimeError):
     """The request cannot be audited at all (unknown id, no tracking store)."""
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()  # noqa: S324 - DVC's content address, not a security hash
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_sha256(model_dir: str | Path) -> str:
-    """sha256 over a model folder's weight files (name + content), recorded at registration."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-    for p in files:
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
-    return h.hexdigest()
 
 
 RUN_FOUND = "MLflow run of the request found"
@@ -261,6 +244,7 @@ def _decoder(t: _Trail) -> None:
                                               if k.startswith("proxy.")},
                    version=t.tracker.version_of_run(tracking.decoder_model_name, drun))
     t.check("decoder's MLflow run found", drun is not None, f"decoder_hash {str(dhash)[:24]}")
+    dec.update(used=t.tags.get("decoder_used"), trained_weights=t.tags.get("decoder_trained_weights"))
     t.report["decoder"] = dec
 
 
@@ -394,56 +378,3 @@ def audit(cfg: Config, request_id: str) -> dict:
     rep["verdict"] = ("VERIFIED (not processed: " + str(reason)[:300] + ")" if rep["verified"]
                       else "MISMATCH: " + "; ".join(failed))
     return rep
-
-
-# -- rendering ----------------------------------------------------------------------------------------
-def to_markdown(rep: dict) -> str:
-    lines = [f"# Audit of deletion request {rep['request_id']}", "", f"**{rep['verdict']}**", "",
-             f"State: {rep.get('state')}", ""]
-    r = rep.get("request") or {}
-    lines += ["## Request", "", f"- file: `{r.get('file')}` sha256 `{r.get('sha256')}`",
-              f"- created_at: {r.get('created_at')}",
-              f"- subject hmac: `{r.get('subject_hmac')}`; requester hmac: `{r.get('requester_hmac')}`; "
-              f"legal basis hmac: `{r.get('legal_basis_hmac')}`", ""]
-    if rep.get("forget_set_shredded_at"):
-        lines += [f"**Forget set shredded at {rep['forget_set_shredded_at']}** (its key destroyed by retention): "
-                  "the checks that need the text or the key are listed as not run.", ""]
-    f = rep.get("forget_rows") or {}
-    ids = f.get("item_ids") or []
-    lines += ["## Forget rows", "", f"- {f.get('n_rows')} rows: {', '.join(ids[:8])}{' …' if len(ids) > 8 else ''}",
-              f"- rows hmac `{f.get('rows_hmac_recorded')}`; DVC md5 `{f.get('dvc_md5')}`; git `{f.get('git_sha')}`", ""]
-    d = rep.get("decoder") or {}
-    lines += ["## Decoder", "", f"- hash `{d.get('decoder_hash')}`, MLflow run `{d.get('mlflow_run_id')}`, "
-              f"registered version {d.get('version')}; DVC md5 `{d.get('dvc_md5')}`",
-              f"- proxy: {json.dumps(d.get('proxy') or {}, sort_keys=True)}", ""]
-    m = rep.get("models") or {}
-    before = (f"version {m['before']} (the champion then)" if m.get("before_source") == "champion"
-              else "the untouched target" + (f" (version {m['before']})" if m.get("before") not in (None, "None") else ""))
-    lines += ["## Model", "", f"- {m.get('registered_model')}: {before} → version {m.get('after')}; "
-              f"champion now: version {m.get('champion_now')}", ""]
-    g = rep.get("gate")
-    if g:
-        lines += ["## Gate", "", f"Decision: {'PASSED' if g['passed'] else 'FAILED'} at {g.get('decided_at')}", "",
-                  "| rule | value | threshold | passed |", "|---|---|---|---|"]
-        lines += [f"| {x['name']} | {x.get('value')} | {x.get('threshold')} | {x.get('passed')} |" for x in g["rules"]]
-        lines.append("")
-    lines += ["## State history", ""] + [f"- {h['at']}: {h['state']}"
-                                         + (f" ({h['reason'][:200]})" if h.get("reason") else "")
-                                          for h in rep.get("states") or []]
-    lines += ["", "## Checks", "", "| check | ok | detail |", "|---|---|---|"]
-    mark = {True: "yes", False: "**NO**", None: "not run"}
-    lines += [f"| {c['check']} | {mark[c['ok']]} | {c['detail']} |" for c in rep["checks"]]
-    return "\n".join(lines) + "\n"
-
-
-def render(rep: dict, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(rep, indent=2, default=str)
-    md = to_markdown(rep)
-    if fmt == "md":
-        return md
-    if fmt == "html":
-        body = html.escape(md)
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>Audit {html.escape(rep['request_id'])}"
-                f"</title></head><body><pre>{body}</pre></body></html>\n")
-    raise ValueError(f"format {fmt!r}: expected md, json or html")

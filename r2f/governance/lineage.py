@@ -3,7 +3,8 @@ unlearning experiments), the registry versions and aliases, and the DVC md5 of e
 output. Only ids, hashes, configuration and metrics are logged, never forget-set text.
 
 Record of one request (experiment ``tracking.unlearning_experiment``, run ``<request_id>-<method>``):
-tags ``request_id``, ``method``, ``git_sha``, ``config_hash``, ``forget_rows_hmac``, ``status``;
+tags ``request_id``, ``method``, ``git_sha``, ``config_hash``, ``forget_rows_hmac``, ``status``,
+``decoder_used`` / ``decoder_trained_weights`` (the decode really applied) and ``unused_settings``;
 params: method, eta, lora / unlearn config, forget row ids digest; metrics: NLLs before/after, wall
 time, every TOFU / paper metric; artifacts: ``eval/TOFU_EVAL.json`` (per item), ``TOFU_SUMMARY.json``,
 ``plots/metrics.png``, ``gate/decision.json``, ``dvc/md5s.json``; the unlearned model as a new
@@ -17,8 +18,9 @@ import subprocess
 from pathlib import Path
 
 from r2f.config import Config
+from r2f.digest import weights_sha256
 from r2f.engine.api import reference_eval
-from r2f.governance.audit import weights_sha256
+from r2f.engine.used import unused_settings
 from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.versioning import find_root, lock_md5s
 
@@ -40,13 +42,24 @@ def dvc_md5s(cfg: Config) -> dict[str, str]:
     return lock_md5s(root) if root else {}
 
 
+def decoder_trained(rep: dict) -> bool:
+    """Whether a decoder stage's report (r2f.engine.api.ensure_decoder) has trained weights."""
+    return bool(rep.get("pairs")) and bool(rep.get("steps"))
+
+
 def log_decoder_run(tracker, cfg: Config, rep: dict, decoder_dir: Path, log) -> None:
-    """One run per decoder config hash in the decoder experiment; the decoder registered."""
+    """One run per decoder config hash in the decoder experiment. The decoder is registered (model
+    ``tracking.decoder_model_name``) only when it has trained weights; otherwise the run keeps its
+    decoder.json (the fitted token weighting) as an artifact, is tagged ``registered: false``, and
+    names the decoder settings that had no effect (``unused_settings``)."""
     key = Path(rep["decoder_dir"]).name
     if tracker.find_run(cfg.tracking.decoder_experiment, {"decoder_hash": key}):
         return
-    with tracker.start_run(cfg.tracking.decoder_experiment, f"decoder-{key[:12]}",
-                           {"decoder_hash": key, "git_sha": git_sha()}):
+    trained = decoder_trained(rep)
+    unused = [k for k in unused_settings(cfg, "r2f") if k.startswith(("decoder.", "lora."))]
+    tags = {"decoder_hash": key, "git_sha": git_sha(), "trained_weights": str(trained).lower(),
+            "registered": str(trained).lower(), "unused_settings": ",".join(unused) or "none"}
+    with tracker.start_run(cfg.tracking.decoder_experiment, f"decoder-{key[:12]}", tags):
         tracker.log_params({"decoder": cfg.decoder.model_dump(mode="json"), "lora": cfg.lora.model_dump(mode="json"),
                             "proxy": cfg.models.proxy.arch.model_dump(mode="json")})
         curve = rep.get("loss_curve") or []
@@ -55,9 +68,13 @@ def log_decoder_run(tracker, cfg: Config, rep: dict, decoder_dir: Path, log) -> 
         tracker.log_metrics({k: v for k, v in rep.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         note = decoder_note(key, rep)
         tracker.describe_run(note)
-        tracker.log_model_dir(str(decoder_dir), "decoder", registered_name=cfg.tracking.decoder_model_name,
-                              kind="decoder", description=note)
-    log(f"decoder logged to MLflow experiment {cfg.tracking.decoder_experiment}")
+        if trained:
+            tracker.log_model_dir(str(decoder_dir), "decoder", registered_name=cfg.tracking.decoder_model_name,
+                                  kind="decoder", description=note)
+        else:
+            tracker.log_dict(json.loads((Path(decoder_dir) / "decoder.json").read_text()), "decoder/decoder.json")
+    log(f"decoder logged to MLflow experiment {cfg.tracking.decoder_experiment}"
+        + ("" if trained else " (no trained weights: not registered)"))
 
 
 def decoder_note(key: str, rep: dict) -> str:
@@ -90,7 +107,10 @@ def start_unlearning_run(tracker, cfg: Config, info: dict, rep: dict) -> str | N
             "start_model_version": str((rep.get("start_model") or {}).get("version")),
             "start_model_source": (rep.get("start_model") or {}).get("source", "target"),
             "request_sha256": info.get("source_sha256", ""), "request_source": info.get("source", ""),
-            "decoder_hash": rep.get("decoder_hash", "")}
+            "decoder_hash": rep.get("decoder_hash", ""),
+            "decoder_used": (rep.get("decoder") or {}).get("used") or "none",
+            "decoder_trained_weights": str(bool((rep.get("decoder") or {}).get("trained_weights"))).lower(),
+            "unused_settings": ",".join(rep.get("unused_settings") or []) or "none"}
     with tracker.start_run(cfg.tracking.unlearning_experiment, f"{info['request_id']}-{rep['method']}", tags) as run_id:
         tracker.describe_run(run_note(info, rep))
         tracker.log_params({"method": rep["method"], "eta": rep["eta"], "n_forget_rows": info["n_rows"],
@@ -100,7 +120,8 @@ def start_unlearning_run(tracker, cfg: Config, info: dict, rep: dict) -> str | N
         metrics.update({f"nll_after.{k}": v for k, v in rep["nll_after"].items()})
         metrics.update({"wall_s": rep["wall_s"], "peak_rss_mb": rep["peak_rss_mb"]})
         tracker.log_metrics(metrics)
-        tracker.log_dict({k: rep[k] for k in ("eta_trials", "info", "forget_ids_sha256") if k in rep},
+        tracker.log_dict({k: rep[k] for k in ("eta_trials", "info", "forget_ids_sha256", "decoder", "unused_settings")
+                          if k in rep},
                          "unlearn/report.json")
         return run_id
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from r2f.config import Config
-from r2f.governance.audit import weights_sha256
+from r2f.digest import weights_sha256
 from r2f.governance.pipeline import Log, PipelineError, _json, request_info, stage_dir
 from r2f.governance.requests import read_request
 from r2f.governance.tracking_setup import make_tracker

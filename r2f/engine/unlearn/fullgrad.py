@@ -11,6 +11,7 @@ from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
 class FullGrad:
     name = "fullgrad"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg

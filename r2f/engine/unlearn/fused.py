@@ -48,6 +48,7 @@ def _fused_backward(model, weights: dict, batch: dict, cfg, retain: dict | None,
 
 class FusedStep:
     name = "fused"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         import torch

@@ -46,6 +46,7 @@ def lora_train_delta(ctx: UnlearnContext, batches, mc: LoraMulConfig) -> dict:
 
 class LoraMulti:
     name = "lora_mul"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg

@@ -12,6 +12,7 @@ from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 
 class LoraSingle:
     name = "lora_sin"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
         cfg = ctx.cfg

@@ -11,6 +11,7 @@ from r2f.engine.onepass import group_batches, one_pass_lora_gradients, shard_bat
 from r2f.engine.parallel import distributed, map_on_snapshot, split_even
 from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
+from r2f.engine.used import decoder_used, effective_decoder
 
 
 def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = None, whiten: dict | None = None) -> dict:
@@ -24,7 +25,8 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
     decoder = decoder if decoder is not None else ctx.decoder
     if decoder is None:
         raise ValueError("r2f needs a decoder (a LearnedDecoder or a fixed decoder name)")
-    check_family(decoder, model)
+    if decoder_used(cfg, decoder)["trained_weights"]:
+        check_family(decoder, model)  # (api.unlearn_model checks it before any work; direct callers here)
     infos = target_modules(model, cfg.lora.target_modules)
     grad_views, _ = ctx.views
     groups = [[v] for v in grad_views] if cfg.lora.basis == "item" else [grad_views]
@@ -73,15 +75,6 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
             direction[info.name].add(cfg.unlearn.retain_weight, *decode_factors(
                 decoder, make_sketch(info, lg[info.name], grams[info.name])))
     return direction
-
-
-def effective_decoder(cfg, decoder):
-    """The decoder R2F actually runs: with ``lora.init`` activation (A = the Gram's top eigenvectors)
-    the prior and learned decoders decode exactly to the projection (docs/method.md), so the analytic
-    decoder is used directly and an eigendecomposition per module and item is skipped."""
-    if cfg.lora.init == "activation" and (decoder == "prior" or not isinstance(decoder, str)):
-        return "analytic"
-    return decoder
 
 
 def retain_directions(ctx: UnlearnContext, items, groups: int) -> list[dict]:
@@ -178,6 +171,7 @@ def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs, 
 
 class R2F:
     name = "r2f"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
     uses_decoder = True  # api.unlearn_model loads cfg.decoder for it
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
@@ -209,8 +203,7 @@ def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: fl
         if eta == 0.0:
             break  # the retain budget is spent: nothing applied in this step
         etas.append(eta)
-    info.update(direction_s=t_grad, decoder=getattr(ctx.decoder, "meta", {}).get("kind", str(ctx.decoder)),
-                steps=len(etas), etas=etas)
+    info.update(direction_s=t_grad, decoder=decoder_used(ctx.cfg, ctx.decoder), steps=len(etas), etas=etas)
     return etas, info
 
 METHOD = R2F()

@@ -18,6 +18,7 @@ from r2f.engine.unlearn.r2f import decoded_steps, retain_directions
 
 class R2FPreconditioned:
     name = "r2f_pc"
+    adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
     uses_decoder = True  # api.unlearn_model loads cfg.decoder for it
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:

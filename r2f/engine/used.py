@@ -1,0 +1,75 @@
+"""What an unlearning run really used: the decoder that turned its LoRA gradients into full-weight
+directions (configured and used, trained weights or not, where its token weighting came from), and
+the settings that had no effect in its configuration. The unlearning report, MLflow and the registry
+name these, so that nobody who audits a deletion is told that a part played a role it did not play.
+"""
+
+from __future__ import annotations
+
+from r2f.engine.decoder import gram_weighting
+
+# methods whose update is decoded from LoRA gradients (their ``uses_decoder`` attribute)
+DECODED = ("r2f", "r2f_pc")
+
+_TRAINING = ("hidden", "pairs", "steps", "lr", "cosine_weight", "seed")  # the learned decoder's MLP training
+_WEIGHT_FIT = ("weight_alphas", "weight_gammas", "weight_fit_prompts")  # the Gram token-weighting fit
+
+
+def effective_decoder(cfg, decoder):
+    """The decoder R2F actually runs: with ``lora.init`` activation (A = the Gram's top eigenvectors)
+    the prior and learned decoders decode exactly to the projection (docs/method.md), so the analytic
+    decoder is used directly and an eigendecomposition per module and item is skipped."""
+    if cfg.lora.init == "activation" and (decoder == "prior" or not isinstance(decoder, str)):
+        return "analytic"
+    return decoder
+
+
+def decoder_used(cfg, decoder) -> dict:
+    """The decoder a decoded method runs with ``decoder`` (what :func:`r2f.engine.api.unlearn_model`
+    loaded: a name, or a LearnedDecoder). ``used`` is the name of the decode really applied:
+    with ``lora.init: activation`` a learned or prior decoder decodes exactly to the rank-r projection,
+    so ``analytic`` runs (:func:`effective_decoder`). ``trained_weights`` is true only
+    when a learned decoder with trained weights (pairs and steps > 0) decodes."""
+    eff = effective_decoder(cfg, decoder)
+    meta = getattr(decoder, "meta", None) or {}
+    name = eff if isinstance(eff, str) else "learned"
+    trained = name == "learned" and bool(meta.get("steps")) and bool(meta.get("pairs"))
+    weighting = gram_weighting(cfg, decoder) if cfg.lora.init == "activation" else None
+    if cfg.lora.init != "activation":
+        source = "none (peft's random A: no activation Gram)"
+    elif weighting:
+        source = (f"fitted on the proxy ({meta.get('proxy_layers')} layers x {meta.get('proxy_hidden')}, "
+                  f"{cfg.decoder.weight_fit_prompts} prompts)")
+    else:
+        source = "uniform"
+    return {"configured": cfg.decoder.kind, "used": name, "trained_weights": trained,
+            "pairs": int(meta.get("pairs") or 0) if trained else 0,
+            "steps": int(meta.get("steps") or 0) if trained else 0,
+            "lora_init": cfg.lora.init, "weighting": list(weighting) if weighting else None,
+            "weighting_source": source}
+
+
+def unused_settings(cfg, method: str) -> list[str]:
+    """Settings of ``method``'s configuration that change nothing in this run, as dotted keys.
+    Sections of other methods are not listed (each method reads only its own section); what is listed
+    is a setting one would expect to matter here and that does not."""
+    out: list[str] = []
+    if method not in DECODED:
+        return out
+    dc, lc = cfg.decoder, cfg.lora
+    fits = dc.kind == "learned"  # only a learned decoder is fitted on the proxy (api.ensure_decoder)
+    trains = fits and lc.init != "activation"  # the MLP is trained only with peft's random A
+    weight_fit = fits and lc.init == "activation" and lc.weighting == "loss"
+    out += [f"decoder.{k}" for k in _TRAINING if not trains]
+    out += [f"decoder.{k}" for k in _WEIGHT_FIT if not weight_fit]
+    if lc.weighting == "loss" and not weight_fit:
+        out.append("lora.weighting")  # nothing fits the weighting: the Gram is uniform
+    if method == "r2f_pc":
+        pc = cfg.unlearn.r2f_pc
+        if pc.preconditioner != "nullspace":
+            out.append("unlearn.r2f_pc.energy")
+        elif pc.basis != "contrast":
+            out.append("unlearn.r2f_pc.damping")
+        if not pc.retain_projection:
+            out.append("unlearn.r2f_pc.projection_mu")
+    return out
