@@ -76,13 +76,18 @@ def test_decoder_of_another_model_family_is_refused(tiny_cfg, tiny_models, tofu)
     from r2f.engine.decoder import DecoderError, LearnedDecoder
     from r2f.engine.unlearn.r2f import r2f_direction
 
-    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    # trained weights decode only with peft's random A (lora.init peft); they are checked
+    peft = tiny_cfg.model_copy(update={"lora": tiny_cfg.lora.model_copy(update={"init": "peft"})})
+    ctx = _ctx(peft, tiny_models, tofu)
     dec = LearnedDecoder(hidden=8)
-    dec.meta = {"model_type": "gpt_neox"}
+    dec.meta = {"model_type": "gpt_neox", "pairs": 64, "steps": 40}
     with pytest.raises(DecoderError, match="trained on a 'gpt_neox' proxy cannot decode gradients of a 'llama'"):
         r2f_direction(ctx, dec)
-    dec.meta = {"model_type": "llama"}  # same family: accepted (and still width-agnostic)
+    dec.meta["model_type"] = "llama"  # same family: accepted (and still width-agnostic)
     assert r2f_direction(ctx, dec)
+    # with the activation basis the decode is the projection and no weights decode: any family runs
+    dec.meta["model_type"] = "gpt_neox"
+    assert r2f_direction(_ctx(tiny_cfg, tiny_models, tofu), dec)
 
 
 def _with_eta(cfg, **eta):
