@@ -24,6 +24,12 @@ def effective_decoder(cfg, decoder):
     return decoder
 
 
+def has_trained_weights(meta: dict) -> bool:
+    """Whether a decoder's metadata (decoder.json, or api.ensure_decoder's report) says its weights
+    were trained: training pairs and steps both > 0."""
+    return bool(meta.get("pairs")) and bool(meta.get("steps"))
+
+
 def decoder_used(cfg, decoder) -> dict:
     """The decoder a decoded method runs with ``decoder`` (what :func:`r2f.engine.api.unlearn_model`
     loaded: a name, or a LearnedDecoder). ``used`` is the name of the decode really applied:
@@ -33,7 +39,7 @@ def decoder_used(cfg, decoder) -> dict:
     eff = effective_decoder(cfg, decoder)
     meta = getattr(decoder, "meta", None) or {}
     name = eff if isinstance(eff, str) else "learned"
-    trained = name == "learned" and bool(meta.get("steps")) and bool(meta.get("pairs"))
+    trained = name == "learned" and has_trained_weights(meta)
     weighting = gram_weighting(cfg, decoder) if cfg.lora.init == "activation" else None
     if cfg.lora.init != "activation":
         source = "none (peft's random A: no activation Gram)"

@@ -20,7 +20,7 @@ from pathlib import Path
 from r2f.config import Config
 from r2f.digest import weights_sha256
 from r2f.engine.api import reference_eval
-from r2f.engine.used import unused_settings
+from r2f.engine.used import has_trained_weights, unused_settings
 from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.versioning import find_root, lock_md5s
 
@@ -42,11 +42,6 @@ def dvc_md5s(cfg: Config) -> dict[str, str]:
     return lock_md5s(root) if root else {}
 
 
-def decoder_trained(rep: dict) -> bool:
-    """Whether a decoder stage's report (r2f.engine.api.ensure_decoder) has trained weights."""
-    return bool(rep.get("pairs")) and bool(rep.get("steps"))
-
-
 def log_decoder_run(tracker, cfg: Config, rep: dict, decoder_dir: Path, log) -> None:
     """One run per decoder config hash in the decoder experiment. The decoder is registered (model
     ``tracking.decoder_model_name``) only when it has trained weights; otherwise the run keeps its
@@ -55,7 +50,7 @@ def log_decoder_run(tracker, cfg: Config, rep: dict, decoder_dir: Path, log) -> 
     key = Path(rep["decoder_dir"]).name
     if tracker.find_run(cfg.tracking.decoder_experiment, {"decoder_hash": key}):
         return
-    trained = decoder_trained(rep)
+    trained = has_trained_weights(rep)
     unused = [k for k in unused_settings(cfg, "r2f") if k.startswith(("decoder.", "lora."))]
     tags = {"decoder_hash": key, "git_sha": git_sha(), "trained_weights": str(trained).lower(),
             "registered": str(trained).lower(), "unused_settings": ",".join(unused) or "none"}
