@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from r2f.engine.models.encoding import collate, encode_qa
-from r2f.engine.models.nll import answer_logits, token_nll
+from r2f.engine.models.head import answer_forward
+from r2f.engine.models.nll import token_nll
 
 if TYPE_CHECKING:
     import torch
 
+    from r2f.engine.models.head import AnswerStates
     from r2f.engine.paraphrase import Views
 
 LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
@@ -115,15 +117,16 @@ class GramHooks:
             h.remove()
 
 
-def token_weights(logits: torch.Tensor, batch: dict, weighting: tuple[float, float] | None,
-                  positions: torch.Tensor | None = None) -> torch.Tensor:
+def token_weights(states: AnswerStates | None, batch: dict,
+                  weighting: tuple[float, float] | None) -> torch.Tensor:
     """Per-token weights [B, T] for the activation Gram.
 
-    ``None``: 1 on every non-pad token. ``(alpha, gamma)``: positions that predict an answer token get
-    ``g_t ** gamma`` with ``g_t = ||softmax(logits_t) - onehot(y_t)||^2`` (the squared norm of the
-    loss gradient w.r.t. that position's logits, available from the forward pass); prompt positions
-    get ``alpha`` times the mean answer weight (they receive gradient only through attention).
-    ``positions``: the logits are those of these positions only (``models.nll.answer_logits``).
+    ``None``: 1 on every non-pad token (``states`` unused). ``(alpha, gamma)``: positions that
+    predict an answer token get ``g_t ** gamma`` with ``g_t = ||softmax(logits_t) - onehot(y_t)||^2``
+    (the squared norm of the loss gradient w.r.t. that position's logits, available from the forward
+    pass: ``sum p^2 - 2 p_y + 1``); prompt positions get ``alpha`` times the mean answer weight (they
+    receive gradient only through attention). ``states``: the batch's answer positions
+    (:func:`r2f.engine.models.head.answer_forward`), whose logits are formed in chunks.
     """
     import torch
 
@@ -134,14 +137,9 @@ def token_weights(logits: torch.Tensor, batch: dict, weighting: tuple[float, flo
     labels = batch["labels"]
     predicts = torch.zeros_like(mask)
     predicts[:, :-1] = labels[:, 1:] != -100
-    if positions is None:
-        positions = torch.arange(mask.shape[1] - 1)
-        logits = logits[:, :-1]
-    probs = logits.float().softmax(-1)
-    target = labels[:, 1:][:, positions].clamp(min=0)
-    p_y = probs.gather(-1, target[..., None]).squeeze(-1)
+    st = states.stats(("sq", "logp"))
     g = torch.zeros(mask.shape)
-    g[:, positions] = probs.pow(2).sum(-1) - 2 * p_y + 1.0  # ||p - e_y||^2
+    g[:, :-1][predicts[:, :-1]] = st["sq"] - 2 * st["logp"].exp() + 1.0  # ||p - e_y||^2
     g = g.clamp(min=0).pow(gamma) * predicts
     mean_g = g.sum() / predicts.sum().clamp(min=1)
     return g + alpha * mean_g * (mask & ~predicts)
@@ -185,8 +183,8 @@ def activation_grams(model, infos: Sequence[ModuleInfo], batches,
     try:
         with torch.inference_mode():
             for b in batches:
-                logits, pos = answer_logits(model, b)
-                w = token_weights(logits, b, weighting, pos).reshape(-1, 1)
+                st = answer_forward(model, b)  # no logits formed unless the weighting reads them
+                w = token_weights(st, b, weighting).reshape(-1, 1)
                 keep = w.squeeze(1) > 0
                 # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
                 groups: dict = {}

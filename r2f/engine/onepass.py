@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 from r2f.engine.grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
 from r2f.engine.models.encoding import collate, encode_qa
-from r2f.engine.models.nll import aligned, answer_logits, nll_from_logits, token_nll
+from r2f.engine.models.head import answer_forward
+from r2f.engine.models.nll import token_nll
 from r2f.engine.parallel import split_even
 
 if TYPE_CHECKING:
     import torch
 
+    from r2f.engine.models.head import AnswerStates
     from r2f.engine.paraphrase import Views
 
 
@@ -243,16 +245,14 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                         w = token_weights(None, b, None)  # uniform: the mask, no logits needed
                     else:
                         state["mode"] = "off"
-                        logits, pos = answer_logits(model, b)
-                        w = token_weights(logits, b, weighting, pos)
-                        del logits
+                        w = token_weights(answer_forward(model, b), b, weighting)
                     state.update(mode="basis", w=w, runs=runs, bases_now={})
-                    answer_logits(model, b)
+                    answer_forward(model, b)
                 per_module, state["last"] = state["bases_now"], None
             else:
                 state["mode"] = "keep"
-                logits, pos = answer_logits(model, b)
-                w = token_weights(logits.detach(), b, weighting, pos)  # B x T
+                st = answer_forward(model, b)
+                w = token_weights(st, b, weighting)  # B x T (no grad)
                 per_module = _run_bases(state["x"], runs, w, rank, whiten)
             for name, per_run in per_module.items():
                 for (g, _, _), a in zip(runs, per_run):
@@ -263,7 +263,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                                       for (g, s, e), a in zip(runs, per_run)]
                                for name, per_run in per_module.items()}
                 state["x"] = {}
-                (objective_loss(logits, pos, b, objective, token_beta) / n).backward()
+                (objective_loss(st, objective, token_beta) / n).backward()
             else:
                 state["x"], state["mode"] = {}, "proj"
                 for m0 in range(0, k, micro_batch):
@@ -272,28 +272,24 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                                             for (g, s, e), a in zip(runs, per_run) if s < m1 and e > m0]
                                      for name, per_run in per_module.items()}
                     sub = _sub_batch(b, m0, m1)
-                    lg, ps = answer_logits(model, sub)
-                    (objective_loss(lg, ps, sub, objective, token_beta) / n).backward()
+                    (objective_loss(answer_forward(model, sub), objective, token_beta) / n).backward()
             state["xa"] = {}
     return Y, bases
 
 
-def objective_loss(logits, positions, batch: dict, objective: str, token_beta: float | None = None):
-    """The summed per-sequence unlearning loss of a batch: ``sign x mean answer-token NLL``
+def objective_loss(states: AnswerStates, objective: str, token_beta: float | None = None):
+    """The summed per-sequence unlearning loss of a batch (its answer positions,
+    :func:`r2f.engine.models.head.answer_forward`): ``sign x mean answer-token NLL``
     (:func:`r2f.engine.grads._sign`); with ``token_beta`` each token's NLL is weighted by ``p^beta``
     (held fixed: the weighted gradient ascent, WGA, of Wang et al., ICLR 2025), so tokens already forgotten stop
     pulling and the step concentrates on what the model still knows."""
-    import torch.nn.functional as F
-
+    nll = states.token_nll()
     if token_beta is None:
-        return _sign(objective) * nll_from_logits(logits, positions, batch).sum()
+        return _sign(objective) * states.per_row_mean(nll).sum()
     if objective != "ascent":
         raise ValueError(f"token_beta weights an ascent on the answer NLL; objective '{objective}' has no such loss")
-    logits, labels = aligned(logits, positions, batch)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    w = (-token_beta * nll.detach()).exp() * (labels != -100)
-    per_seq = (w * nll).sum(1) / (labels != -100).sum(1).clamp(min=1)
-    return _sign(objective) * per_seq.sum()
+    w = (-token_beta * nll.detach()).exp()
+    return _sign(objective) * states.per_row_mean(w * nll).sum()
 
 
 def shard_batches(batches: Sequence[dict], seq_groups: Sequence[int], k: int) -> list[dict]:

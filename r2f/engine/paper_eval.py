@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 
 from r2f.config import Config, TrainConfig
 from r2f.engine.metrics.base import MetricResult
-from r2f.engine.metrics.paper import contains_answer, mean_kl, usr
+from r2f.engine.metrics.paper import contains_answer, usr
 from r2f.engine.models.encoding import collate, encode_qa
+from r2f.engine.models.head import masked_states, mean_kl_chunked
 from r2f.engine.models.prompt import prompt_format
 from r2f.engine.models.training import train_model
 from r2f.engine.paraphrase import make_all_views
@@ -83,8 +84,8 @@ def kl_over_texts(original, model, tok, texts: Sequence[tuple[str, str]], max_le
     with torch.inference_mode():
         for b in range(0, len(enc), batch_size):
             batch = collate(enc[b:b + batch_size], tok.pad_token_id)
-            kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            vals.append(mean_kl(original(**kw).logits, model(**kw).logits, batch["attention_mask"]))
+            # both models' next-token distributions in chunks (models.head): no [B, T, vocab] logits
+            vals.append(float(mean_kl_chunked(masked_states(original, batch), masked_states(model, batch))))
     return sum(vals) / len(vals)
 
 

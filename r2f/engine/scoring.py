@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from r2f.engine.models.encoding import collate, encode_qa
-from r2f.engine.models.nll import aligned, answer_logits
+from r2f.engine.models.head import answer_forward
 from r2f.engine.models.prompt import prompt_ids
 
 
@@ -47,8 +47,9 @@ def score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, batc
     """Teacher-forced answer-token statistics of (question, answer) pairs, in input order.
 
     ``detail=False`` skips the per-token statistics (NLL only; faster for perturbed answers).
-    Vocabulary-wide work (logits, log-softmax) is done at answer positions only, so its memory and
-    time scale with the answer tokens, not the whole sequence (bench/results/scoring.json).
+    Vocabulary-wide work (logits, log-softmax) is done at answer positions only and in chunks of at
+    most ``models.head.LOGIT_BUDGET`` logits, so its memory scales with neither the whole sequence
+    nor the vocabulary (bench/results/scoring.json).
     """
     import torch
 
@@ -59,20 +60,16 @@ def score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, batc
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             batch = collate([enc[i] for i in idx], tokenizer.pad_token_id)
-            # logits only at positions that predict an answer token (models.nll.answer_logits): the
-            # prompt positions' vocabulary-wide rows are never read
-            logits, lab = aligned(*answer_logits(model, batch), batch)
-            mask = lab != -100
-            logp = torch.log_softmax(logits[mask].float(), -1)  # answer positions only
-            y = lab[mask]
-            tok_lp = logp.gather(-1, y[:, None])[:, 0]
+            # the output layer at answer positions only, in chunks (models.head): neither the prompt
+            # positions nor the vocabulary multiply the memory
+            st = answer_forward(model, batch)
+            want = ("logp", "mu", "sigma", "argmax") if detail else ("logp",)
+            got = st.stats(want)
+            tok_lp, y = got["logp"], st.labels
             if detail:
-                p = logp.exp()
-                mu = (p * logp).sum(-1)
-                sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
-                pred = logp.argmax(-1)
+                mu, sigma, pred = got["mu"], got["sigma"], got["argmax"]
             k = 0
-            for i, n in zip(idx, mask.sum(1).tolist()):
+            for i, n in zip(idx, st.counts()):
                 lp = tok_lp[k:k + n]
                 nll = float(-lp.mean()) if n else float("nan")
                 if detail:

@@ -38,8 +38,12 @@ def _keeps_logits(model) -> bool:
 
 
 def token_nll(model, batch: dict) -> torch.Tensor:
-    """Per-sequence mean answer-token NLL (shape [batch]); differentiable."""
-    return nll_from_logits(*answer_logits(model, batch), batch)
+    """Per-sequence mean answer-token NLL (shape [batch]); differentiable. The output layer runs at
+    answer positions only, in chunks of bounded size (:mod:`r2f.engine.models.head`)."""
+    from r2f.engine.models.head import answer_forward
+
+    st = answer_forward(model, batch)
+    return st.per_row_mean(st.token_nll())
 
 
 def aligned(logits: torch.Tensor, positions: torch.Tensor | None, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,7 +51,7 @@ def output_grad_covariances(model, infos, batches, seed: int = 0) -> dict:
     no weight gradient is formed (the weights keep ``requires_grad=False`` for the pass)."""
     import torch
 
-    from r2f.engine.models.nll import aligned, answer_logits
+    from r2f.engine.models.head import answer_forward
 
     mods = dict(model.named_modules())
     acc: dict = {}
@@ -73,11 +73,8 @@ def output_grad_covariances(model, infos, batches, seed: int = 0) -> dict:
         for b in batches:
             state["mask"] = b["attention_mask"].reshape(-1).bool()
             tokens += int(state["mask"].sum())
-            logits, lab = aligned(*answer_logits(model, b), b)
-            logits = logits[lab != -100]
-            with torch.no_grad():
-                y = torch.multinomial(torch.softmax(logits.detach().float(), -1), 1, generator=gen)[:, 0]
-            torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").backward()
+            st = answer_forward(model, b)  # logits in chunks (models.head)
+            st.token_nll(st.sample_labels(gen)).sum().backward()
     finally:
         emb.remove()
         for h in handles:
