@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ENGINE, load_cfg, parser, run_child, setup, write  # noqa: E402
 from real import REAL  # noqa: E402  bench/real.py's settings on SmolLM2 (eta grid, key-word loss, NPO lr)
 
-MODELS = ("tiny", "smollm2-135m", "random-360m", "random-1.7b")
+MODELS = ("tiny", "smollm2-135m", "random-360m", "random-1.7b", "random-270m-262k")
 # SmolLM2-360M's and -1.7B's published shapes (config.json of HuggingFaceTB/SmolLM2-360M / -1.7B) with
 # random weights: cost depends on the shapes, not on what the weights know. No calibration on them
 # (a fixed eta): their forward passes would cost minutes and their eta means nothing.
@@ -33,7 +33,16 @@ SHAPES = {
                     "num_attention_heads": 15, "num_key_value_heads": 5},
     "random-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
                     "num_attention_heads": 32, "num_key_value_heads": 32},
+    # another family's shape (Gemma-3-270M's widths: 270 M parameters, 168 M of them the tied 262 k x 640
+    # embedding) in SmolLM2's llama layout: the vocabulary, not the body, sets its memory (issue #21 item 4)
+    "random-270m-262k": {"hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+                         "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+                         "vocab_size": 262144, "tie_word_embeddings": True},
 }
+# shapes whose deletion is measured whole, calibration included (the memory of scoring and calibration
+# is what grows with the vocabulary); with a one-chunk LOGIT_BUDGET as the same-run baseline
+CALIBRATED = {"random-270m-262k"}
+UNCHUNKED = 2**40  # r2f.engine.models.head.LOGIT_BUDGET that puts every answer position in one chunk
 FIXED_ETA = 1e-4
 
 
@@ -61,7 +70,8 @@ def model_path(cfg, key: str) -> Path:
         conf = AutoConfig.from_pretrained(smol, local_files_only=True)
         for k, v in SHAPES[key].items():
             setattr(conf, k, v)
-        conf.head_dim = conf.hidden_size // conf.num_attention_heads
+        if "head_dim" not in SHAPES[key]:
+            conf.head_dim = conf.hidden_size // conf.num_attention_heads
         torch.manual_seed(0)
         save_model(AutoModelForCausalLM.from_config(conf), tok, out,
                    {"role": f"cost benchmark only: random weights in the shape of {key}", **SHAPES[key]})
@@ -74,7 +84,7 @@ def extra_for(key: str, views: int, eta: float | None, micro_batch: int | None =
         extra["unlearn.micro_batch"] = micro_batch
     if key != "tiny":
         extra.update(REAL)
-    if key in SHAPES:
+    if key in SHAPES and key not in CALIBRATED:
         eta = FIXED_ETA
     if eta is not None:
         extra["unlearn.eta.value"] = eta
@@ -136,6 +146,10 @@ def one(args) -> None:
     from r2f.engine.unlearn import UnlearnContext, get_method
 
     torch.set_num_threads(2)
+    if args.logit_budget:
+        from r2f.engine.models import head
+
+        head.LOGIT_BUDGET = args.logit_budget
     cfg = load_cfg(args, extra_for(args.model, args.views, args.eta, args.micro_batch))
     path = model_path(cfg, args.model)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -164,6 +178,7 @@ def one(args) -> None:
         del c, res
     peak = max(peaks)
     row = {"model": args.model, "method": args.one, "views": args.views, "items": args.items,
+           "logit_budget": args.logit_budget or _budget(),
            "micro_batch": args.micro_batch or cfg.unlearn.micro_batch,
            "params_m": round(n_params / 1e6, 1), "repeats": args.repeats,
            "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
@@ -190,6 +205,12 @@ def one(args) -> None:
     print("RESULT " + json.dumps(row, default=str))
 
 
+def _budget() -> int:
+    from r2f.engine.models import head
+
+    return head.LOGIT_BUDGET
+
+
 # -- parent ------------------------------------------------------------------------------------------
 def plan(args) -> list[dict]:
     """The configurations, FullGrad first in each group (the fused step reuses its eta)."""
@@ -197,6 +218,11 @@ def plan(args) -> list[dict]:
     models = args.models.split(",")
     views = [int(v) for v in args.views.split(",")]
     for m in models:
+        if m in CALIBRATED:  # one whole deletion each, calibration included; the one-chunk baseline
+            for meth in ("fullgrad", "r2f"):
+                out.append({"model": m, "method": meth, "views": 5, "items": args.items})
+                out.append({"model": m, "method": meth, "views": 5, "items": args.items, "logit_budget": UNCHUNKED})
+            continue
         big = m in SHAPES
         items = 1 if big else args.items
         for n in ([5] if big else views):
@@ -230,6 +256,7 @@ def main() -> None:
     p.add_argument("--eta", type=float)
     p.add_argument("--micro-batch", type=int, help="child: unlearn.micro_batch (default: params.yaml)")
     p.add_argument("--no-counters", action="store_true", help="child: skip the FLOP and tensor-memory runs")
+    p.add_argument("--logit-budget", type=int, help="child: r2f.engine.models.head.LOGIT_BUDGET (default: the engine's)")
     args = p.parse_args()
     setup()
     if args.one:
@@ -258,19 +285,21 @@ def main() -> None:
                  "--items", str(c["items"]), "--repeats", str(repeats)]
         extra += ["--eta", str(eta)] if eta is not None else []
         extra += ["--micro-batch", str(c["micro_batch"])] if c.get("micro_batch") else []
+        extra += ["--logit-budget", str(c["logit_budget"])] if c.get("logit_budget") else []
         heavy = c["method"] in ("npo", "lora_mul") and c["model"] != "tiny"  # training runs: time them only
         extra += ["--no-counters"] if (c["items"] != args.items or heavy or big and c["method"] == "fused"
-                                       or c["model"] == "random-1.7b") else []
+                                       or c["model"] in ("random-1.7b", *CALIBRATED)) else []
         print(f"== {c}", flush=True)
         res = run_child(Path(__file__), args, extra)
         print("   " + json.dumps(res, default=str), flush=True)
         rows.append({**c, **res, "low_memory": bool(c.get("micro_batch"))})
     add_ratios(rows)
-    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "wall_s_median", "wall_s_min", "wall_s_max",
+    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "logit_budget",
+            "wall_s_median", "wall_s_min", "wall_s_max",
             "direction_s_median", "peak_rss_mb", "peak_tensor_mb", "flops_step", "ratio_time_vs_fullgrad",
             "ratio_direction_time_vs_fullgrad", "ratio_flops_vs_fullgrad",
             "ratio_time_vs_fullgrad_1view", "ratio_mem_vs_fullgrad", "ratio_tensor_mem_vs_fullgrad",
-            "ratio_time_vs_npo", "ratio_mem_vs_npo", "eta", "error"]
+            "ratio_time_vs_npo", "ratio_mem_vs_npo", "ratio_mem_vs_one_chunk", "ratio_time_vs_one_chunk", "eta", "error"]
     notes = notes_for(rows, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.out) / f"cost_scaling{'_quick' if args.quick else ''}.png", args.items)
@@ -282,7 +311,8 @@ def add_ratios(rows: list[dict]) -> None:
     def find(method, r, views=None):
         return next((f for f in rows if f["method"] == method and f["model"] == r["model"] and "error" not in f
                      and f["views"] == (views or r["views"]) and f["items"] == r["items"]
-                     and f.get("low_memory") == r.get("low_memory")), None)
+                     and f.get("low_memory") == r.get("low_memory")
+                     and f.get("logit_budget") == r.get("logit_budget")), None)
 
     for r in rows:
         if "error" in r:
@@ -301,6 +331,12 @@ def add_ratios(rows: list[dict]) -> None:
                 r["ratio_tensor_mem_vs_fullgrad"] = r["peak_tensor_mb"] / fg["peak_tensor_mb"]
         if fg1:
             r["ratio_time_vs_fullgrad_1view"] = r["wall_s_median"] / fg1["wall_s_median"]
+        one_chunk = next((f for f in rows if f["method"] == r["method"] and f["model"] == r["model"]
+                          and "error" not in f and f.get("logit_budget") == UNCHUNKED and f["items"] == r["items"]
+                          and f["views"] == r["views"]), None)
+        if one_chunk and r.get("logit_budget") != UNCHUNKED:
+            r["ratio_mem_vs_one_chunk"] = r["peak_rss_mb"] / one_chunk["peak_rss_mb"]
+            r["ratio_time_vs_one_chunk"] = r["wall_s_median"] / one_chunk["wall_s_median"]
         if npo:
             r["ratio_time_vs_npo"] = r["wall_s_median"] / npo["wall_s_median"]
             r["ratio_mem_vs_npo"] = r["peak_rss_mb"] / npo["peak_rss_mb"]
@@ -328,6 +364,11 @@ def notes_for(rows: list[dict], args) -> list[str]:
         f"random-360m / random-1.7b: SmolLM2-360M's / -1.7B's shapes with random weights (no larger SmolLM2 is "
         f"installable offline); 1 item, eta fixed to {FIXED_ETA} (no calibration: wall_s is the step itself), "
         "1 run each; their unlearning effect is meaningless, only their cost is.",
+        "random-270m-262k: a 270 M-parameter, 262 k-token-vocabulary shape (Gemma-3-270M's widths in the llama "
+        "layout, random weights, tied embedding); one whole deletion per row, eta calibration included. "
+        f"logit_budget: logits formed at once by the chunked output layer (r2f/engine/models/head.py); {UNCHUNKED} "
+        "puts every answer position of a batch in one chunk, as before the chunking (the same-run baseline: "
+        "ratio_mem_vs_one_chunk). Goal (issue #21): R2F's peak below 4 GB.",
         "micro_batch: sequences per forward + backward (unlearn.micro_batch). Rows with micro_batch 1 are the "
         "low-memory mode of both methods (FullGrad accumulates its gradient over one sequence at a time; R2F "
         "runs a no-grad forward for the bases, then one sequence per forward + backward); their ratios compare "

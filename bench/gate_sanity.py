@@ -2,12 +2,14 @@
 untouched target, for every target the project ships and forget01/05/10 (thresholds as configured).
 
     python bench/gate_sanity.py [--quick] [--targets toy,smollm2-tofu] [--splits forget01,forget05,forget10]
-      -> bench/results/gate_sanity.json / .md
+      -> bench/results/gate_sanity.json / .md (the toy target), gate_sanity_<target>.json / .md (others)
 
 Each target is judged in its own world (``TARGETS``: its params file; --params is not used).
 One row per (target, split, candidate): passed, every rule's value and threshold, and the model
-utility with its nine components. Rows already in the JSON from the same code are kept,
-so an interrupted run resumes (rows of other code are dropped); evaluations are cached under the state folder.
+utility with its nine components. One result per target (each world's models are trained in their
+own sessions: a target's rows stay current or stale on their own). Rows already in the JSON from the
+same code are kept, so an interrupted run resumes (rows of other code are dropped); evaluations are
+cached under the state folder.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ def main() -> None:
     from r2f.engine.zoo import ensure_models
     from r2f.governance.gate import RULES, sanity
 
-    stem = "gate_sanity_quick" if args.quick else "gate_sanity"
-    old = Path(args.out) / f"{stem}.json"
-    rows = resumable(old)
     splits = [s for s in args.splits.split(",") if s]
     for target in [t for t in args.targets.split(",") if t]:
         if target not in TARGETS:
             raise SystemExit(f"--targets: unknown target {target!r}; expected {', '.join(TARGETS)}")
         from r2f.config import load_config
+
+        name = result_name(target)
+        rows = resumable(Path(args.out) / f"{name}{'_quick' if args.quick else ''}.json")
 
         cfg = load_config(ROOT / TARGETS[target], overrides_of(args))
         for split in splits:
@@ -62,13 +64,18 @@ def main() -> None:
                           "train_wall_s": meta.get("wall_s"), "train_peak_rss_mb": meta.get("peak_rss_mb"),
                           "forget_nll": (meta.get("forget_nll") or {}).get(split)})
             rows = [r for r in rows if not (r["target"] == target and r["split"] == split)] + got
-            _write(args, rows, cfg, RULES)
+            _write(name, args, rows, cfg, RULES)
             print(f"{target} {split}: " + "; ".join(f"{r['candidate']} {'passes' if r['passed'] else 'fails'}"
                                                    + (f" ({', '.join(r['failed'])})" if r["failed"] else "")
                                                    for r in got), flush=True)
 
 
-def _write(args, rows, cfg, rules) -> None:
+def result_name(target: str) -> str:
+    """The toy target's rows in gate_sanity, another target's in gate_sanity_<target>."""
+    return "gate_sanity" if target == "toy" else f"gate_sanity_{target}"
+
+
+def _write(name, args, rows, cfg, rules) -> None:
     ok = [r for r in rows if r["passed"] == (r["candidate"] == "retain")]
     cols = ["target", "split", "candidate", "passed"]
     for rule in rules:
@@ -79,7 +86,7 @@ def _write(args, rows, cfg, rules) -> None:
              "The retain model of a split is the exact-unlearning reference: trained with the target's recipe "
              "on the target's data without that split's authors."]
     cols += ["failed", "forget_nll", "train_final_loss", "wall_s"]
-    write("gate_sanity", args, rows, cols, notes, {"rules": [r.name for r in rules]},
+    write(name, args, rows, cols, notes, {"rules": [r.name for r in rules]},
           deps=DEPS, cfg=cfg)
 
 
