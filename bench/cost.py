@@ -40,9 +40,10 @@ SHAPES = {
                          "vocab_size": 262144, "tie_word_embeddings": True},
 }
 # shapes whose deletion is measured whole, calibration included (the memory of scoring and calibration
-# is what grows with the vocabulary); with a one-chunk LOGIT_BUDGET as the same-run baseline
+# is what grows with the vocabulary), on a forget01-sized request, against the model's own logits as
+# the same-run baseline (own_logits: the path before r2f.engine.models.head, kept as its fallback)
 CALIBRATED = {"random-270m-262k"}
-UNCHUNKED = 2**40  # r2f.engine.models.head.LOGIT_BUDGET that puts every answer position in one chunk
+CALIBRATED_ITEMS = 40
 FIXED_ETA = 1e-4
 
 
@@ -146,10 +147,6 @@ def one(args) -> None:
     from r2f.engine.unlearn import UnlearnContext, get_method
 
     torch.set_num_threads(2)
-    if args.logit_budget:
-        from r2f.engine.models import head
-
-        head.LOGIT_BUDGET = args.logit_budget
     cfg = load_cfg(args, extra_for(args.model, args.views, args.eta, args.micro_batch))
     path = model_path(cfg, args.model)
     tofu = load_tofu(cfg.data.tofu_dir)
@@ -159,6 +156,10 @@ def one(args) -> None:
 
     def ctx(c=cfg):
         model, tok = load_model(path)
+        if args.own_logits:  # the baseline: score from the model's own [B, P, vocab] logits (head's fallback)
+            from r2f.engine.models import head
+
+            setattr(model, head._PROBE_ATTR, False)
         return UnlearnContext(model, tok, c, forget, retain, tofu.idontknow(), "analytic")
 
     walls, direction, info, peaks = [], [], {}, []
@@ -178,7 +179,7 @@ def one(args) -> None:
         del c, res
     peak = max(peaks)
     row = {"model": args.model, "method": args.one, "views": args.views, "items": args.items,
-           "logit_budget": args.logit_budget or _budget(),
+           "own_logits": bool(args.own_logits), "logit_budget": None if args.own_logits else _budget(),
            "micro_batch": args.micro_batch or cfg.unlearn.micro_batch,
            "params_m": round(n_params / 1e6, 1), "repeats": args.repeats,
            "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
@@ -218,10 +219,10 @@ def plan(args) -> list[dict]:
     models = args.models.split(",")
     views = [int(v) for v in args.views.split(",")]
     for m in models:
-        if m in CALIBRATED:  # one whole deletion each, calibration included; the one-chunk baseline
-            for meth in ("fullgrad", "r2f"):
-                out.append({"model": m, "method": meth, "views": 5, "items": args.items})
-                out.append({"model": m, "method": meth, "views": 5, "items": args.items, "logit_budget": UNCHUNKED})
+        if m in CALIBRATED:  # one whole deletion each, calibration included; the own-logits baseline
+            out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS})
+            out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS, "own_logits": True})
+            out.append({"model": m, "method": "fullgrad", "views": 5, "items": CALIBRATED_ITEMS})
             continue
         big = m in SHAPES
         items = 1 if big else args.items
@@ -256,7 +257,8 @@ def main() -> None:
     p.add_argument("--eta", type=float)
     p.add_argument("--micro-batch", type=int, help="child: unlearn.micro_batch (default: params.yaml)")
     p.add_argument("--no-counters", action="store_true", help="child: skip the FLOP and tensor-memory runs")
-    p.add_argument("--logit-budget", type=int, help="child: r2f.engine.models.head.LOGIT_BUDGET (default: the engine's)")
+    p.add_argument("--own-logits", action="store_true",
+                   help="child: score from the model's own logits (the path before the chunked output layer)")
     args = p.parse_args()
     setup()
     if args.one:
@@ -285,7 +287,7 @@ def main() -> None:
                  "--items", str(c["items"]), "--repeats", str(repeats)]
         extra += ["--eta", str(eta)] if eta is not None else []
         extra += ["--micro-batch", str(c["micro_batch"])] if c.get("micro_batch") else []
-        extra += ["--logit-budget", str(c["logit_budget"])] if c.get("logit_budget") else []
+        extra += ["--own-logits"] if c.get("own_logits") else []
         heavy = c["method"] in ("npo", "lora_mul") and c["model"] != "tiny"  # training runs: time them only
         extra += ["--no-counters"] if (c["items"] != args.items or heavy or big and c["method"] == "fused"
                                        or c["model"] in ("random-1.7b", *CALIBRATED)) else []
@@ -294,12 +296,12 @@ def main() -> None:
         print("   " + json.dumps(res, default=str), flush=True)
         rows.append({**c, **res, "low_memory": bool(c.get("micro_batch"))})
     add_ratios(rows)
-    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "logit_budget",
+    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "own_logits",
             "wall_s_median", "wall_s_min", "wall_s_max",
             "direction_s_median", "peak_rss_mb", "peak_tensor_mb", "flops_step", "ratio_time_vs_fullgrad",
             "ratio_direction_time_vs_fullgrad", "ratio_flops_vs_fullgrad",
             "ratio_time_vs_fullgrad_1view", "ratio_mem_vs_fullgrad", "ratio_tensor_mem_vs_fullgrad",
-            "ratio_time_vs_npo", "ratio_mem_vs_npo", "ratio_mem_vs_one_chunk", "ratio_time_vs_one_chunk", "eta", "error"]
+            "ratio_time_vs_npo", "ratio_mem_vs_npo", "ratio_mem_vs_own_logits", "ratio_time_vs_own_logits", "eta", "error"]
     notes = notes_for(rows, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.out) / f"cost_scaling{'_quick' if args.quick else ''}.png", args.items)
@@ -312,7 +314,7 @@ def add_ratios(rows: list[dict]) -> None:
         return next((f for f in rows if f["method"] == method and f["model"] == r["model"] and "error" not in f
                      and f["views"] == (views or r["views"]) and f["items"] == r["items"]
                      and f.get("low_memory") == r.get("low_memory")
-                     and f.get("logit_budget") == r.get("logit_budget")), None)
+                     and bool(f.get("own_logits")) == bool(r.get("own_logits"))), None)
 
     for r in rows:
         if "error" in r:
@@ -331,12 +333,12 @@ def add_ratios(rows: list[dict]) -> None:
                 r["ratio_tensor_mem_vs_fullgrad"] = r["peak_tensor_mb"] / fg["peak_tensor_mb"]
         if fg1:
             r["ratio_time_vs_fullgrad_1view"] = r["wall_s_median"] / fg1["wall_s_median"]
-        one_chunk = next((f for f in rows if f["method"] == r["method"] and f["model"] == r["model"]
-                          and "error" not in f and f.get("logit_budget") == UNCHUNKED and f["items"] == r["items"]
-                          and f["views"] == r["views"]), None)
-        if one_chunk and r.get("logit_budget") != UNCHUNKED:
-            r["ratio_mem_vs_one_chunk"] = r["peak_rss_mb"] / one_chunk["peak_rss_mb"]
-            r["ratio_time_vs_one_chunk"] = r["wall_s_median"] / one_chunk["wall_s_median"]
+        own = next((f for f in rows if f["method"] == r["method"] and f["model"] == r["model"]
+                    and "error" not in f and f.get("own_logits") and f["items"] == r["items"]
+                    and f["views"] == r["views"]), None)
+        if own and not r.get("own_logits"):
+            r["ratio_mem_vs_own_logits"] = r["peak_rss_mb"] / own["peak_rss_mb"]
+            r["ratio_time_vs_own_logits"] = r["wall_s_median"] / own["wall_s_median"]
         if npo:
             r["ratio_time_vs_npo"] = r["wall_s_median"] / npo["wall_s_median"]
             r["ratio_mem_vs_npo"] = r["peak_rss_mb"] / npo["peak_rss_mb"]
@@ -365,10 +367,10 @@ def notes_for(rows: list[dict], args) -> list[str]:
         f"installable offline); 1 item, eta fixed to {FIXED_ETA} (no calibration: wall_s is the step itself), "
         "1 run each; their unlearning effect is meaningless, only their cost is.",
         "random-270m-262k: a 270 M-parameter, 262 k-token-vocabulary shape (Gemma-3-270M's widths in the llama "
-        "layout, random weights, tied embedding); one whole deletion per row, eta calibration included. "
-        f"logit_budget: logits formed at once by the chunked output layer (r2f/engine/models/head.py); {UNCHUNKED} "
-        "puts every answer position of a batch in one chunk, as before the chunking (the same-run baseline: "
-        "ratio_mem_vs_one_chunk). Goal (issue #21): R2F's peak below 4 GB.",
+        f"layout, random weights, tied embedding); one whole deletion of {CALIBRATED_ITEMS} items (forget01's size) per "
+        "row, eta calibration included. own_logits: the model's own logits at answer positions ([B, P, vocab], the "
+        "path before the chunked output layer r2f/engine/models/head.py, kept as its fallback): the same-run "
+        "baseline of ratio_mem_vs_own_logits. Goal (issue #21): R2F's peak below 4 GB.",
         "micro_batch: sequences per forward + backward (unlearn.micro_batch). Rows with micro_batch 1 are the "
         "low-memory mode of both methods (FullGrad accumulates its gradient over one sequence at a time; R2F "
         "runs a no-grad forward for the bases, then one sequence per forward + backward); their ratios compare "

@@ -11,8 +11,9 @@ forget-quality vs model-utility plot (.png).
 Every finished (method, seed) run is appended to ``tofu_<split>[_quick].runs.jsonl`` beside them at once;
 a rerun of the same code with the same parameters resumes from it (a session that ends mid-table loses
 only the run in progress). The journal is tracked by git, not ignored: commit it while a table is
-unfinished and a later session on a fresh checkout resumes too (the cached models are retrained there,
-deterministically from the same configuration). The file is removed when the table is written.
+unfinished and a later session on a fresh checkout resumes too: the cached models are retrained there
+from the same configuration, and the journal key includes the sha256 of their weights, so runs are
+reused only where the retrained models are bit-identical. The file is removed when the table is written.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def main() -> None:
     world = world_of(args.params)
     stem = f"tofu_{world + '_' if world else ''}{args.split}"
     journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
-    done = _journal(journal, cfg)
+    key = _run_key(cfg, args.split)
+    done = _journal(journal, key)
     seeded = set(args.seeded.split(",")) if args.seeded else set(methods)
 
     def seeds_of(m: str) -> int:
@@ -154,7 +156,7 @@ def main() -> None:
                   flush=True)
             if "error" not in runs[-1]:
                 with journal.open("a") as fh:
-                    fh.write(json.dumps({"key": _run_key(cfg), **runs[-1]}, default=str) + "\n")
+                    fh.write(json.dumps({"key": key, **runs[-1]}, default=str) + "\n")
     rows = [aggregate(runs, m) for m in methods]
     npo = next((r for r in rows if r["method"] == "npo" and "error" not in r), None)
     for r in rows:
@@ -211,23 +213,32 @@ JOURNAL_SKIP = ("state_dir", "allowed_roots", "validation", "tracking", "version
                 "scale", "privacy")
 
 
-def _run_key(cfg) -> str:
-    """What a journalled run must share with this one to be reused: the engine code measured and the
-    parameters the engine reads (:data:`JOURNAL_CODE`, everything but :data:`JOURNAL_SKIP`)."""
+def _run_key(cfg, split: str) -> str:
+    """What a journalled run must share with this one to be reused: the engine code measured, the
+    parameters the engine reads (:data:`JOURNAL_CODE`, everything but :data:`JOURNAL_SKIP`) and the
+    weights of the models it starts from (target, proxy, retain model of ``split``: a session on a
+    fresh machine retrains them, and only a bit-identical retrain reuses the earlier runs)."""
     import hashlib
 
     from provenance import code_sha256
 
+    from r2f.digest import weights_sha256
+    from r2f.engine.zoo import ensure_models
+
     params = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in JOURNAL_SKIP}
+    models = ensure_models(cfg, lambda _m: None, splits=(split,))
+    params["_weights"] = {role: weights_sha256(models.path(role, split if role == "retain" else None))
+                          for role in ("target", "proxy", "retain")}
     blob = json.dumps(params, sort_keys=True).encode()
     return code_sha256(JOURNAL_CODE) + hashlib.sha256(blob).hexdigest()
 
 
-def _journal(path: Path, cfg) -> dict:
-    """Finished runs of an interrupted earlier run of the same code and parameters: (method, seed) -> run."""
+def _journal(path: Path, key: str) -> dict:
+    """Finished runs of an interrupted earlier run with this :func:`_run_key` (the same code, parameters
+    and model weights): (method, seed) -> run."""
     if not path.is_file():
         return {}
-    key, out = _run_key(cfg), {}
+    out = {}
     for line in path.read_text().splitlines():
         run = json.loads(line)
         if run.pop("key", None) == key:
