@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ENGINE, load_cfg, parser, run_child, setup, write  # noqa: E402
+from common import ENGINE, load_cfg, parser, resumable, run_child, setup, write  # noqa: E402
 from real import REAL  # noqa: E402  bench/real.py's settings on SmolLM2 (eta grid, key-word loss, NPO lr)
 
 MODELS = ("tiny", "smollm2-135m", "random-360m", "random-1.7b", "random-270m-262k")
@@ -44,6 +44,7 @@ SHAPES = {
 # the same-run baseline (own_logits: the path before r2f.engine.models.head, kept as its fallback)
 CALIBRATED = {"random-270m-262k"}
 CALIBRATED_ITEMS = 40
+BUDGET_MB = 1024  # unlearn.activation_budget_mb of the bounded row
 FIXED_ETA = 1e-4
 
 
@@ -147,7 +148,8 @@ def one(args) -> None:
     from r2f.engine.unlearn import UnlearnContext, get_method
 
     torch.set_num_threads(2)
-    cfg = load_cfg(args, extra_for(args.model, args.views, args.eta, args.micro_batch))
+    cfg = load_cfg(args, {**extra_for(args.model, args.views, args.eta, args.micro_batch),
+                          **({"unlearn.activation_budget_mb": args.budget} if args.budget else {})})
     path = model_path(cfg, args.model)
     tofu = load_tofu(cfg.data.tofu_dir)
     forget = tofu.split("forget10")[:args.items]
@@ -175,7 +177,8 @@ def one(args) -> None:
         walls.append(time.perf_counter() - t0)
         peaks.append(peak_rss_mb())
         direction.append(res.info.get("direction_s"))
-        info = {"eta": res.eta}
+        info = {"eta": res.eta, **{k: res.info[k] for k in ("activation_kb_per_token", "micro_batch_used")
+                                    if k in res.info}}
         del c, res
     peak = max(peaks)
     row = {"model": args.model, "method": args.one, "views": args.views, "items": args.items,
@@ -222,6 +225,9 @@ def plan(args) -> list[dict]:
         if m in CALIBRATED:  # one whole deletion each, calibration included; the own-logits baseline
             out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS})
             out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS, "own_logits": True})
+            # the body's activations bounded: unlearn.activation_budget_mb
+            out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS,
+                        "activation_budget_mb": BUDGET_MB})
             out.append({"model": m, "method": "fullgrad", "views": 5, "items": CALIBRATED_ITEMS})
             continue
         big = m in SHAPES
@@ -257,6 +263,7 @@ def main() -> None:
     p.add_argument("--eta", type=float)
     p.add_argument("--micro-batch", type=int, help="child: unlearn.micro_batch (default: params.yaml)")
     p.add_argument("--no-counters", action="store_true", help="child: skip the FLOP and tensor-memory runs")
+    p.add_argument("--budget", type=float, help="child: unlearn.activation_budget_mb")
     p.add_argument("--own-logits", action="store_true",
                    help="child: score from the model's own logits (the path before the chunked output layer)")
     args = p.parse_args()
@@ -270,8 +277,11 @@ def main() -> None:
     cfg = load_cfg(args)
     for m in args.models.split(","):
         model_path(cfg, m)  # build / convert once, outside the timed children
-    rows = []
+    # rows of an earlier run of this same code are kept (each finished row is written at once)
+    rows = resumable(Path(args.out) / f"cost{'_quick' if args.quick else ''}.json")
     for c in plan(args):
+        if any(_key(r, True) == _key(c) for r in rows):
+            continue
         eta = None
         if c["method"] == "fused":
             fg = next((r for r in rows if r["method"] == "fullgrad" and r["model"] == c["model"]
@@ -288,6 +298,7 @@ def main() -> None:
         extra += ["--eta", str(eta)] if eta is not None else []
         extra += ["--micro-batch", str(c["micro_batch"])] if c.get("micro_batch") else []
         extra += ["--own-logits"] if c.get("own_logits") else []
+        extra += ["--budget", str(c["activation_budget_mb"])] if c.get("activation_budget_mb") else []
         heavy = c["method"] in ("npo", "lora_mul") and c["model"] != "tiny"  # training runs: time them only
         extra += ["--no-counters"] if (c["items"] != args.items or heavy or big and c["method"] == "fused"
                                        or c["model"] in ("random-1.7b", *CALIBRATED)) else []
@@ -295,8 +306,21 @@ def main() -> None:
         res = run_child(Path(__file__), args, extra)
         print("   " + json.dumps(res, default=str), flush=True)
         rows.append({**c, **res, "low_memory": bool(c.get("micro_batch"))})
+        save(args, rows)
+    save(args, rows, final=True)
+
+
+def _key(c: dict, row: bool = False) -> tuple:
+    """A configuration's identity (a finished row carries the default micro-batch too: ``low_memory`` says
+    whether it was set)."""
+    mb = (c.get("micro_batch") if c.get("low_memory") else None) if row else c.get("micro_batch")
+    return c["model"], c["method"], c["views"], c["items"], bool(c.get("own_logits")), mb, c.get("activation_budget_mb")
+
+
+def save(args, rows: list[dict], final: bool = False) -> None:
     add_ratios(rows)
-    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "own_logits",
+    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "own_logits", "activation_budget_mb",
+            "micro_batch_used", "activation_kb_per_token",
             "wall_s_median", "wall_s_min", "wall_s_max",
             "direction_s_median", "peak_rss_mb", "peak_tensor_mb", "flops_step", "ratio_time_vs_fullgrad",
             "ratio_direction_time_vs_fullgrad", "ratio_flops_vs_fullgrad",
@@ -304,7 +328,8 @@ def main() -> None:
             "ratio_time_vs_npo", "ratio_mem_vs_npo", "ratio_mem_vs_own_logits", "ratio_time_vs_own_logits", "eta", "error"]
     notes = notes_for(rows, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    plot(rows, Path(args.out) / f"cost_scaling{'_quick' if args.quick else ''}.png", args.items)
+    if final and not all(r["model"] in CALIBRATED for r in rows):
+        plot(rows, Path(args.out) / f"cost_scaling{'_quick' if args.quick else ''}.png", args.items)
     write("cost", args, rows, cols, notes, {"settings": {"real_overrides": REAL, "shapes": SHAPES, "fixed_eta": FIXED_ETA}},
           deps=[*ENGINE, "bench/real.py"])
 
@@ -314,7 +339,8 @@ def add_ratios(rows: list[dict]) -> None:
         return next((f for f in rows if f["method"] == method and f["model"] == r["model"] and "error" not in f
                      and f["views"] == (views or r["views"]) and f["items"] == r["items"]
                      and f.get("low_memory") == r.get("low_memory")
-                     and bool(f.get("own_logits")) == bool(r.get("own_logits"))), None)
+                     and bool(f.get("own_logits")) == bool(r.get("own_logits"))
+                     and not f.get("activation_budget_mb")), None)
 
     for r in rows:
         if "error" in r:
@@ -335,7 +361,7 @@ def add_ratios(rows: list[dict]) -> None:
             r["ratio_time_vs_fullgrad_1view"] = r["wall_s_median"] / fg1["wall_s_median"]
         own = next((f for f in rows if f["method"] == r["method"] and f["model"] == r["model"]
                     and "error" not in f and f.get("own_logits") and f["items"] == r["items"]
-                    and f["views"] == r["views"]), None)
+                    and f["views"] == r["views"] and f.get("activation_budget_mb") == r.get("activation_budget_mb")), None)
         if own and not r.get("own_logits"):
             r["ratio_mem_vs_own_logits"] = r["peak_rss_mb"] / own["peak_rss_mb"]
             r["ratio_time_vs_own_logits"] = r["wall_s_median"] / own["wall_s_median"]
@@ -370,7 +396,9 @@ def notes_for(rows: list[dict], args) -> list[str]:
         f"layout, random weights, tied embedding); one whole deletion of {CALIBRATED_ITEMS} items (forget01's size) per "
         "row, eta calibration included. own_logits: the model's own logits at answer positions ([B, P, vocab], the "
         "path before the chunked output layer r2f/engine/models/head.py, kept as its fallback): the same-run "
-        "baseline of ratio_mem_vs_own_logits. Goal (issue #21): R2F's peak below 4 GB.",
+        "baseline of ratio_mem_vs_own_logits. activation_budget_mb: unlearn.activation_budget_mb (what one forward + "
+        "backward may keep for its backward, measured per model: activation_kb_per_token); micro_batch_used: the "
+        "sequences per forward + backward it left. Goal (issue #21): R2F's peak below 4 GB.",
         "micro_batch: sequences per forward + backward (unlearn.micro_batch). Rows with micro_batch 1 are the "
         "low-memory mode of both methods (FullGrad accumulates its gradient over one sequence at a time; R2F "
         "runs a no-grad forward for the bases, then one sequence per forward + backward); their ratios compare "

@@ -172,3 +172,33 @@ def test_low_memory_micro_batches_give_the_one_pass_result(tofu):
                 assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-4), (mb, g, i.name)
                 got, want = Y[i.name][g], ref_Y[i.name][g]
                 assert float((got - want).norm() / want.norm()) < 1e-4, (mb, g, i.name)
+
+
+def test_activation_budget_sets_the_micro_batch_and_keeps_the_result(tofu):
+    """unlearn.activation_budget_mb: the bytes a forward keeps per token are measured on the model, a
+    budget below one batch's activations lowers the sequences per forward + backward, and the bases and
+    gradients stay those of the one-pass path; a budget they fit in changes nothing."""
+    from r2f.engine.onepass import group_batches, one_pass_lora_gradients
+    from r2f.engine.paraphrase import make_all_views
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, KINDS)
+    groups = [[v] for v in make_all_views(tofu.split("forget01")[:3], 3)]
+    batches, seq_groups = group_batches(tok, groups, 64, chunk=9)
+    ref_Y, ref_bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0), micro_batch=9)
+    mem: dict = {}
+    one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0), micro_batch=9,
+                            activation_budget_mb=1e4, memory=mem)
+    per_token = mem["activation_kb_per_token"] * 1024
+    assert per_token > 0 and mem["micro_batch"] == 9  # everything fits: one pass per batch
+    batch_bytes = per_token * batches[0]["input_ids"].numel()
+    tight = 2.5 * batch_bytes / 9 / 2**20  # room for 2 of the 9 sequences
+    mem = {}
+    Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, 4, (0.1, 1.0), micro_batch=9,
+                                       activation_budget_mb=tight, memory=mem)
+    assert mem["micro_batch"] == 2
+    for g in range(3):
+        for i in infos:
+            assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-4), (g, i.name)
+            got, want = Y[i.name][g], ref_Y[i.name][g]
+            assert float((got - want).norm() / want.norm()) < 1e-4, (g, i.name)

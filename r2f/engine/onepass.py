@@ -172,6 +172,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                             weighting: tuple[float, float] | None = None, objective: str = "ascent",
                             micro_batch: int | None = None, n_seqs: int | None = None,
                             token_beta: float | None = None, whiten: dict | None = None,
+                            activation_budget_mb: float | None = None, memory: dict | None = None,
                             ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """R2F's per-group activation bases *and* LoRA gradients in one forward and one backward per
     batch (batches from :func:`group_batches`): the forward keeps each module's input; after it the
@@ -194,7 +195,13 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
 
     ``token_beta``: weight each answer token's NLL by ``p^beta`` (its current probability, held
     fixed; :func:`objective_loss`), so the ascent works on the tokens the model still knows.
-    ``whiten``: contrast bases against the retain covariance (:func:`_run_bases`)."""
+    ``whiten``: contrast bases against the retain covariance (:func:`_run_bases`).
+
+    ``activation_budget_mb``: the memory one forward + backward may keep for the backward (the tensors
+    autograd saves and the kept module inputs). Measured once per call on two sequences
+    (:func:`_activation_bytes_per_token`), it sets the sequences per forward + backward of each batch
+    (at most ``micro_batch``); a batch of more runs in the low-memory mode above, with the same result.
+    ``memory`` (out): the measured bytes per token and the smallest micro-batch used."""
     import torch
 
     mods = dict(model.named_modules())
@@ -234,10 +241,21 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
 
     n = n_seqs or len(seq_groups)
     with _input_gradients_only(model, infos, fwd):
+        per_token = None
+        if activation_budget_mb is not None and batches:
+            per_token = _activation_bytes_per_token(model, _sub_batch(batches[0], 0, min(2, len(batches[0]["input_ids"]))),
+                                                    state)
+            if memory is not None:
+                memory["activation_kb_per_token"] = round(per_token / 1024, 1)
         for b, runs in _batches_with_runs(batches, seq_groups):
             if any(bases[g] for g, _, _ in runs) or len({g for g, _, _ in runs}) < len(runs):
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
             k = b["input_ids"].shape[0]
+            if per_token is not None:
+                fits = max(1, int(activation_budget_mb * 2**20 // (per_token * b["input_ids"].shape[1])))
+                micro_batch = min(micro_batch or k, fits)
+            if memory is not None:
+                memory["micro_batch"] = min(memory.get("micro_batch", k), micro_batch or k)
             low_memory = micro_batch is not None and k > micro_batch
             if low_memory:
                 with torch.no_grad():
@@ -275,6 +293,31 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                     (objective_loss(answer_forward(model, sub), objective, token_beta) / n).backward()
             state["xa"] = {}
     return Y, bases
+
+
+def _activation_bytes_per_token(model, batch: dict, state: dict) -> float:
+    """Bytes a forward keeps for its backward, per (padded) token of ``batch``: the storages autograd
+    saves (weights excluded) and the module inputs the keep mode holds, on the model as it is set up
+    (input gradients only). One forward, no backward."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    state["mode"], state["x"] = "keep", {}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = objective_loss(answer_forward(model, batch), "ascent")
+    for x in state["x"].values():
+        seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+    state["x"] = {}
+    del loss
+    return sum(seen.values()) / max(1, batch["input_ids"].numel())
 
 
 def objective_loss(states: AnswerStates, objective: str, token_beta: float | None = None):

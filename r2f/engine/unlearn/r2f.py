@@ -14,11 +14,14 @@ from r2f.engine.unlearn.base import UnlearnContext, UnlearnResult
 from r2f.engine.used import decoder_used, effective_decoder
 
 
-def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = None, whiten: dict | None = None) -> dict:
+def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = None, whiten: dict | None = None,
+                  memory: dict | None = None) -> dict:
     """Sum over basis groups of the decoded, view-averaged LoRA gradient (weighted by group size),
     per module as :class:`LowRank` factors (rank r per group). ``token_beta``: the forget loss weights
     each answer token by ``p^beta`` (:func:`r2f.engine.onepass.objective_loss`); ``whiten``: contrast
-    bases against the retain covariance (:func:`r2f.engine.onepass._run_bases`). Both one-pass path only."""
+    bases against the retain covariance (:func:`r2f.engine.onepass._run_bases`). Both one-pass path only.
+    ``memory`` (out): the one-pass path's measured activation bytes per token and micro-batch used
+    under ``unlearn.activation_budget_mb``."""
     import torch
 
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
@@ -52,7 +55,8 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
             Y, bases = sharded_one_pass(ctx, batches, seq_groups, weighting, token_beta, whiten)
         else:
             Y, bases = one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting,
-                                               objective, micro_batch=mb, token_beta=token_beta, whiten=whiten)
+                                               objective, micro_batch=mb, token_beta=token_beta, whiten=whiten,
+                                               activation_budget_mb=cfg.unlearn.activation_budget_mb, memory=memory)
         tick()
         for info in infos:
             y = Y[info.name]  # groups x out x r
@@ -166,7 +170,7 @@ def one_pass_shard(model, _tok, cfg, *, batches, seq_groups, weighting, n_seqs, 
     infos = target_modules(model, cfg.lora.target_modules)
     return one_pass_lora_gradients(model, infos, batches, seq_groups, cfg.lora.rank, weighting, cfg.unlearn.objective,
                                    micro_batch=cfg.unlearn.micro_batch, n_seqs=n_seqs, token_beta=token_beta,
-                                   whiten=whiten)
+                                   whiten=whiten, activation_budget_mb=cfg.unlearn.activation_budget_mb)
 
 
 class R2F:
@@ -190,10 +194,10 @@ def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: fl
     and is calibrated against the *original* retain NLL; step k of n may spend k/n of the budget
     (``prob_drop``: the budget as a probability drop, apply.calibrate_and_apply). Stops when a later
     step finds no eta within its share. Returns (etas applied, the last step's info + timings)."""
-    etas, t_grad, base_r, info = [], 0.0, None, {}
+    etas, t_grad, base_r, info, memory = [], 0.0, None, {}, {}
     for step in range(steps):
         t0 = time.perf_counter()
-        direction = r2f_direction(ctx, token_beta=token_beta, whiten=whiten)
+        direction = r2f_direction(ctx, token_beta=token_beta, whiten=whiten, memory=memory)
         if transform is not None:
             direction = transform(direction)
         t_grad += time.perf_counter() - t0
@@ -204,6 +208,10 @@ def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: fl
             break  # the retain budget is spent: nothing applied in this step
         etas.append(eta)
     info.update(direction_s=t_grad, decoder=decoder_used(ctx.cfg, ctx.decoder), steps=len(etas), etas=etas)
+    if memory:  # the one-pass path: the sequences per forward + backward (and, under
+        # unlearn.activation_budget_mb, what one forward keeps per token)
+        info.update(micro_batch_used=memory.get("micro_batch"),
+                    activation_kb_per_token=memory.get("activation_kb_per_token"))
     return etas, info
 
 METHOD = R2F()
