@@ -140,7 +140,7 @@ def write(name: str, args, rows: list[dict], columns: list[str], notes: list[str
     the effective parameters, date, CPUs, load before/after, hash of ``deps``, the code measured) and
     the markdown table. ``cfg``: the effective Config (default: params file + --quick + --set).
     A hand-written reading in ``<stem>.reading.md`` is appended (bench/report.py keeps it there)."""
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # a relative --out is relative to the working directory
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}_quick" if args.quick else name
     script = Path(sys.argv[0]).resolve()
