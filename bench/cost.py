@@ -44,7 +44,6 @@ SHAPES = {
 # the same-run baseline (own_logits: the path before r2f.engine.models.head, kept as its fallback)
 CALIBRATED = {"random-270m-262k"}
 CALIBRATED_ITEMS = 40
-BUDGET_MB = 1024  # unlearn.activation_budget_mb of the bounded row
 FIXED_ETA = 1e-4
 
 
@@ -149,7 +148,8 @@ def one(args) -> None:
 
     torch.set_num_threads(2)
     cfg = load_cfg(args, {**extra_for(args.model, args.views, args.eta, args.micro_batch),
-                          **({"unlearn.activation_budget_mb": args.budget} if args.budget else {})})
+                          **({"unlearn.activation_budget_mb": None if args.budget == "off" else float(args.budget)}
+                             if args.budget else {})})
     path = model_path(cfg, args.model)
     tofu = load_tofu(cfg.data.tofu_dir)
     forget = tofu.split("forget10")[:args.items]
@@ -183,6 +183,7 @@ def one(args) -> None:
     peak = max(peaks)
     row = {"model": args.model, "method": args.one, "views": args.views, "items": args.items,
            "own_logits": bool(args.own_logits), "logit_budget": None if args.own_logits else _budget(),
+           "budget_mb": cfg.unlearn.activation_budget_mb,
            "micro_batch": args.micro_batch or cfg.unlearn.micro_batch,
            "params_m": round(n_params / 1e6, 1), "repeats": args.repeats,
            "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
@@ -224,10 +225,11 @@ def plan(args) -> list[dict]:
     for m in models:
         if m in CALIBRATED:  # one whole deletion each, calibration included; the own-logits baseline
             out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS})
-            out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS, "own_logits": True})
-            # the body's activations bounded: unlearn.activation_budget_mb
+            out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS, "own_logits": True,
+                        "activation_budget_mb": "off"})  # the path before both bounds
+            # the body's activations unbounded: unlearn.activation_budget_mb off
             out.append({"model": m, "method": "r2f", "views": 5, "items": CALIBRATED_ITEMS,
-                        "activation_budget_mb": BUDGET_MB})
+                        "activation_budget_mb": "off"})
             out.append({"model": m, "method": "fullgrad", "views": 5, "items": CALIBRATED_ITEMS})
             continue
         big = m in SHAPES
@@ -263,7 +265,7 @@ def main() -> None:
     p.add_argument("--eta", type=float)
     p.add_argument("--micro-batch", type=int, help="child: unlearn.micro_batch (default: params.yaml)")
     p.add_argument("--no-counters", action="store_true", help="child: skip the FLOP and tensor-memory runs")
-    p.add_argument("--budget", type=float, help="child: unlearn.activation_budget_mb")
+    p.add_argument("--budget", help="child: unlearn.activation_budget_mb (MB, or 'off')")
     p.add_argument("--own-logits", action="store_true",
                    help="child: score from the model's own logits (the path before the chunked output layer)")
     args = p.parse_args()
@@ -319,7 +321,7 @@ def _key(c: dict, row: bool = False) -> tuple:
 
 def save(args, rows: list[dict], final: bool = False) -> None:
     add_ratios(rows)
-    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "own_logits", "activation_budget_mb",
+    cols = ["model", "params_m", "method", "views", "items", "micro_batch", "own_logits", "budget_mb",
             "micro_batch_used", "activation_kb_per_token",
             "wall_s_median", "wall_s_min", "wall_s_max",
             "direction_s_median", "peak_rss_mb", "peak_tensor_mb", "flops_step", "ratio_time_vs_fullgrad",
@@ -396,7 +398,7 @@ def notes_for(rows: list[dict], args) -> list[str]:
         f"layout, random weights, tied embedding); one whole deletion of {CALIBRATED_ITEMS} items (forget01's size) per "
         "row, eta calibration included. own_logits: the model's own logits at answer positions ([B, P, vocab], the "
         "path before the chunked output layer r2f/engine/models/head.py, kept as its fallback): the same-run "
-        "baseline of ratio_mem_vs_own_logits. activation_budget_mb: unlearn.activation_budget_mb (what one forward + "
+        "baseline of ratio_mem_vs_own_logits. budget_mb: unlearn.activation_budget_mb (what one forward + "
         "backward may keep for its backward, measured per model: activation_kb_per_token); micro_batch_used: the "
         "sequences per forward + backward it left. Goal (issue #21): R2F's peak below 4 GB.",
         "micro_batch: sequences per forward + backward (unlearn.micro_batch). Rows with micro_batch 1 are the "

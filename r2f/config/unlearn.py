@@ -127,8 +127,10 @@ class UnlearnConfig(_Strict):
     micro_batch: int = Field(40, ge=1, le=4096)
     # MB one forward + backward of R2F's one-pass path may keep for its backward (saved activations and
     # kept module inputs), measured on the model per request: it lowers the sequences per forward +
-    # backward below micro_batch where they would not fit (same result: r2f.engine.onepass). None: off
-    activation_budget_mb: float | None = Field(None, gt=0)
+    # backward below micro_batch where they would not fit (same result: r2f.engine.onepass). None: off.
+    # 1024 keeps a forget01-sized deletion of a 270M-parameter, 262k-vocabulary model under 4 GB
+    # (bench/results/cost-270m); the toy model never reaches it
+    activation_budget_mb: float | None = Field(1024, gt=0)
     seed: int = 0  # batch order, LoRA init and the relearning attack (the models' seed is models.seed)
     r2f: R2FMethodConfig = R2FMethodConfig()
     r2f_pc: R2FPreconditionedConfig = R2FPreconditionedConfig()
