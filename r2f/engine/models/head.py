@@ -18,6 +18,7 @@ from its own logits (the previous behaviour: correct, without the memory bound).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,6 +128,30 @@ class AnswerStates:
                 probs = torch.softmax(self.head(self.h[s:e].detach()), -1)
                 out.append(torch.multinomial(probs, 1, generator=generator)[:, 0])
         return torch.cat(out) if out else self.labels[:0]
+
+
+def loss_positions(batch: dict) -> torch.Tensor:
+    """Positions whose logits predict a label in some row (``labels[:, t + 1] != -100``): the only
+    logits a loss needs. Prompt positions are skipped, and with them most of the vocabulary
+    projection (49 k x 576 on SmolLM2) and its [B, T, vocab] logits."""
+    return (batch["labels"][:, 1:] != -100).any(0).nonzero().squeeze(1)
+
+
+def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits, positions)``: the logits at :func:`loss_positions` only (transformers'
+    ``logits_to_keep``), or all of them (positions None) for a model without that argument."""
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if not _keeps_logits(model):
+        return model(**kw).logits, None
+    pos = loss_positions(batch)
+    return model(**kw, logits_to_keep=pos).logits, pos
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the (peft-unwrapped) model's forward takes ``logits_to_keep``. Checked on the
+    signature, so an error inside a forward is never mistaken for a missing argument."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _base(model):
@@ -246,8 +271,6 @@ def answer_forward(model, batch: dict) -> AnswerStates:
         h = cap.h[:, :-1][mask]
         return AnswerStates(h, labels, rows, n_rows, lambda x: transform(head(x).float()),
                             int(head.weight.shape[0]))
-    from r2f.engine.models.nll import answer_logits
-
     logits, pos = answer_logits(model, batch)  # the model's own logits (at answer positions if it can)
     if pos is None:
         logits = logits[:, :-1]
