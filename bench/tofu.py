@@ -4,6 +4,7 @@ Each (method, seed) runs in its own process, so wall time and peak RSS are the m
 
     python bench/tofu.py --split forget10 [--seeds 3 [--seeded r2f,npo]] [--quick] [--methods r2f,npo,...]
     python bench/tofu.py --params params-smollm2-tofu.yaml --split forget01   # the pretrained world
+    python bench/tofu.py ... --methods r2f,npo --keep-journal   # then the rest: resumes those runs
 
 Writes bench/results/tofu_<split>[_quick].json / .md (another world's params file ``params-<world>.yaml``:
 ``tofu_<world>_<split>``, e.g. ``tofu_smollm2_forget01`` for ``params-smollm2-tofu.yaml``) and a
@@ -13,7 +14,8 @@ a rerun of the same code with the same parameters resumes from it (a session tha
 only the run in progress). The journal is tracked by git, not ignored: commit it while a table is
 unfinished and a later session on a fresh checkout resumes too: the cached models are retrained there
 from the same configuration, and the journal key includes the sha256 of their weights, so runs are
-reused only where the retrained models are bit-identical. The file is removed when the table is written.
+reused only where the retrained models are bit-identical. The file is removed when the table is written
+(kept with ``--keep-journal``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ def main() -> None:
     p.add_argument("--seeded", default=None,
                    help="comma-separated methods that get --seeds seeds (default: every method); the others get 1")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--keep-journal", action="store_true",
+                   help="keep the run journal after writing the table, so a later run with more methods resumes "
+                        "from it (e.g. the seeded methods first, the slow baselines after)")
     p.add_argument("--one", help=argparse_hidden())
     p.add_argument("--seed", type=int, default=0, help=argparse_hidden())
     args = p.parse_args()
@@ -201,7 +206,8 @@ def main() -> None:
     cols += list(MODEL_UTILITY_KEYS)
     write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "seeded": sorted(seeded), "runs": runs},
           deps=ENGINE, cfg=cfg)
-    journal.unlink(missing_ok=True)
+    if not args.keep_journal:
+        journal.unlink(missing_ok=True)
 
 
 # What a journalled run depends on: the engine's code and the settings it reads. The governance floor
