@@ -30,7 +30,7 @@ from common import ENGINE, load_cfg, parser, peak_rss_mb, run_child, setup, worl
 from r2f.engine.metrics.tofu import MODEL_UTILITY_KEYS  # the nine components of model_utility
 
 QUICK_EVAL_ITEMS = 40
-METHODS = ("r2f", "r2f_pc", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
+METHODS = ("r2f", "r2f_pc", "r2f_paper", "fullgrad", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo", "retrain")
 METRICS = ("forget_quality", "forget_quality_log10", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob",
            "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", *MODEL_UTILITY_KEYS)
 

@@ -92,7 +92,7 @@ def test_flat_method_key_names_its_new_place(tmp_path, old, new):
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown method 'sgd'; expected one of r2f, r2f_pc, fullgrad, "):
+    with pytest.raises(ConfigError, match="unknown method 'sgd'; expected one of r2f, r2f_pc, r2f_paper, fullgrad, "):
         load_config(ROOT / "params.yaml", {"unlearn.method": "sgd"})
 
 

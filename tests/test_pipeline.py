@@ -128,20 +128,27 @@ def test_decoder_identity_is_declared_by_its_stage():
     train_decoder declares gives another decoder folder."""
     from r2f.config import load_config
     from r2f.engine.api import decoder_dir
+    from r2f.engine.unlearn import method_config
     from r2f.governance.pipeline import cache_params, get_stage
 
     cfg = load_config(ROOT / "params.yaml", {"data.forget_split": "forget01"})  # world_split may change
     dump = cfg.model_dump(mode="json")
-    name = decoder_dir(cfg).name
+
+    def identity(c) -> str:  # the stage fits the decoder of the configured method (r2f_paper: its own)
+        return decoder_dir(method_config(c)).name
+
+    name = identity(cfg)
     declared, own = cache_params("train_decoder"), get_stage("train_decoder").params
     tried, untried = [], []
     for key, value in _leaves(dump):
         other = _changed(dump, key, value)
+        if key == "unlearn.method":  # only a method with its own configuration changes the decoder
+            other = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={"method": "r2f_paper"})})
         if other is None:
             untried.append(key)
             continue
         tried.append(key)
-        changed = decoder_dir(other).name != name
+        changed = identity(other) != name
         if any(key == k or key.startswith(k + ".") for k in own):
             assert changed, f"{key} is declared by train_decoder but does not change the decoder folder"
         elif changed:

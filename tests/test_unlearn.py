@@ -129,7 +129,15 @@ def test_every_method_raises_forget_nll(name, tiny_cfg, tiny_models, tofu):
     if name == "fused":  # cannot calibrate: needs a fixed eta
         eta = tiny_cfg.unlearn.eta.model_copy(update={"value": 0.003})
         tiny_cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta})})
-    ctx = _ctx(tiny_cfg, tiny_models, tofu)
+    decoder = "analytic"
+    if name == "r2f_paper":  # the paper's mode: its own configuration and a decoder trained on proxy pairs
+        from r2f.engine.api import ensure_decoder
+        from r2f.engine.decoder import LearnedDecoder
+        from r2f.engine.unlearn import method_config
+
+        tiny_cfg = method_config(tiny_cfg, name)
+        decoder = LearnedDecoder.load(ensure_decoder(tiny_cfg)["decoder_dir"])
+    ctx = _ctx(tiny_cfg, tiny_models, tofu, decoder)
     forget = ctx.forget
     before = mean_nll(ctx.model, ctx.tokenizer, forget, tiny_cfg.models.max_len)
     res = get_method(name).run(ctx)
@@ -239,3 +247,25 @@ def test_trial_hook_and_written_weights_agree_and_restore_exactly(tofu):
         assert float((got - token_nll(model, batch).detach()).abs().max()) > 1e-3  # the trial moved it
         for n, p in model.named_parameters():
             assert torch.equal(p, before[n])
+
+
+def test_paper_mode_runs_the_papers_configuration(tiny_cfg, tiny_models, tofu):
+    """r2f_paper: peft's random A, the learned decoder trained on proxy pairs, one step, whatever the
+    params file says of lora.init / lora.weighting (reported as unused); refused without trained weights."""
+    from r2f.engine.api import unlearn_model
+    from r2f.engine.unlearn import method_config
+
+    assert (tiny_cfg.lora.init, tiny_cfg.lora.weighting) == ("activation", "loss")  # the default, overridden
+    rep = unlearn_model(tiny_cfg, "r2f_paper")
+    dec = rep["decoder"]
+    assert (dec["used"], dec["lora_init"], dec["trained_weights"]) == ("learned", "peft", True)
+    assert dec["pairs"] >= tiny_cfg.decoder.pairs and dec["steps"] == tiny_cfg.decoder.steps
+    assert {"lora.init", "lora.weighting"} <= set(rep["unused_settings"])
+    assert "decoder.steps" not in rep["unused_settings"]  # the MLP is trained in this mode
+    assert rep["info"]["steps"] == 1 and rep["info"]["mode"] == "paper"
+    assert rep["nll_after"]["forget"] > rep["nll_before"]["forget"]
+    # the method refuses a context not built under its configuration, or without trained weights
+    with pytest.raises(UnlearnError, match="its own configuration"):
+        get_method("r2f_paper").run(_ctx(tiny_cfg, tiny_models, tofu))
+    with pytest.raises(UnlearnError, match="trained on proxy pairs"):
+        get_method("r2f_paper").run(_ctx(method_config(tiny_cfg, "r2f_paper"), tiny_models, tofu, "analytic"))

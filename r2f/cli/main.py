@@ -89,11 +89,14 @@ def models_convert(name: str = typer.Argument(..., help="A name from `r2f models
 @decoder_app.command("train")
 def decoder_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
                   force: bool = typer.Option(False, help="Retrain even if a cached decoder exists.")) -> None:
-    """Train the learned gradient decoder on (LoRA-grad, full-grad) pairs from the proxy."""
+    """Fit the gradient decoder of the configured method on the proxy: under the default activation
+    basis only the token weighting is fitted; with unlearn.method r2f_paper (or lora.init peft) the
+    learned decoder is trained on (LoRA-grad, full-grad) pairs."""
     _setup()
     from r2f.engine.api import ensure_decoder
+    from r2f.engine.unlearn import method_config
 
-    cfg = _cfg(params, set_)
+    cfg = method_config(_cfg(params, set_))
     with _ui() as (log, prog):
         rep = ensure_decoder(cfg, log, prog, force=force)
     typer.echo(f"decoder: {rep['decoder_dir']}")
@@ -102,8 +105,8 @@ def decoder_train(params: Path = ParamsOpt, set_: list[str] | None = SetOpt,
 @app.command()
 def unlearn(
     method: str = typer.Option(None, "--method", "-m",
-                               help="r2f, fullgrad, fused (needs unlearn.eta.value), lora_sin, lora_mul, "
-                                    "gradascent, graddiff, npo, retrain."),
+                               help="r2f, r2f_pc, r2f_paper (the paper's configuration), fullgrad, fused (needs "
+                                    "unlearn.eta.value), lora_sin, lora_mul, gradascent, graddiff, npo, retrain."),
     forget: str = typer.Option(None, "--forget", "-f", help="Forget split: forget01, forget05, forget10."),
     model: Path | None = typer.Option(None, help="Model folder or .gguf (default: the embedded target)."),
     out: Path | None = typer.Option(None, help="Write the unlearned model here (HF folder)."),

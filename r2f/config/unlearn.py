@@ -19,8 +19,10 @@ class EtaConfig(_Strict):
 
 # The unlearning methods; r2f.engine.unlearn.base.METHODS maps each to its file (tests/test_unlearn.py
 # checks that the two agree). A method with settings also has a section of that name in UnlearnConfig.
-MethodName = Literal["r2f", "r2f_pc", "fullgrad", "fused", "lora_sin", "lora_mul", "gradascent", "graddiff", "npo",
-                     "retrain"]
+# r2f_paper (the paper's configuration: peft A, learned decoder, one step) has no section: it sets
+# lora.init, lora.weighting and decoder.kind itself (r2f.engine.unlearn.r2f_paper).
+MethodName = Literal["r2f", "r2f_pc", "r2f_paper", "fullgrad", "fused", "lora_sin", "lora_mul", "gradascent", "graddiff",
+                     "npo", "retrain"]
 METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
 
 

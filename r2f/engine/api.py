@@ -19,7 +19,7 @@ from r2f.engine.grads import target_modules
 from r2f.engine.models.io import ModelError, load_model, save_model
 from r2f.engine.models.memory import peak_rss_mb
 from r2f.engine.models.nll import mean_nll
-from r2f.engine.unlearn import UnlearnContext, get_method
+from r2f.engine.unlearn import UnlearnContext, get_method, method_config
 from r2f.engine.used import decoder_used, unused_settings
 from r2f.engine.zoo import ensure_models, models_dir
 
@@ -92,6 +92,8 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     method = method or cfg.unlearn.method
     forget_split = forget_split or cfg.data.forget_split
     impl = get_method(method)
+    unused = unused_settings(cfg, method)  # of the configuration as given (a named mode overrides some)
+    cfg = method_config(cfg, method)  # r2f_paper: the paper's LoRA init and decoder
     tofu = load_tofu(cfg.data.tofu_dir)
     adapted = getattr(impl, "adapted_modules", False)
     if model_path:  # fail fast on a bad path or a model the method cannot adapt, before any training
@@ -114,7 +116,6 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
             check_family(decoder, model)  # before any gradient work: trained weights decode one family only
         log(f"{method}: decoder {used['used']}" + (" (trained weights)" if used["trained_weights"] else
                                                    f" (configured: {used['configured']}; no trained weights)"))
-    unused = unused_settings(cfg, method)
     if unused:
         log(f"{method}: settings with no effect in this configuration: {', '.join(unused)}")
     forget = list(forget_items) if forget_items else tofu.split(forget_split)

@@ -9,10 +9,18 @@ from __future__ import annotations
 from r2f.engine.decoder import gram_weighting
 
 # methods whose update is decoded from LoRA gradients (their ``uses_decoder`` attribute)
-DECODED = ("r2f", "r2f_pc")
+DECODED = ("r2f", "r2f_pc", "r2f_paper")
+
+# r2f_paper, the paper's configuration (r2f.engine.unlearn.r2f_paper): section -> the settings it sets
+PAPER = {"lora": {"init": "peft", "weighting": "uniform"}, "decoder": {"kind": "learned"}}
 
 _TRAINING = ("hidden", "pairs", "steps", "lr", "cosine_weight", "seed")  # the learned decoder's MLP training
 _WEIGHT_FIT = ("weight_alphas", "weight_gammas", "weight_fit_prompts")  # the Gram token-weighting fit
+
+
+def paper_config(cfg):
+    """``cfg`` with the paper's LoRA init and decoder (:data:`PAPER`); everything else unchanged."""
+    return cfg.model_copy(update={sec: getattr(cfg, sec).model_copy(update=vals) for sec, vals in PAPER.items()})
 
 
 def effective_decoder(cfg, decoder):
@@ -62,6 +70,11 @@ def unused_settings(cfg, method: str) -> list[str]:
     out: list[str] = []
     if method not in DECODED:
         return out
+    if method == "r2f_paper":
+        # a named mode: it sets these itself (PAPER), so what the file says there changes nothing;
+        # the rest is judged under the mode's configuration
+        out += [f"{sec}.{k}" for sec, vals in PAPER.items() for k, v in vals.items() if getattr(getattr(cfg, sec), k) != v]
+        cfg = paper_config(cfg)
     dc, lc = cfg.decoder, cfg.lora
     fits = dc.kind == "learned"  # only a learned decoder is fitted on the proxy (api.ensure_decoder)
     trains = fits and lc.init != "activation"  # the MLP is trained only with peft's random A

@@ -24,6 +24,7 @@ from r2f.atomic import atomic_dir
 from r2f.config import Config
 from r2f.engine.api import decoder_dir, ensure_decoder, evaluate_model, unlearn_model
 from r2f.engine.data import N_AUTHORS, load_tofu
+from r2f.engine.unlearn import method_config
 from r2f.engine.zoo import ensure_models
 from r2f.errors import R2FError
 from r2f.governance.gate import decide
@@ -198,6 +199,8 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
 
 
 def train_decoder(cfg: Config, log: Log, progress=None) -> dict:
+    # the decoder the configured method uses: a named mode (r2f_paper) sets its own LoRA init and decoder
+    cfg = method_config(cfg)
     rep = ensure_decoder(cfg, log, progress)
     with atomic_dir(stage_dir(cfg, "train_decoder")) as tmp:
         for f in Path(rep["decoder_dir"]).iterdir():
@@ -224,7 +227,7 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
         rep = unlearn_model(cfg, forget_split=info["eval_split"], model_path=start["path"],
                   out=new / "model", log=log, progress=progress, forget_items=forget_items(cfg), mapper=mapper)
         rep["request_id"] = info["request_id"]
-        rep["decoder_hash"] = decoder_dir(cfg).name
+        rep["decoder_hash"] = decoder_dir(method_config(cfg)).name  # the decoder the method ran with
         rep["start_model"] = {k: v for k, v in start.items() if k != "path"}
         # promote refuses to move champion if it moved since now (another host's deletion)
         rep["champion_at_start"] = tracker.alias_version(cfg.tracking.target_model_name, "champion")
@@ -352,7 +355,8 @@ STAGES: tuple[Stage, ...] = (
     # params: every key of the decoder's identity (r2f.engine.api.decoder_dir) besides the models'
     Stage("train_decoder", "fit the gradient decoder on the proxy (cached by config hash)", train_decoder,
           out="decoder", reads=("train_models",),
-          params=("lora", "paraphrase", "decoder", "unlearn.objective", "unlearn.loss_tokens"), cached=True),
+          params=("lora", "paraphrase", "decoder", "unlearn.method", "unlearn.objective", "unlearn.loss_tokens"),
+          cached=True),
     Stage("unlearn", "apply the configured method to the target on the forget set", unlearn,
           out="unlearned", reads=("prepare", "validate", "train_models", "train_decoder"), params=("unlearn",),
           sharded=True),

@@ -17,8 +17,8 @@ from r2f.errors import R2FError
 
 # method name (r2f.config.MethodName, tested to agree) -> its module in this package
 METHODS = {
-    "r2f": "r2f", "r2f_pc": "r2f_pc", "fullgrad": "fullgrad", "fused": "fused", "lora_sin": "lora_sin",
-    "lora_mul": "lora_mul",
+    "r2f": "r2f", "r2f_pc": "r2f_pc", "r2f_paper": "r2f_paper", "fullgrad": "fullgrad", "fused": "fused",
+    "lora_sin": "lora_sin", "lora_mul": "lora_mul",
     "gradascent": "grad_ascent", "graddiff": "grad_diff", "npo": "npo", "retrain": "retrain",
 }
 
@@ -93,6 +93,13 @@ class Method(Protocol):
     name: str
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult: ...
+
+
+def method_config(cfg: Config, name: str | None = None) -> Config:
+    """The configuration method ``name`` (default ``unlearn.method``) runs under: ``cfg`` itself, or
+    what the method's ``configure`` makes of it (a named mode such as ``r2f_paper``)."""
+    configure = getattr(get_method(name or cfg.unlearn.method), "configure", None)
+    return configure(cfg) if configure else cfg
 
 
 def get_method(name: str) -> Method:
