@@ -23,7 +23,7 @@ class R2FPaper:
         return paper_config(cfg)
 
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
-        if ctx.cfg.lora.init != "peft" or ctx.cfg.decoder.kind != "learned":
+        if paper_config(ctx.cfg) != ctx.cfg:
             raise UnlearnError("r2f_paper runs under its own configuration (lora.init peft, decoder.kind learned): "
                                "build its context with R2FPaper.configure(cfg), as r2f.engine.api.unlearn_model does")
         if not decoder_used(ctx.cfg, ctx.decoder)["trained_weights"]:
