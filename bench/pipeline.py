@@ -92,7 +92,8 @@ def main() -> None:
     with temp_project(overrides_of(args)) as proj:
         from flows.unlearning import unlearning_flow
         from r2f.config import load_config
-        from r2f.governance.pipeline import forget_items, run_stage
+        from r2f.governance.pipeline import run_stage
+        from r2f.governance.stage_io import forget_items
 
         cfg = load_config(proj / "params.yaml")
         # warm-up: the request, then every cache (models incl. the split's retain model, decoder, references)
@@ -150,7 +151,8 @@ def flow_only(args) -> None:
     world = world_of(params)
     with temp_project(overrides_of(args), params) as proj:
         from flows.unlearning import unlearning_flow
-        from r2f.governance.pipeline import request_info, run_stage
+        from r2f.governance.pipeline import run_stage
+        from r2f.governance.stage_io import request_info
 
         cfg = load_config(proj / "params.yaml")
         run_stage(cfg, "prepare", lambda _m: None)

@@ -81,8 +81,8 @@ def run(args) -> tuple[list[dict], dict]:
     from r2f.engine.unlearn.base import UnlearnContext, views_split
     from r2f.engine.unlearn.r2f import r2f_direction
     from r2f.engine.zoo import ensure_models
-    from r2f.governance.pipeline import request_rows
     from r2f.governance.requests import eval_split, read_request, resolve
+    from r2f.governance.stage_io import request_rows
 
     cfg = load_cfg(args)
     log = print

@@ -92,7 +92,7 @@ def dask_cluster(scale, log: Callable[[str], None] = lambda _m: None) -> Iterato
     if address:
         from distributed import Client
 
-        from r2f.governance.pipeline import PipelineError
+        from r2f.governance.stage_io import PipelineError
 
         try:
             with Client(address, timeout="15s") as client:

@@ -24,7 +24,8 @@ def _cache_key(context, parameters) -> str | None:
     """A cached stage (model training, decoder fitting): the hash of the params it depends on, the
     request's evaluation split and the state folder, as long as its outs are still on disk (otherwise
     run; the library's own cache makes it cheap)."""
-    from r2f.governance.pipeline import cache_params, get_stage, request_info, stage_dir
+    from r2f.governance.pipeline import cache_params, get_stage
+    from r2f.governance.stage_io import request_info, stage_dir
 
     name = parameters["name"]
     if not get_stage(name).cached:

@@ -86,8 +86,8 @@ def _errors():
     from r2f.engine.data import DataError
     from r2f.engine.models.io import ModelError
     from r2f.governance.inbox import InboxError
-    from r2f.governance.pipeline import PipelineError
     from r2f.governance.requests import RequestError
+    from r2f.governance.stage_io import PipelineError
     from r2f.governance.validation import ValidationError
 
     return (ConfigError, DataError, InboxError, ModelError, PipelineError, RequestError, ValidationError)

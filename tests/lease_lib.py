@@ -20,7 +20,7 @@ def host_cfg(root, pg, shared, lease=True):
 def stage_outs(cfg, target, rid: str) -> None:
     """What ``promote`` reads, as the earlier stages of a request leave it: the request summary, the
     gate decision, the unlearning report (its MLflow run, the champion when it started) and models."""
-    from r2f.governance.pipeline import stage_dir
+    from r2f.governance.stage_io import stage_dir
     from r2f.governance.tracking_setup import make_tracker
 
     tr = make_tracker(cfg)
@@ -48,7 +48,7 @@ def promote_when(cfg, go, out) -> None:
     import os
 
     from r2f.governance.locks import LockBusy
-    from r2f.governance.pipeline import promote
+    from r2f.governance.stages import promote
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     go.wait(60)

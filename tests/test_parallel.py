@@ -182,7 +182,7 @@ def test_unreachable_scheduler_fails_the_run_before_any_stage(tmp_path, harness,
     from reliability_lib import FAST_EVAL, free_port, make_project
 
     from flows.unlearning import unlearning_flow
-    from r2f.governance.pipeline import PipelineError
+    from r2f.governance.stage_io import PipelineError
 
     project = make_project(tmp_path, {**TINY, **FAST_EVAL})
     monkeypatch.chdir(project)

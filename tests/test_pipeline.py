@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dvc_yaml_is_generated_from_the_stage_list():
     from r2f.governance.pipeline import NAMES, STAGES, dvc_yaml
+    from r2f.governance.stage_io import OUTS
 
+    # every stage has one out folder, and no folder is shared (stage_dir is the only way to find one)
+    assert list(OUTS) == list(NAMES) and len(set(OUTS.values())) == len(OUTS)
     committed = (ROOT / "dvc.yaml").read_text()
     assert committed == dvc_yaml(), "dvc.yaml is stale: run `r2f stage --dvc-yaml > dvc.yaml`"
     stages = yaml.safe_load(committed)["stages"]
@@ -42,7 +45,8 @@ def test_dvc_yaml_is_generated_from_the_stage_list():
 def test_stage_record_drives_both_runners(tiny_cfg):
     """The flow and run_stage read retries, caching, the dvc.lock wait and sharding from STAGES."""
     import flows.unlearning as fl
-    from r2f.governance.pipeline import PipelineError, cache_params, get_stage, run_stage, stage_dir
+    from r2f.governance.pipeline import cache_params, get_stage, run_stage
+    from r2f.governance.stage_io import PipelineError, stage_dir
 
     src = Path(fl.__file__).read_text()
     assert "run_stage(" in src and "NAMES" in src and "get_stage(" in src

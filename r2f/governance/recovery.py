@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from r2f.config import Config
 from r2f.digest import weights_sha256
-from r2f.governance.pipeline import Log, PipelineError, _json, request_info, stage_dir
 from r2f.governance.requests import read_request
+from r2f.governance.stage_io import Log, PipelineError, read_json, request_info, stage_dir
 from r2f.governance.tracking_setup import make_tracker
 
 
@@ -37,8 +37,8 @@ def recover(cfg: Config, log: Log) -> dict:
     same = False
     try:
         if mv is not None:
-            info, rep = request_info(cfg), _json(stage_dir(cfg, "unlearn") / "report.json")
-            _json(stage_dir(cfg, "gate") / "decision.json")
+            info, rep = request_info(cfg), read_json(stage_dir(cfg, "unlearn") / "report.json")
+            read_json(stage_dir(cfg, "gate") / "decision.json")
             same = (info["request_id"] == rid and rep.get("mlflow_run_id") == mv.run_id
                     and weights_sha256(stage_dir(cfg, "unlearn") / "model") == mv.tags.get("weights_sha256"))
     except (PipelineError, OSError, KeyError):
@@ -62,7 +62,7 @@ def recover(cfg: Config, log: Log) -> dict:
 def results_on_disk(cfg: Config) -> dict:
     """The results of prepare, unlearn and gate as their outs record them (for a resumed run)."""
     info = request_info(cfg)
-    rep = _json(stage_dir(cfg, "unlearn") / "report.json")
+    rep = read_json(stage_dir(cfg, "unlearn") / "report.json")
     return {"prepare": {k: info[k] for k in ("request_id", "n_rows", "rows_hmac", "eval_split")},
             "unlearn": {k: rep.get(k) for k in ("method", "eta", "wall_s", "mlflow_run_id")},
-            "gate": _json(stage_dir(cfg, "gate") / "decision.json")}
+            "gate": read_json(stage_dir(cfg, "gate") / "decision.json")}

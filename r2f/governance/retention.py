@@ -63,7 +63,7 @@ def due(cfg: Config, now: dt.datetime | None = None) -> list[Record]:
 def _run_folder_plaintext(cfg: Config, request_id: str) -> list[Path]:
     """Plaintext of ``request_id`` in the run folder: the ``forget.jsonl`` of a run made before forget
     sets were encrypted, when the prepare stage's outs are this request's."""
-    from r2f.governance.pipeline import stage_dir
+    from r2f.governance.stage_io import stage_dir
 
     prep = stage_dir(cfg, "prepare")
     info = prep / "request.json"
