@@ -42,11 +42,6 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_out(path: Path, obj) -> None:
-    """A JSON out, written inside the stage's atomic folder (``r2f.atomic.atomic_dir``)."""
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
 def link_tree(src: Path, dst: Path) -> None:
     """Copy a folder, hard-linking files when the filesystem allows (artifacts are immutable)."""
     def copy(s, d):

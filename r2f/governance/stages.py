@@ -14,7 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from r2f.atomic import atomic_dir
+from r2f.atomic import atomic_dir, write_json
 from r2f.config import Config
 from r2f.engine.api import decoder_dir, ensure_decoder, evaluate_model, unlearn_model
 from r2f.engine.data import N_AUTHORS, load_tofu
@@ -48,7 +48,6 @@ from r2f.governance.stage_io import (
     request_info,
     request_rows,
     stage_dir,
-    write_out,
 )
 from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.validation import ValidationError, check, validate_pipeline_data, validate_request
@@ -85,7 +84,7 @@ def prepare(cfg: Config, log: Log, progress=None) -> dict:
             "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
     with atomic_dir(stage_dir(cfg, "prepare")) as tmp:
         write_forget_set(key, req.request_id, items, tmp / "forget.jsonl.enc")  # AES-GCM: no plaintext at rest
-        write_out(tmp / "request.json", info)
+        write_json(tmp / "request.json", info)
     log(f"request {req.request_id}: {len(items)} rows (hmac {info['rows_hmac'][:12]}), "
         f"evaluated on {split}")
     return {k: info[k] for k in ("request_id", "n_rows", "rows_hmac", "eval_split")}
@@ -112,7 +111,7 @@ def validate(cfg: Config, log: Log, progress=None) -> dict:
             check(reports, tmp)
         except ValidationError as exc:
             failed = ValidationError(str(exc).replace(str(tmp), str(out)), exc.failures, exc.reports)
-        write_out(tmp / "result.json", {"passed": failed is None, "request_id": info["request_id"],
+        write_json(tmp / "result.json", {"passed": failed is None, "request_id": info["request_id"],
                                      "suites": {r.suite: r.success for r in reports}})
     if failed is not None:
         _track_rejected(cfg, info, out)
@@ -138,7 +137,7 @@ def train_models(cfg: Config, log: Log, progress=None) -> dict:
             if name == "tokenizer" and not (models.root / name).is_dir():
                 continue  # a pretrained world's tokenizer ships inside each model folder
             link_tree(models.root / name, tmp / name)
-        write_out(tmp / "models.json", {"config_hash": models.root.name, "eval_split": split})
+        write_json(tmp / "models.json", {"config_hash": models.root.name, "eval_split": split})
     return {"config_hash": models.root.name, "eval_split": split}
 
 
@@ -176,7 +175,7 @@ def unlearn(cfg: Config, log: Log, progress=None, mapper=None) -> dict:
         # promote refuses to move champion if it moved since now (another host's deletion)
         rep["champion_at_start"] = tracker.alias_version(cfg.tracking.target_model_name, "champion")
         rep["mlflow_run_id"] = start_unlearning_run(tracker, cfg, info, rep)
-        write_out(new / "report.json", rep)
+        write_json(new / "report.json", rep)
     return {k: rep[k] for k in ("method", "eta", "wall_s", "mlflow_run_id")}
 
 
@@ -212,7 +211,7 @@ def gate(cfg: Config, log: Log, progress=None) -> dict:
     decision["champion_model_utility"] = champ
     decision["base_model_utility"] = base
     with atomic_dir(stage_dir(cfg, "gate")) as tmp:
-        write_out(tmp / "decision.json", decision)
+        write_json(tmp / "decision.json", decision)
     rep = read_json(stage_dir(cfg, "unlearn") / "report.json")
     log_gate(make_tracker(cfg), rep.get("mlflow_run_id"), decision, run_note(info, rep))
     log(f"gate {'PASSED' if decision['passed'] else 'FAILED'}" +
@@ -242,7 +241,7 @@ def promote(cfg: Config, log: Log, progress=None) -> dict:
 
             res["lineage_seq"] = seal(cfg, tracker, rep["mlflow_run_id"], info["request_id"])["seq"]
     with atomic_dir(stage_dir(cfg, "promote")) as tmp:
-        write_out(tmp / "promotion.json", res)
+        write_json(tmp / "promotion.json", res)
     return res
 
 
