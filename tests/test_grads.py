@@ -202,3 +202,61 @@ def test_activation_budget_sets_the_micro_batch_and_keeps_the_result(tofu):
             assert torch.allclose(bases[g][i.name], ref_bases[g][i.name], atol=1e-4), (g, i.name)
             got, want = Y[i.name][g], ref_Y[i.name][g]
             assert float((got - want).norm() / want.norm()) < 1e-4, (g, i.name)
+
+
+def test_one_capture_serves_every_weighting(tofu):
+    """grams_of on one captured forward pass equals sum_t w_t x_t x_t^T formed from a fresh forward
+    pass per weighting (hooked inputs, token_weights of that pass)."""
+    from r2f.engine.grads import capture_activations, grams_of, token_weights
+    from r2f.engine.models.head import answer_forward
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, ["q_proj", "down_proj"])
+    b = batches_for(tofu, tok)
+    cap = capture_activations(model, infos, b)
+    mods = dict(model.named_modules())
+    for weighting in (None, (0.0, 1.0), (0.3, 0.5)):
+        got = grams_of(cap, weighting)
+        for i in infos:
+            ref, seen = 0, {}
+            h = mods[i.name].register_forward_hook(lambda _m, inp, _o: seen.__setitem__("x", inp[0].detach()))
+            try:
+                for x in b:
+                    with torch.no_grad():
+                        w = token_weights(answer_forward(model, x), x, weighting).reshape(-1, 1)
+                    xf = seen["x"].float().reshape(-1, seen["x"].shape[-1])
+                    ref = ref + xf.T @ (w * xf)
+            finally:
+                h.remove()
+            assert torch.allclose(got[i.name], ref, rtol=1e-4, atol=1e-4), (weighting, i.name)
+        if weighting is not None:  # the prompt-token weight alpha changes the Gram
+            assert not torch.allclose(got[infos[0].name], grams_of(cap, None)[infos[0].name])
+
+
+def test_fit_weighting_scores_every_weighting_as_a_fresh_forward_would(tofu, tiny_cfg):
+    """The weighting grid search captures each prompt once; its scores equal the projection cosines
+    of a fresh activation_grams per (prompt, weighting), and it returns the best of them."""
+    import statistics
+
+    from r2f.engine.decoder import cosine
+    from r2f.engine.fidelity import fit_weighting, item_batches
+    from r2f.engine.grads import top_bases
+
+    model, tok = tiny_random(tofu)
+    cfg = tiny_cfg.model_copy(update={"decoder": tiny_cfg.decoder.model_copy(
+        update={"weight_alphas": [0.0, 0.5], "weight_gammas": [1.0]})})
+    items = tofu.split("forget01")[:2]
+    best, scores = fit_weighting(model, tok, cfg, items)
+    assert list(scores) == ["uniform", "alpha=0.0,gamma=1.0", "alpha=0.5,gamma=1.0"]
+    infos = target_modules(model, cfg.lora.target_modules)
+    for label, weighting in (("uniform", None), ("alpha=0.0,gamma=1.0", (0.0, 1.0)), ("alpha=0.5,gamma=1.0", (0.5, 1.0))):
+        cos = []
+        for item in items:
+            batches = item_batches(tok, cfg, item)
+            full = full_gradients(model, infos, batches, cfg.unlearn.objective)
+            bases = top_bases(activation_grams(model, infos, batches, weighting, factored=True), cfg.lora.rank)
+            cos.append(cosine(torch.cat([(full[i.name] @ bases[i.name].T @ bases[i.name]).flatten() for i in infos]),
+                              torch.cat([full[i.name].flatten() for i in infos])))
+        assert abs(scores[label] - statistics.fmean(cos)) < 1e-6, label
+    top = max(scores, key=scores.get)
+    assert best == (None if top == "uniform" else tuple(float(v) for v in top.replace("alpha=", "").replace("gamma=", "").split(",")))

@@ -67,6 +67,19 @@ def test_unused_settings_of_other_methods_and_r2f_pc(tmp_path):
     assert "unlearn.r2f_pc.projection_mu" not in unused
 
 
+def test_a_named_mode_lists_what_it_overrides_and_is_judged_under_its_own_config(tmp_path):
+    """r2f_paper sets lora.init, lora.weighting and decoder.kind itself (its configure): the file's
+    values there are unused; the MLP training settings, used in its mode, are not."""
+    cfg = _cfg(tmp_path, **{"lora.init": "activation", "lora.weighting": "loss", "decoder.kind": "learned"})
+    unused = unused_settings(cfg, "r2f_paper")
+    assert {"lora.init", "lora.weighting"} <= set(unused) and "decoder.kind" not in unused
+    assert not {"decoder.steps", "decoder.pairs"} & set(unused)
+    assert {"decoder.weight_alphas", "decoder.weight_gammas"} <= set(unused)  # no Gram with peft's random A
+    assert len(unused) == len(set(unused))
+    same = _cfg(tmp_path, **{"lora.init": "peft", "lora.weighting": "uniform", "decoder.kind": "learned"})
+    assert not {"lora.init", "lora.weighting", "decoder.kind"} & set(unused_settings(same, "r2f_paper"))
+
+
 def test_decoder_registered_only_with_trained_weights(tmp_path):
     from r2f.governance.lineage import log_decoder_run
     from r2f.governance.tracking_setup import make_tracker

@@ -10,7 +10,8 @@ import statistics
 from dataclasses import dataclass
 
 from r2f.engine.decoder import LearnedDecoder, Sketch, cosine, decode, make_sketch, train_decoder
-from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_bases, view_batches
+from r2f.engine.grads import (activation_grams, capture_activations, full_gradients, grams_of, lora_gradients,
+                             target_modules, top_bases, view_batches)
 from r2f.engine.paraphrase import make_views
 
 
@@ -75,35 +76,32 @@ def fidelity(decoder, prompts: list[PromptPairs]) -> dict:
 def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tuple[float, float] | None, dict]:
     """Grid-search the token weighting (alpha, gamma) of the activation Gram on proxy prompts:
     the pair whose top-r basis best captures the exact gradients (cosine of the projection).
-    Returns (best weighting or None if uniform wins, {label: mean cosine})."""
+    Returns (best weighting or None if uniform wins, {label: mean cosine}).
+
+    One prompt at a time: its exact gradients and one captured forward pass serve every weighting
+    of the grid (:func:`r2f.engine.grads.grams_of`), so neither a forward pass per weighting nor every
+    prompt's full gradients at once."""
     import torch
 
     infos = target_modules(model, cfg.lora.target_modules)
-    prompts = []
+    grid = {"uniform": None}
+    grid.update({f"alpha={a},gamma={g}": (a, g) for a in cfg.decoder.weight_alphas for g in cfg.decoder.weight_gammas})
+    cos: dict[str, list[float]] = {label: [] for label in grid}
     for item in items:
         batches = item_batches(tokenizer, cfg, item)
-        prompts.append((batches, full_gradients(model, infos, batches, cfg.unlearn.objective)))
-
-    def score(weighting) -> float:
-        cos = []
-        for batches, full in prompts:
-            grams = activation_grams(model, infos, batches, weighting, factored=True)
-            dec, true = [], []
-            bases = top_bases(grams, cfg.lora.rank)
-            for i in infos:
-                A = bases[i.name]
-                dec.append((full[i.name] @ A.T @ A).flatten())
-                true.append(full[i.name].flatten())
-            cos.append(cosine(torch.cat(dec), torch.cat(true)))
-        return statistics.fmean(cos)
-
-    scores = {"uniform": score(None)}
+        full = full_gradients(model, infos, batches, cfg.unlearn.objective)
+        true = torch.cat([full[i.name].flatten() for i in infos])
+        cap = capture_activations(model, infos, batches, with_stats=len(grid) > 1)
+        for label, weighting in grid.items():
+            bases = top_bases(grams_of(cap, weighting, factored=True), cfg.lora.rank)
+            dec = torch.cat([(full[i.name] @ bases[i.name].T @ bases[i.name]).flatten() for i in infos])
+            cos[label].append(cosine(dec, true))
+        del full, true, cap
+    scores = {label: statistics.fmean(c) for label, c in cos.items()}
     best, best_s = None, scores["uniform"]
-    for a in cfg.decoder.weight_alphas:
-        for g in cfg.decoder.weight_gammas:
-            s = scores[f"alpha={a},gamma={g}"] = score((a, g))
-            if s > best_s:
-                best, best_s = (a, g), s
+    for label, weighting in grid.items():
+        if weighting is not None and scores[label] > best_s:
+            best, best_s = weighting, scores[label]
     log(f"token weighting: uniform {scores['uniform']:.3f} -> best {best} {best_s:.3f} on {len(items)} proxy prompts")
     return best, scores
 

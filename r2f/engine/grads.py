@@ -118,7 +118,7 @@ class GramHooks:
 
 
 def token_weights(states: AnswerStates | None, batch: dict,
-                  weighting: tuple[float, float] | None) -> torch.Tensor:
+                  weighting: tuple[float, float] | None, stats: dict | None = None) -> torch.Tensor:
     """Per-token weights [B, T] for the activation Gram.
 
     ``None``: 1 on every non-pad token (``states`` unused). ``(alpha, gamma)``: positions that
@@ -126,7 +126,8 @@ def token_weights(states: AnswerStates | None, batch: dict,
     (the squared norm of the loss gradient w.r.t. that position's logits, available from the forward
     pass: ``sum p^2 - 2 p_y + 1``); prompt positions get ``alpha`` times the mean answer weight (they
     receive gradient only through attention). ``states``: the batch's answer positions
-    (:func:`r2f.engine.models.head.answer_forward`), whose logits are formed in chunks.
+    (:func:`r2f.engine.models.head.answer_forward`), whose logits are formed in chunks; ``stats``:
+    their ``sq`` and ``logp`` already computed (``states`` is then unused).
     """
     import torch
 
@@ -137,7 +138,7 @@ def token_weights(states: AnswerStates | None, batch: dict,
     labels = batch["labels"]
     predicts = torch.zeros_like(mask)
     predicts[:, :-1] = labels[:, 1:] != -100
-    st = states.stats(("sq", "logp"))
+    st = stats if stats is not None else states.stats(("sq", "logp"))
     g = torch.zeros(mask.shape)
     g[:, :-1][predicts[:, :-1]] = st["sq"] - 2 * st["logp"].exp() + 1.0  # ||p - e_y||^2
     g = g.clamp(min=0).pow(gamma) * predicts
@@ -163,6 +164,74 @@ class GramFactor:
         return (n, n)
 
 
+@dataclass
+class ActivationCapture:
+    """One inference forward pass over a request's batches, kept so that the activation Gram of any
+    token weighting is formed without another forward pass (:func:`grams_of`): per batch, the
+    non-pad input rows of each group of modules reading the same input tensor (float32), the mask,
+    and (when captured) the per-token ``sq`` / ``logp`` statistics :func:`token_weights` reads."""
+
+    batches: list
+    masks: list  # per batch: the attention mask [B, T] (bool)
+    rows: list  # per batch: {group (module names): [non-pad tokens, in] float32}
+    stats: list  # per batch: {"sq", "logp"} at the answer positions, or None (uniform weighting only)
+    group_of: dict  # module name -> its group
+
+
+def capture_activations(model, infos: Sequence[ModuleInfo], batches, with_stats: bool = True) -> ActivationCapture:
+    """Run ``batches`` once (no grad) and keep what :func:`grams_of` needs for any weighting;
+    ``with_stats=False`` keeps no logit statistics (only the uniform weighting can be formed then)."""
+    import torch
+
+    mods = dict(model.named_modules())
+    xs: dict = {}
+    handles = [mods[i.name].register_forward_hook(
+        lambda _m, inputs, _o, n=i.name: xs.__setitem__(n, inputs[0].detach())) for i in infos]
+    cap = ActivationCapture(list(batches), [], [], [], {})
+    try:
+        with torch.inference_mode():
+            for b in cap.batches:
+                st = answer_forward(model, b)  # no logits formed unless the statistics are read
+                cap.stats.append(st.stats(("sq", "logp")) if with_stats else None)
+                mask = b["attention_mask"].bool()
+                cap.masks.append(mask)
+                # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
+                groups: dict = {}
+                for n, x in xs.items():
+                    groups.setdefault((x.data_ptr(), tuple(x.shape)), []).append(n)
+                rows = {}
+                for names in groups.values():
+                    key = tuple(names)
+                    cap.group_of.update({n: key for n in names})
+                    x = xs[names[0]]
+                    rows[key] = x.float().reshape(-1, x.shape[-1])[mask.reshape(-1)]
+                cap.rows.append(rows)
+    finally:
+        for h in handles:
+            h.remove()
+    return cap
+
+
+def grams_of(cap: ActivationCapture, weighting: tuple[float, float] | None = None,
+             factored: bool = False) -> dict[str, torch.Tensor | GramFactor]:
+    """Per module, K = sum_t w_t x_t x_t^T from a capture (see :func:`activation_grams`)."""
+    import torch
+
+    if weighting is not None and any(s is None for s in cap.stats):
+        raise ValueError("a weighted Gram needs a capture with its logit statistics (with_stats=True)")
+    parts: dict = {}
+    for b, mask, rows, stats in zip(cap.batches, cap.masks, cap.rows, cap.stats):
+        w = token_weights(None, b, weighting, stats=stats)[mask].reshape(-1, 1)  # 0 on pad: non-pad rows
+        keep = w.squeeze(1) > 0
+        for key, x in rows.items():
+            parts.setdefault(key, []).append((x * w.sqrt())[keep])
+    grams = {}
+    for key, r in parts.items():
+        x = torch.cat(r) if len(r) > 1 else r[0]
+        grams[key] = GramFactor(x) if factored and x.shape[0] < x.shape[1] else x.T @ x
+    return {i: grams[key] for i, key in cap.group_of.items()}
+
+
 def activation_grams(model, infos: Sequence[ModuleInfo], batches,
                      weighting: tuple[float, float] | None = None,
                      factored: bool = False) -> dict[str, torch.Tensor | GramFactor]:
@@ -171,45 +240,11 @@ def activation_grams(model, infos: Sequence[ModuleInfo], batches,
 
     ``factored``: return a :class:`GramFactor` wherever the tokens are fewer than the inputs (the
     usual case for one request), else the dense Gram. Modules reading the same input tensor
-    (q/k/v, gate/up) share one object."""
-    import torch
-
-    mods = dict(model.named_modules())
-    xs: dict = {}
-    handles = [mods[i.name].register_forward_hook(
-        lambda _m, inputs, _o, n=i.name: xs.__setitem__(n, inputs[0].detach())) for i in infos]
-    rows: dict = {}
-    group_of: dict = {}
-    try:
-        with torch.inference_mode():
-            for b in batches:
-                st = answer_forward(model, b)  # no logits formed unless the weighting reads them
-                w = token_weights(st, b, weighting).reshape(-1, 1)
-                keep = w.squeeze(1) > 0
-                # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
-                groups: dict = {}
-                for n, x in xs.items():
-                    groups.setdefault((x.data_ptr(), tuple(x.shape)), []).append(n)
-                for names in groups.values():
-                    key = tuple(names)
-                    group_of.update({n: key for n in names})
-                    xf = xs[names[0]].float().reshape(-1, xs[names[0]].shape[-1])
-                    xw = (xf * w.sqrt())[keep]
-                    prev = rows.get(key)
-                    if prev is None:
-                        rows[key] = xw
-                    elif isinstance(prev, list):
-                        prev.append(xw)
-                    else:
-                        rows[key] = [prev, xw]
-    finally:
-        for h in handles:
-            h.remove()
-    grams = {}
-    for key, r in rows.items():
-        x = torch.cat(r) if isinstance(r, list) else r.clone()
-        grams[key] = GramFactor(x) if factored and x.shape[0] < x.shape[1] else x.T @ x
-    return {i.name: grams[group_of[i.name]] for i in infos}
+    (q/k/v, gate/up) share one object. Several weightings of the same batches: capture once
+    (:func:`capture_activations`) and call :func:`grams_of` per weighting."""
+    names = [i.name for i in infos]
+    grams = grams_of(capture_activations(model, infos, batches, with_stats=weighting is not None), weighting, factored)
+    return {n: grams[n] for n in names}
 
 
 def top_bases(grams: dict, r: int) -> dict:

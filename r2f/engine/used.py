@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from r2f.engine.decoder import gram_weighting
 
-# methods whose update is decoded from LoRA gradients (their ``uses_decoder`` attribute)
-DECODED = ("r2f", "r2f_pc", "r2f_paper")
-
 # r2f_paper, the paper's configuration (r2f.engine.unlearn.r2f_paper): section -> the settings it sets
 PAPER = {"lora": {"init": "peft", "weighting": "uniform"}, "decoder": {"kind": "learned"}}
 
@@ -63,18 +60,33 @@ def decoder_used(cfg, decoder) -> dict:
             "weighting_source": source}
 
 
+def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose value differs between two nested dicts (of the same schema)."""
+    out = []
+    for k, v in before.items():
+        w = after.get(k)
+        if isinstance(v, dict) and isinstance(w, dict):
+            out += _changed(v, w, f"{prefix}{k}.")
+        elif v != w:
+            out.append(f"{prefix}{k}")
+    return list(dict.fromkeys(out))
+
+
 def unused_settings(cfg, method: str) -> list[str]:
     """Settings of ``method``'s configuration that change nothing in this run, as dotted keys.
     Sections of other methods are not listed (each method reads only its own section); what is listed
-    is a setting one would expect to matter here and that does not."""
-    out: list[str] = []
-    if method not in DECODED:
-        return out
-    if method == "r2f_paper":
-        # a named mode: it sets these itself (PAPER), so what the file says there changes nothing;
-        # the rest is judged under the mode's configuration
-        out += [f"{sec}.{k}" for sec, vals in PAPER.items() for k, v in vals.items() if getattr(getattr(cfg, sec), k) != v]
-        cfg = paper_config(cfg)
+    is a setting one would expect to matter here and that does not.
+
+    A method with a ``configure`` (a named mode such as ``r2f_paper``) runs under a configuration of
+    its own: every setting it overrides is listed (what the file says there changes nothing), and the
+    rest is judged under the configuration it runs under."""
+    from r2f.engine.unlearn.base import get_method, method_config
+
+    if not getattr(get_method(method), "uses_decoder", False):
+        return []
+    run = method_config(cfg, method)
+    out = _changed(cfg.model_dump(), run.model_dump())
+    cfg = run
     dc, lc = cfg.decoder, cfg.lora
     fits = dc.kind == "learned"  # only a learned decoder is fitted on the proxy (api.ensure_decoder)
     trains = fits and lc.init != "activation"  # the MLP is trained only with peft's random A
@@ -91,4 +103,4 @@ def unused_settings(cfg, method: str) -> list[str]:
             out.append("unlearn.r2f_pc.damping")
         if not pc.retain_projection:
             out.append("unlearn.r2f_pc.projection_mu")
-    return out
+    return list(dict.fromkeys(out))

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from r2f.config import Config
+from r2f.config import Config, ConfigError
 from r2f.engine.data import Tofu, load_tofu
 from r2f.engine.models.encoding import encode_qa
-from r2f.engine.models.io import load_model, save_model
+from r2f.engine.models.io import ModelError, load_model, save_model
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.models.prompt import prompt_text
 from r2f.engine.models.tokenizer import train_tokenizer
@@ -48,7 +48,7 @@ class DefaultModels:
 
     def path(self, role: str, split: str | None = None) -> Path:
         if role not in ROLES:
-            raise ValueError(f"unknown model role '{role}'; expected one of {ROLES}")
+            raise ModelError(f"unknown model role '{role}'; expected one of {ROLES}")
         return self.root / (f"retain-{split or self.split}" if role == "retain" else role)
 
     def report(self) -> dict:
@@ -96,7 +96,7 @@ def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_fact
         return out
     for _r, s in missing:
         if s is not None and SPLITS.index(s) > SPLITS.index(cfg.data.world_split):
-            raise ValueError(f"forget split {s} is not contained in data.world_split {cfg.data.world_split}")
+            raise ConfigError(f"data.world_split: forget split {s} is not contained in data.world_split {cfg.data.world_split}")
     tofu = load_tofu(cfg.data.tofu_dir)
     if cfg.models.pretrained is not None:
         for role, split in missing:
@@ -207,7 +207,7 @@ def _freeze_below(model, n: int) -> None:
     """Train only the top ``n`` decoder layers and the final norm of a Llama-family model."""
     layers = model.model.layers
     if n > len(layers):
-        raise ValueError(f"models.pretrained.train_layers is {n} but the model has {len(layers)} layers")
+        raise ConfigError(f"models.pretrained.train_layers is {n} but the model has {len(layers)} layers")
     for p in model.parameters():
         p.requires_grad_(False)
     for p in [*layers[len(layers) - n:].parameters(), *model.model.norm.parameters()]:
