@@ -60,7 +60,10 @@ def one(args, method: str, seed: int) -> None:
             # (same model, configuration and seed; its GUR against the target's is already added)
             summary = summarize(reference_eval(cfg, "retain", args.split))
         else:
-            summary = evaluate_model(cfg, path, args.split)["summary"]
+            summary = evaluate_model(cfg, path, args.split, out=Path(tmp) / "eval")["summary"]
+            # where the evaluation's time went (the phases of r2f.engine.evaluation): kept in the run
+            meta = json.loads((Path(tmp) / "eval" / "TOFU_EVAL.json").read_text())["_meta"]["extra"]
+            row.update(eval_s=meta.get("eval_s"), eval_phase_s=meta.get("phase_s"))
     row.update({k: summary.get(k) for k in METRICS})
     print("RESULT " + json.dumps(row, default=str))
 
@@ -84,7 +87,7 @@ def aggregate(runs: list[dict], method: str) -> dict:
     if not ok:
         row["error"] = next(r["error"] for r in runs if r["method"] == method)
         return row
-    for k in (*METRICS, "wall_s", "peak_rss_mb", "eta"):
+    for k in (*METRICS, "wall_s", "peak_rss_mb", "eta", "eval_s"):
         vals = [r[k] for r in ok if isinstance(r.get(k), (int, float))]
         if vals:
             row[k] = statistics.fmean(vals)
@@ -182,7 +185,8 @@ def main() -> None:
         "forget_quality: KS p-value of forget truth ratios vs the retain model (>= 0.05: indistinguishable); "
         "model_utility: harmonic mean of 9 retain/real-authors/world-facts components.",
         "usr/gur/rap/drift_kl: the paper's metrics (docs/evaluation.md). wall_s and peak_rss_mb: the unlearning "
-        "step alone in its own process (evaluation excluded); wall_vs_npo = wall_s / NPO's.",
+        "step alone in its own process (evaluation excluded); wall_vs_npo = wall_s / NPO's; eval_s: the "
+        "row's evaluation (its phases in runs[].eval_phase_s; retrain and target rows reuse the cached references).",
     ]
     notes.append("model_utility is a harmonic mean: on a small model one near-zero component (real-author ROUGE) "
                  "can zero it; GUR is the steadier utility signal. peak_rss_mb includes the shared setup.")
@@ -202,7 +206,7 @@ def main() -> None:
                      f"world-facts capped at {QUICK_EVAL_ITEMS} items each: not comparable to full runs.")
     cols = ["method", "forget_quality", "model_utility", "mu_vs_target", "forget_truth_ratio", "forget_Q_A_Prob",
             "forget_Q_A_ROUGE", "privleak", "extraction_strength", "usr", "gur", "rap", "drift_kl", "eta",
-            "wall_s", "wall_vs_npo", "peak_rss_mb", "seeds"]
+            "wall_s", "wall_vs_npo", "peak_rss_mb", "eval_s", "seeds"]
     cols += list(MODEL_UTILITY_KEYS)
     write(stem, args, rows, cols, notes, {"split": args.split, "seeds": args.seeds, "seeded": sorted(seeded), "runs": runs},
           deps=ENGINE, cfg=cfg)

@@ -260,3 +260,21 @@ def test_fit_weighting_scores_every_weighting_as_a_fresh_forward_would(tofu, tin
         assert abs(scores[label] - statistics.fmean(cos)) < 1e-6, label
     top = max(scores, key=scores.get)
     assert best == (None if top == "uniform" else tuple(float(v) for v in top.replace("alpha=", "").replace("gamma=", "").split(",")))
+
+
+def test_streamed_dense_grams_equal_the_captured_ones(tofu):
+    """The uniform dense Gram summed inside the hooks (retain covariances: many tokens) equals the
+    Gram of the captured rows, for every module kind, and modules reading one input share one Gram."""
+    from r2f.engine.grads import capture_activations, grams_of, qa_batches
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, KINDS)
+    b = qa_batches(tok, tofu.split("retain90")[:10], 64, chunk=4)
+    assert len(b) == 3
+    streamed = activation_grams(model, infos, b)
+    ref = grams_of(capture_activations(model, infos, b, with_stats=False))
+    for i in infos:
+        assert torch.allclose(streamed[i.name], ref[i.name], rtol=1e-4, atol=1e-4), i.name
+    by = {(i.layer, i.kind): streamed[i.name] for i in infos}
+    assert by[(0, "q_proj")] is by[(0, "v_proj")] and by[(0, "gate_proj")] is by[(0, "up_proj")]
+    assert by[(0, "q_proj")] is not by[(0, "o_proj")] and by[(0, "q_proj")] is not by[(1, "q_proj")]

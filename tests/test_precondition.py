@@ -129,7 +129,8 @@ def test_kfac_output_factor_is_the_sampled_fisher_and_stays_factored(setup):
     model, infos, batches = setup
     info = infos[-1]
     mod = dict(model.named_modules())[info.name]
-    s = output_grad_covariances(model, [info], batches[:1], seed=5)[info.name]
+    # one pass over the whole batch (no micro-batches), to compare with the hand computation below
+    s = output_grad_covariances(model, [info], batches[:1], seed=5, max_tokens=10**9)[info.name]
     assert all(p.grad is None for p in model.parameters())  # no weight gradient formed
     # the same statistic by hand: the module's output made a leaf, labels sampled with the same seed
     b = batches[0]
@@ -250,3 +251,32 @@ def test_retain_projection_moves_the_projected_retain_items_less(tiny_cfg, tiny_
         assert mean_nll(res.model, ctx.tokenizer, ctx.forget, ml) > f0
         moved[groups] = abs(mean_nll(res.model, ctx.tokenizer, cov, ml) - c0)
     assert moved[16] < moved[0]
+
+
+def test_fisher_micro_batches_cover_the_batch_within_the_token_budget(setup):
+    """The sampled Fisher's backward passes run on row slices of at most max_tokens padded tokens,
+    trailing pad trimmed, covering every non-pad token once (so the peak does not grow with the batch)."""
+    import torch
+
+    from r2f.engine.unlearn.precondition import micro_batches, output_grad_covariances
+
+    model, infos, batches = setup
+    b = batches[0]
+    n, t = b["input_ids"].shape
+    parts = list(micro_batches(b, 3 * t))
+    assert len(parts) == -(-n // 3) and all(p["input_ids"].numel() <= 3 * t for p in parts)
+    assert sum(int(p["attention_mask"].sum()) for p in parts) == int(b["attention_mask"].sum())
+    assert all(bool(p["attention_mask"][:, -1].any()) for p in parts)  # no all-pad trailing column
+    row = 0
+    for p in parts:
+        k = p["input_ids"].shape[0]
+        width = p["input_ids"].shape[1]
+        assert torch.equal(p["input_ids"], b["input_ids"][row:row + k, :width])
+        row += k
+    assert len(list(micro_batches(b, 1))) == n  # at least one row each
+    # a micro-batched Fisher is the same statistic: positive, symmetric, near the one-pass value
+    info = infos[-1]
+    small = output_grad_covariances(model, [info], batches[:1], seed=5, max_tokens=3 * t)[info.name]
+    whole = output_grad_covariances(model, [info], batches[:1], seed=5, max_tokens=10**9)[info.name]
+    assert torch.allclose(small, small.T) and float(small.trace()) > 0
+    assert abs(float(small.trace()) / float(whole.trace()) - 1) < 0.5

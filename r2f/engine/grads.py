@@ -212,9 +212,8 @@ def capture_activations(model, infos: Sequence[ModuleInfo], batches, with_stats:
     return cap
 
 
-def grams_of(cap: ActivationCapture, weighting: tuple[float, float] | None = None,
-             factored: bool = False) -> dict[str, torch.Tensor | GramFactor]:
-    """Per module, K = sum_t w_t x_t x_t^T from a capture (see :func:`activation_grams`)."""
+def _group_grams(cap: ActivationCapture, weighting: tuple[float, float] | None, factored: bool) -> dict:
+    """{group: K (or its GramFactor)} of a capture."""
     import torch
 
     if weighting is not None and any(s is None for s in cap.stats):
@@ -229,7 +228,51 @@ def grams_of(cap: ActivationCapture, weighting: tuple[float, float] | None = Non
     for key, r in parts.items():
         x = torch.cat(r) if len(r) > 1 else r[0]
         grams[key] = GramFactor(x) if factored and x.shape[0] < x.shape[1] else x.T @ x
+    return grams
+
+
+def grams_of(cap: ActivationCapture, weighting: tuple[float, float] | None = None,
+             factored: bool = False) -> dict[str, torch.Tensor | GramFactor]:
+    """Per module, K = sum_t w_t x_t x_t^T from a capture (see :func:`activation_grams`)."""
+    grams = _group_grams(cap, weighting, factored)
     return {i: grams[key] for i, key in cap.group_of.items()}
+
+
+def _streamed_grams(model, infos: Sequence[ModuleInfo], batches) -> dict:
+    """Uniform dense Grams summed inside the forward hooks, one product per group of modules reading
+    the same input: memory of the ``in x in`` Grams, not of every token's inputs. A layer's inputs are
+    held until the next layer starts, so no freed input's address is taken for another's."""
+    import torch
+
+    mods = dict(model.named_modules())
+    acc: dict = {}
+    leader: dict = {}
+    state: dict = {"layer": None, "seen": {}, "mask": None}
+
+    def hook(info):
+        def fn(_m, inputs, _o):
+            x = inputs[0]
+            if state["layer"] != info.layer:
+                state["layer"], state["seen"] = info.layer, {}
+            key = (x.data_ptr(), tuple(x.shape))
+            first = state["seen"].setdefault(key, (info.name, x))[0]
+            leader[info.name] = first
+            if first == info.name:
+                xm = x.detach().float().reshape(-1, x.shape[-1])[state["mask"]]
+                acc[first] = acc[first] + xm.T @ xm if first in acc else xm.T @ xm
+        return fn
+
+    handles = [mods[i.name].register_forward_hook(hook(i)) for i in infos]
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                state.update(layer=None, seen={}, mask=b["attention_mask"].reshape(-1).bool())
+                answer_forward(model, b)  # no logits formed
+    finally:
+        state["seen"] = {}
+        for h in handles:
+            h.remove()
+    return {i.name: acc[leader[i.name]] for i in infos}
 
 
 def activation_grams(model, infos: Sequence[ModuleInfo], batches,
@@ -241,10 +284,23 @@ def activation_grams(model, infos: Sequence[ModuleInfo], batches,
     ``factored``: return a :class:`GramFactor` wherever the tokens are fewer than the inputs (the
     usual case for one request), else the dense Gram. Modules reading the same input tensor
     (q/k/v, gate/up) share one object. Several weightings of the same batches: capture once
-    (:func:`capture_activations`) and call :func:`grams_of` per weighting."""
+    (:func:`capture_activations`) and call :func:`grams_of` per weighting. A dense Gram is summed
+    batch by batch (uniform: inside the hooks), so many tokens (a retain covariance) never hold
+    every token's inputs at once."""
     names = [i.name for i in infos]
-    grams = grams_of(capture_activations(model, infos, batches, with_stats=weighting is not None), weighting, factored)
-    return {n: grams[n] for n in names}
+    if factored:  # a request's few tokens: the rows are the factor
+        grams = grams_of(capture_activations(model, infos, batches, with_stats=weighting is not None), weighting, True)
+        return {n: grams[n] for n in names}
+    if weighting is None:  # many tokens (retain covariances): summed inside the hooks
+        return _streamed_grams(model, infos, batches)
+    acc: dict = {}
+    group_of: dict = {}
+    for b in batches:  # weighted and dense: one batch's rows at a time
+        cap = capture_activations(model, infos, [b])
+        group_of = cap.group_of
+        for key, k in _group_grams(cap, weighting, False).items():
+            acc[key] = acc[key] + k if key in acc else k
+    return {n: acc[group_of[n]] for n in names}
 
 
 def top_bases(grams: dict, r: int) -> dict:
