@@ -10,8 +10,16 @@ import statistics
 from dataclasses import dataclass
 
 from r2f.engine.decoder import LearnedDecoder, Sketch, cosine, decode, make_sketch, train_decoder
-from r2f.engine.grads import (activation_grams, capture_activations, full_gradients, grams_of, lora_gradients,
-                             target_modules, top_bases, view_batches)
+from r2f.engine.grads import (
+    activation_grams,
+    capture_activations,
+    full_gradients,
+    grams_of,
+    lora_gradients,
+    target_modules,
+    top_bases,
+    view_batches,
+)
 from r2f.engine.paraphrase import make_views
 
 

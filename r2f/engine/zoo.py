@@ -96,7 +96,7 @@ def ensure_models(cfg: Config, log: Callable[[str], None] = print, progress_fact
         return out
     for _r, s in missing:
         if s is not None and SPLITS.index(s) > SPLITS.index(cfg.data.world_split):
-            raise ConfigError(f"data.world_split: forget split {s} is not contained in data.world_split {cfg.data.world_split}")
+            raise ConfigError(f"data.world_split: forget split {s} is not contained in {cfg.data.world_split}")
     tofu = load_tofu(cfg.data.tofu_dir)
     if cfg.models.pretrained is not None:
         for role, split in missing:
