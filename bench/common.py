@@ -83,7 +83,11 @@ def run_child(script: str | Path, args, extra: list[str]) -> dict:
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         print(proc.stderr[-3000:])
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        if proc.returncode < 0:  # killed by a signal, with no message of its own
+            sig = -proc.returncode
+            why = " (SIGKILL: e.g. the kernel's out-of-memory killer)" if sig == 9 else ""
+            return {"error": f"killed by signal {sig}{why}"}
+        return {"error": (proc.stderr.strip().splitlines() or [f"failed with exit status {proc.returncode}"])[-1]}
     return json.loads(line[-1][7:])
 
 

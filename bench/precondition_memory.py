@@ -6,7 +6,7 @@ the way it ran before, every case in its own process so each peak RSS is its own
     python bench/precondition_memory.py --params params-smollm2-tofu.yaml
 
 Cases: ``gram`` streamed inside the hooks (now) vs every token's inputs captured first (before);
-``fisher`` on micro-batches of ``FISHER_TOKENS`` tokens (now) vs one backward per 40-sequence batch
+``fisher`` on micro-batches of ``BACKWARD_TOKENS`` tokens (now) vs one backward per 40-sequence batch
 (before). Writes bench/results/precondition_memory[_<world>].json and .md.
 """
 
@@ -22,9 +22,9 @@ CASES = [("gram", "now"), ("gram", "before"), ("fisher", "now"), ("fisher", "bef
 
 def child(args) -> None:
     from r2f.engine.data import load_tofu
-    from r2f.engine.grads import activation_grams, capture_activations, grams_of, qa_batches, target_modules
+    from r2f.engine.grads import BACKWARD_TOKENS, activation_grams, capture_activations, grams_of, qa_batches, target_modules
     from r2f.engine.models.io import load_model
-    from r2f.engine.unlearn.precondition import FISHER_TOKENS, output_grad_covariances
+    from r2f.engine.unlearn.precondition import output_grad_covariances
     from r2f.engine.zoo import ensure_models
 
     cfg = load_cfg(args)
@@ -44,7 +44,7 @@ def child(args) -> None:
         else:
             grams_of(capture_activations(model, infos, batches, with_stats=False))
     else:
-        output_grad_covariances(model, infos, batches, max_tokens=FISHER_TOKENS if args.way == "now" else 10**9)
+        output_grad_covariances(model, infos, batches, max_tokens=BACKWARD_TOKENS if args.way == "now" else 10**9)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     row = {"case": args.case, "way": args.way, "items": len(items), "tokens": tokens,
            "batches": len(batches), "wall_s": round(time.perf_counter() - t0, 1), "model_rss_mb": round(base),
@@ -60,7 +60,7 @@ def main() -> None:
     setup()
     if args.case:
         return child(args)
-    from r2f.engine.unlearn.precondition import FISHER_TOKENS
+    from r2f.engine.grads import BACKWARD_TOKENS
 
     cfg = load_cfg(args)
     rows = []
@@ -78,11 +78,12 @@ def main() -> None:
              "gram before: every token's module inputs captured (float32), then X^T X per group; now: X^T X summed "
              "inside the forward hooks, one product per group of modules sharing an input.",
              f"fisher before: one input-gradient backward per 40-sequence batch; now: micro-batches of at most "
-             f"{FISHER_TOKENS} padded tokens (the labels are sampled per pass, so S_r is the same statistic, not "
+             f"{BACKWARD_TOKENS} padded tokens (the labels are sampled per pass, so S_r is the same statistic, not "
              "the same numbers).",
-             "peak_rss_mb: the process's peak (model loaded, model_rss_mb, included); each case in its own process."]
+             "peak_rss_mb: the process's peak (model loaded, model_rss_mb, included); each case in its own process. "
+             "A memory bench: its runs' wall_s (in the JSON rows) are not idle-core timings."]
     write(f"precondition_memory{'_' + world if world else ''}", args, rows,
-          ["case", "way", "items", "tokens", "batches", "wall_s", "model_rss_mb", "peak_rss_mb", "peak_vs_before"],
+          ["case", "way", "items", "tokens", "batches", "model_rss_mb", "peak_rss_mb", "peak_vs_before"],
           notes, {}, cfg=cfg)
 
 

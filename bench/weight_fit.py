@@ -101,11 +101,11 @@ def main() -> None:
     diff = max(abs(new[k] - old[k]) for k in grid)
     ph = phases(model, tok, cfg, items, grid)
     rows = [
-        {"way": "a forward pass per (prompt, weighting); all prompts' gradients held (before)", "prompts": n,
+        {"way": "before", "prompts": n,
          "weightings": len(grid), "wall_s": round(old_s, 1), "per_prompt_s": round(old_s / n, 1),
          "fit_s_at_config": round(old_s / n * dc.weight_fit_prompts), "vs_before": 1.0,
          "gradients_held_mb": round(held_mb * n), "best": str(old_best)},
-        {"way": "one captured forward pass per prompt (fit_weighting)", "prompts": n, "weightings": len(grid),
+        {"way": "now", "prompts": n, "weightings": len(grid),
          "wall_s": round(new_s, 1), "per_prompt_s": round(new_s / n, 1),
          "fit_s_at_config": round(new_s / n * dc.weight_fit_prompts), "vs_before": round(new_s / old_s, 3),
          "gradients_held_mb": round(held_mb), "best": str(best)},
@@ -114,6 +114,8 @@ def main() -> None:
         print(r, flush=True)
     world = world_of(args.params)
     notes = [
+        "way: before = a forward pass per (prompt, weighting), every prompt's exact gradients held at once; "
+        "now = fit_weighting, one captured forward pass per prompt serving the whole grid.",
         f"proxy: {models.path('proxy').name} of {world or 'the toy world'} ({model.config.num_hidden_layers} layers x "
         f"{model.config.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters); "
         f"{len(infos)} adapted modules; {n} proxy prompts x {cfg.paraphrase.views} views; grid of {len(grid)} weightings; "

@@ -258,7 +258,8 @@ def test_fisher_micro_batches_cover_the_batch_within_the_token_budget(setup):
     trailing pad trimmed, covering every non-pad token once (so the peak does not grow with the batch)."""
     import torch
 
-    from r2f.engine.unlearn.precondition import micro_batches, output_grad_covariances
+    from r2f.engine.grads import micro_batches
+    from r2f.engine.unlearn.precondition import output_grad_covariances
 
     model, infos, batches = setup
     b = batches[0]

@@ -81,17 +81,36 @@ def _sign(objective: str) -> float:
     return -1.0 if objective == "ascent" else 1.0
 
 
+# padded tokens (sequences x length) per backward pass: a pass keeps every layer's activations,
+# about 2.4 MB per token on SmolLM2-135M (one 40-sequence batch of 4,200 tokens peaked at 10.8 GB),
+# so batches are cut into row slices of at most this many tokens before a backward pass (about the
+# 1 GB of activations R2F's one-pass path keeps by default: unlearn.activation_budget_mb)
+BACKWARD_TOKENS = 512
+
+
+def micro_batches(batch: dict, max_tokens: int = BACKWARD_TOKENS):
+    """Contiguous row slices of a right-padded batch with at most ``max_tokens`` padded tokens each
+    (at least one row), trailing all-pad columns trimmed."""
+    n, t = batch["input_ids"].shape
+    step = max(1, max_tokens // max(1, t))
+    for s in range(0, n, step):
+        sub = {k: v[s:s + step] for k, v in batch.items()}
+        width = max(1, int(sub["attention_mask"].sum(1).max()))
+        yield {k: v[:, :width] for k, v in sub.items()}
+
+
 def _backward_over(model, batches, objective, retain_batches=None, retain_weight=0.0) -> float:
-    """Backward of the mean unlearning loss over all sequences in ``batches``; returns the loss."""
+    """Backward of the mean unlearning loss over all sequences in ``batches``; returns the loss. The
+    loss is a sum over sequences, so each pass runs on a micro-batch (:func:`micro_batches`)."""
     n = sum(b["input_ids"].shape[0] for b in batches)
     total = 0.0
-    for b in batches:
+    for b in (m for batch in batches for m in micro_batches(batch)):
         loss = _sign(objective) * token_nll(model, b).sum() / n
         loss.backward()
         total += loss.item()
     if retain_weight and retain_batches:
         m = sum(b["input_ids"].shape[0] for b in retain_batches)
-        for b in retain_batches:
+        for b in (mb for batch in retain_batches for mb in micro_batches(batch)):
             loss = retain_weight * token_nll(model, b).sum() / m
             loss.backward()
             total += loss.item()

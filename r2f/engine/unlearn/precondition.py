@@ -25,7 +25,7 @@ transform. Factor memory: (in^2 + out^2) floats per module (``transform_memory_m
 
 from __future__ import annotations
 
-from r2f.engine.grads import activation_grams
+from r2f.engine.grads import BACKWARD_TOKENS, activation_grams, micro_batches
 
 
 def _damped(evals, evecs, damping: float, power: float = -1.0):
@@ -44,28 +44,11 @@ def _damped_inverse(a, damping: float):
     return _damped(evals.clamp(min=0), evecs, damping)
 
 
-# tokens (sequences x padded length) per backward pass of the sampled Fisher: the pass keeps every
-# layer's activations, about 2.4 MB per token on SmolLM2-135M (a 40-sequence batch of 4,200 tokens
-# peaked at 10.8 GB), so the batches are cut into micro-batches of at most this many tokens
-FISHER_TOKENS = 512
-
-
-def micro_batches(batch: dict, max_tokens: int):
-    """Contiguous row slices of a right-padded batch with at most ``max_tokens`` padded tokens each
-    (at least one row), trailing all-pad columns trimmed."""
-    n, t = batch["input_ids"].shape
-    step = max(1, max_tokens // max(1, t))
-    for s in range(0, n, step):
-        sub = {k: v[s:s + step] for k, v in batch.items()}
-        width = max(1, int(sub["attention_mask"].sum(1).max()))
-        yield {k: v[:, :width] for k, v in sub.items()}
-
-
-def output_grad_covariances(model, infos, batches, seed: int = 0, max_tokens: int = FISHER_TOKENS) -> dict:
+def output_grad_covariances(model, infos, batches, seed: int = 0, max_tokens: int = BACKWARD_TOKENS) -> dict:
     """Per module, ``S = mean_t g_t g_t^T`` over non-pad tokens, ``g_t`` the gradient of the loss at
     the module's output; the loss is the answer tokens' NLL under labels *sampled* from the model's
     next-token distribution (true Fisher). One forward and one input-gradient-only backward per
-    micro-batch of at most ``max_tokens`` tokens (:data:`FISHER_TOKENS`): no weight gradient is formed
+    micro-batch of at most ``max_tokens`` tokens (:data:`r2f.engine.grads.BACKWARD_TOKENS`): no weight gradient is formed
     (the weights keep ``requires_grad=False`` for the pass)."""
     import torch
 
