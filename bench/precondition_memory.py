@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from common import load_cfg, parser, peak_rss_mb, run_child, setup, world_of, write
+from common import load_cfg, parser, peak_rss_mb, run_rows, setup, world_of, write
 
 CASES = [("gram", "now"), ("gram", "before"), ("fisher", "now"), ("fisher", "before")]
 
@@ -52,23 +52,11 @@ def child(args) -> None:
     print("RESULT " + json.dumps(row))
 
 
-def main() -> None:
-    p = parser(__doc__.split("\n")[0])
-    p.add_argument("--case", help="(internal) run one case in this process")
-    p.add_argument("--way", help="(internal)")
-    args = p.parse_args()
-    setup()
-    if args.case:
-        return child(args)
+def _write(args, cfg, rows: list[dict]) -> None:
     from r2f.engine.grads import BACKWARD_TOKENS
 
-    cfg = load_cfg(args)
-    rows = []
-    for case, way in CASES:
-        rows.append(run_child(__file__, args, ["--case", case, "--way", way]))
-        print(rows[-1], flush=True)
     for r in rows:
-        before = next(b for b in rows if b.get("case") == r.get("case") and b.get("way") == "before")
+        before = next((b for b in rows if b.get("case") == r.get("case") and b.get("way") == "before"), {})
         if r.get("peak_rss_mb") and before.get("peak_rss_mb"):
             r["peak_vs_before"] = round(r["peak_rss_mb"] / before["peak_rss_mb"], 3)
     world = world_of(args.params)
@@ -85,6 +73,22 @@ def main() -> None:
     write(f"precondition_memory{'_' + world if world else ''}", args, rows,
           ["case", "way", "items", "tokens", "batches", "model_rss_mb", "peak_rss_mb", "peak_vs_before"],
           notes, {}, cfg=cfg)
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--case", help="(internal) run one case in this process")
+    p.add_argument("--way", help="(internal)")
+    args = p.parse_args()
+    setup()
+    if args.case:
+        return child(args)
+    cfg = load_cfg(args)
+    world = world_of(args.params)
+    stem = f"precondition_memory{'_' + world if world else ''}"
+    # each finished case is written at once; a rerun of the same code resumes from them
+    run_rows(__file__, args, stem, [({"case": c, "way": w}, ["--case", c, "--way", w]) for c, w in CASES],
+             lambda rows: _write(args, cfg, rows))
 
 
 if __name__ == "__main__":
