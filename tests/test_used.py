@@ -9,7 +9,8 @@ from pathlib import Path
 from conftest import tiny_config
 
 from r2f.engine.decoder import LearnedDecoder
-from r2f.engine.used import decoder_used, unused_settings
+from r2f.engine.unlearn.unused import unused_settings
+from r2f.engine.used import decoder_used
 
 
 def _cfg(tmp_path, **over):

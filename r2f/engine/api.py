@@ -20,7 +20,8 @@ from r2f.engine.models.io import ModelError, load_model, save_model
 from r2f.engine.models.memory import peak_rss_mb
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.unlearn import UnlearnContext, get_method, method_config
-from r2f.engine.used import decoder_used, unused_settings
+from r2f.engine.unlearn.unused import unused_settings
+from r2f.engine.used import decoder_used
 from r2f.engine.zoo import ensure_models, models_dir
 
 Log = Callable[[str], None]

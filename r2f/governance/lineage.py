@@ -20,7 +20,8 @@ from pathlib import Path
 from r2f.config import Config
 from r2f.digest import weights_sha256
 from r2f.engine.api import reference_eval
-from r2f.engine.used import has_trained_weights, unused_settings
+from r2f.engine.unlearn.unused import unused_settings
+from r2f.engine.used import has_trained_weights
 from r2f.governance.tracking_setup import make_tracker
 from r2f.governance.versioning import find_root, lock_md5s
 

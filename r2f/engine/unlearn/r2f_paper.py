@@ -2,7 +2,7 @@
 (B = 0), the multi-view LoRA gradients decoded by the learned decoder trained on (LoRA-grad,
 full-grad) pairs of the proxy, and one calibrated step. It runs under the configuration of
 :meth:`R2FPaper.configure` (:data:`r2f.engine.used.PAPER`), whatever ``lora.init``, ``lora.weighting``
-and ``decoder.kind`` say (those are reported as unused for it: :func:`r2f.engine.used.unused_settings`),
+and ``decoder.kind`` say (those are reported as unused for it: :func:`r2f.engine.unlearn.unused.unused_settings`),
 so it sits beside the default ``r2f`` (activation basis, rank-r projection) in one table."""
 
 from __future__ import annotations
