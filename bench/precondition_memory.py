@@ -22,7 +22,8 @@ CASES = [("gram", "now"), ("gram", "before"), ("fisher", "now"), ("fisher", "bef
 
 def child(args) -> None:
     from r2f.engine.data import load_tofu
-    from r2f.engine.grads import BACKWARD_TOKENS, activation_grams, capture_activations, grams_of, qa_batches, target_modules
+    from r2f.engine.grads import BACKWARD_TOKENS, qa_batches, target_modules
+    from r2f.engine.grams import activation_grams, capture_activations, grams_of
     from r2f.engine.models.io import load_model
     from r2f.engine.unlearn.precondition import output_grad_covariances
     from r2f.engine.zoo import ensure_models

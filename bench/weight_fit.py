@@ -24,7 +24,8 @@ def per_weighting_forward(model, tok, cfg, items, grid) -> dict:
 
     from r2f.engine.decoder import cosine
     from r2f.engine.fidelity import item_batches
-    from r2f.engine.grads import activation_grams, full_gradients, target_modules, top_bases
+    from r2f.engine.grads import full_gradients, target_modules
+    from r2f.engine.grams import activation_grams, top_bases
 
     infos = target_modules(model, cfg.lora.target_modules)
     prompts = []
@@ -46,7 +47,8 @@ def phases(model, tok, cfg, items, grid) -> dict:
     """Seconds per prompt of the new fit's three phases (exact gradients, the captured forward pass,
     the grid's Grams + top-r bases)."""
     from r2f.engine.fidelity import item_batches
-    from r2f.engine.grads import capture_activations, full_gradients, grams_of, target_modules, top_bases
+    from r2f.engine.grads import full_gradients, target_modules
+    from r2f.engine.grams import capture_activations, grams_of, top_bases
 
     infos = target_modules(model, cfg.lora.target_modules)
     t = {"full_gradients_s": 0.0, "capture_s": 0.0, "grid_bases_s": 0.0}

@@ -2,8 +2,8 @@ import pytest
 import torch
 from helpers import tiny_random
 
-from r2f.engine.decoder import KINDS, DecoderError, LearnedDecoder, cosine, decode, make_sketch, train_decoder
-from r2f.engine.fidelity import collect_pairs, fidelity, flatten
+from r2f.engine.decoder import KINDS, DecoderError, LearnedDecoder, cosine, decode, make_sketch, sketches, train_decoder
+from r2f.engine.fidelity import collect_pairs, fidelity, fidelity_of, flatten, iter_pairs
 from r2f.engine.grads import LoraGrad, ModuleInfo
 
 
@@ -13,7 +13,7 @@ def _sketch(out=12, inn=20, r=4, seed=0, aligned=False):
     gram = X.T @ X
     A = torch.linalg.qr(torch.randn(inn, r, generator=g))[0].T
     if aligned:
-        from r2f.engine.grads import top_basis
+        from r2f.engine.grams import top_basis
         A = top_basis(gram, r)
     G = torch.randn(out, 50, generator=g) @ X
     info = ModuleInfo("m.layers.0.q_proj", "q_proj", 0, 0.0)
@@ -60,6 +60,40 @@ def test_learned_decoder_trains_and_is_width_agnostic(tofu, tiny_cfg, tmp_path):
     again = LearnedDecoder.load(tmp_path / "dec")
     sk = flatten(wide_pairs)[0][0]
     assert torch.allclose(again.decode(sk), dec.decode(sk))
+
+
+def test_modules_of_one_input_share_one_decomposition_and_decode_as_alone(tofu, tiny_cfg):
+    """q/k/v (gate/up) read one input: their sketches share one Spectrum, decomposed once; the
+    decomposed Spectrum drops its Gram, rebuilds it on demand, and every module decodes as it does
+    from its own sketch."""
+    model, tok = tiny_random(tofu, hidden=32, layers=2)
+    cfg = tiny_cfg.model_copy(update={"lora": tiny_cfg.lora.model_copy(update={"init": "peft"})})
+    pp = collect_pairs(model, tok, cfg, tofu.split("retain90")[:1])[0]
+    sk = {s.info.name: s for s, _ in pp.pairs}
+    q, k, o = (next(s for s in sk.values() if s.info.kind == m and s.info.layer == 0)
+               for m in ("q_proj", "k_proj", "o_proj"))
+    assert q.spectrum is k.spectrum and q.spectrum is not o.spectrum
+    dense = q.gram.dense() if hasattr(q.gram, "dense") else q.gram.clone()
+    alone = make_sketch(k.info, k.lora, dense)
+    assert torch.allclose(decode("prior", k), decode("prior", alone), rtol=1e-3, atol=1e-6)
+    assert q.spectrum._gram is None and q.spectrum._eig is not None  # decomposed once, Gram dropped
+    assert torch.allclose(q.gram, dense, rtol=1e-3, atol=1e-4 * float(dense.abs().max()))
+    own = sketches([q.info, o.info], {q.info.name: q.lora, o.info.name: o.lora}, {q.info.name: dense, o.info.name: dense})
+    assert own[q.info.name].spectrum is own[o.info.name].spectrum  # one tensor, one Spectrum
+
+
+def test_streamed_fidelity_equals_held_fidelity(tofu, tiny_cfg):
+    model, tok = tiny_random(tofu, hidden=32, layers=1)
+    cfg = tiny_cfg.model_copy(update={"lora": tiny_cfg.lora.model_copy(update={"init": "peft"})})
+    items = tofu.split("forget01")[:2]
+    held = collect_pairs(model, tok, cfg, items)
+    dec = LearnedDecoder(8)
+    streamed = fidelity_of({"analytic": "analytic", "learned": dec}, iter_pairs(model, tok, cfg, items))
+    for label, d in (("analytic", "analytic"), ("learned", dec)):
+        ref = fidelity(d, held)
+        assert streamed[label]["n_prompts"] == 2
+        for key in ("cosine_mean", "module_cosine_mean"):
+            assert streamed[label][key] == pytest.approx(ref[key], abs=1e-5)
 
 
 def test_decoder_load_refuses_bad_folders(tmp_path):

@@ -2,7 +2,8 @@ import torch
 from helpers import batches_for, tiny_random
 
 from r2f.engine.decoder import KINDS
-from r2f.engine.grads import activation_grams, full_gradients, lora_gradients, target_modules, top_basis
+from r2f.engine.grads import full_gradients, lora_gradients, target_modules
+from r2f.engine.grams import activation_grams, top_basis
 from r2f.engine.models.nll import token_nll
 
 
@@ -71,7 +72,7 @@ def test_grams_and_top_basis(tofu):
 
 
 def test_factored_gram_gives_the_dense_top_basis():
-    from r2f.engine.grads import GramFactor
+    from r2f.engine.grams import GramFactor
 
     torch.manual_seed(0)
     x = torch.randn(12, 40) * torch.linspace(3, 0.1, 40)  # fewer tokens than inputs, distinct spectrum
@@ -84,7 +85,7 @@ def test_factored_gram_gives_the_dense_top_basis():
 
 
 def test_factored_activation_grams_match_dense(tofu):
-    from r2f.engine.grads import GramFactor
+    from r2f.engine.grams import GramFactor
 
     model, tok = tiny_random(tofu)
     infos = target_modules(model, ["q_proj", "down_proj"])
@@ -131,7 +132,8 @@ def test_grouped_lora_gradients_equal_peft_per_group(tofu):
 def test_one_pass_bases_and_gradients_equal_the_two_pass_path(tofu):
     """R2F's one forward + one backward per batch gives the same per-item bases and LoRA gradients
     as a Gram forward per item followed by the batched LoRA backward."""
-    from r2f.engine.grads import top_bases, view_batches
+    from r2f.engine.grads import view_batches
+    from r2f.engine.grams import top_bases
     from r2f.engine.onepass import group_batches, grouped_lora_gradients, one_pass_lora_gradients
     from r2f.engine.paraphrase import make_all_views
 
@@ -207,7 +209,7 @@ def test_activation_budget_sets_the_micro_batch_and_keeps_the_result(tofu):
 def test_one_capture_serves_every_weighting(tofu):
     """grams_of on one captured forward pass equals sum_t w_t x_t x_t^T formed from a fresh forward
     pass per weighting (hooked inputs, token_weights of that pass)."""
-    from r2f.engine.grads import capture_activations, grams_of, token_weights
+    from r2f.engine.grams import capture_activations, grams_of, token_weights
     from r2f.engine.models.head import answer_forward
 
     model, tok = tiny_random(tofu)
@@ -240,7 +242,7 @@ def test_fit_weighting_scores_every_weighting_as_a_fresh_forward_would(tofu, tin
 
     from r2f.engine.decoder import cosine
     from r2f.engine.fidelity import fit_weighting, item_batches
-    from r2f.engine.grads import top_bases
+    from r2f.engine.grams import top_bases
 
     model, tok = tiny_random(tofu)
     cfg = tiny_cfg.model_copy(update={"decoder": tiny_cfg.decoder.model_copy(
@@ -266,7 +268,8 @@ def test_fit_weighting_scores_every_weighting_as_a_fresh_forward_would(tofu, tin
 def test_streamed_dense_grams_equal_the_captured_ones(tofu):
     """The uniform dense Gram summed inside the hooks (retain covariances: many tokens) equals the
     Gram of the captured rows, for every module kind, and modules reading one input share one Gram."""
-    from r2f.engine.grads import capture_activations, grams_of, qa_batches
+    from r2f.engine.grads import qa_batches
+    from r2f.engine.grams import capture_activations, grams_of
 
     model, tok = tiny_random(tofu)
     infos = target_modules(model, KINDS)

@@ -47,7 +47,7 @@ def test_token_nll_and_its_gradient_match_the_full_logits(tofu, small_chunks):
 
 
 def test_stats_and_token_weights_match_the_full_log_softmax(tofu, small_chunks):
-    from r2f.engine.grads import token_weights
+    from r2f.engine.grams import token_weights
 
     model, tok = tiny_random(tofu)
     b = batches_for(tofu, tok)[0]

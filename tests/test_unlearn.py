@@ -166,7 +166,8 @@ def test_r2f_batched_direction_equals_per_item_peft(tiny_cfg, tiny_models, tofu)
     """R2F's fast path (all items in one backward, onepass.one_pass_lora_gradients) gives the same
     decoded update as one peft LoRA backward per item decoded by the analytic decoder."""
     from r2f.engine.decoder import decode_factors, gram_weighting, make_sketch
-    from r2f.engine.grads import activation_grams, lora_gradients, top_bases, view_batches
+    from r2f.engine.grads import lora_gradients, view_batches
+    from r2f.engine.grams import activation_grams, top_bases
     from r2f.engine.unlearn.apply import LowRank
     from r2f.engine.unlearn.r2f import r2f_direction
 

@@ -111,7 +111,7 @@ class LoraConfig(_Strict):
     # (one extra forward pass); "peft": peft's default random A. See docs/method.md.
     init: Literal["activation", "peft"] = "activation"
     # Token weights of the activation Gram: "uniform" or "loss" (logit-gradient norms, with
-    # (alpha, gamma) fitted on the proxy by `r2f decoder train`; see r2f.engine.grads.token_weights).
+    # (alpha, gamma) fitted on the proxy by `r2f decoder train`; see r2f.engine.grams.token_weights).
     weighting: Literal["uniform", "loss"] = "loss"
     basis: Literal["item", "request"] = "item"
 

@@ -37,39 +37,74 @@ class DecoderError(R2FError, ValueError):
     """A decoder cannot be loaded or applied to this model (the message says why)."""
 
 
-@dataclass
-class Sketch:
-    """What a decoder sees for one module of one request: its LoRA gradient and activation Gram.
-    The Gram's eigendecomposition is computed on first use only (``prior``/``learned`` need it)."""
+class Spectrum:
+    """One activation Gram and, on first use, its eigendecomposition (``prior``/``learned`` need it).
 
-    info: ModuleInfo
-    lora: LoraGrad
-    gram: torch.Tensor  # in x in
-    _eig: tuple | None = None
+    Modules that read the same input (q/k/v, gate/up) share one Spectrum, so the Gram is decomposed
+    once per input, and a decomposed Spectrum drops its Gram (the eigenpairs replace it): a held
+    sketch costs one ``in x in`` basis per distinct input, not a Gram plus a basis per module."""
 
-    def _decompose(self) -> tuple:
+    def __init__(self, gram):
+        self._gram, self._eig = gram, None
+
+    @property
+    def gram(self):
+        """The Gram (dense or :class:`~r2f.engine.grams.GramFactor`), rebuilt from the eigenpairs once dropped."""
+        if self._gram is None:
+            evals, evecs = self._eig
+            return (evecs * evals) @ evecs.T
+        return self._gram
+
+    def eig(self) -> tuple:
         if self._eig is None:
             import torch
 
-            gram = self.gram.dense() if hasattr(self.gram, "dense") else self.gram
+            gram = self._gram.dense() if hasattr(self._gram, "dense") else self._gram
             evals, evecs = torch.linalg.eigh(gram.double())
             order = torch.argsort(evals, descending=True)
             self._eig = (evals[order].clamp(min=0).float(), evecs[:, order].float())
+            self._gram = None
         return self._eig
+
+
+@dataclass
+class Sketch:
+    """What a decoder sees for one module of one request: its LoRA gradient and activation Gram
+    (held by a :class:`Spectrum`, shared by the modules that read the same input)."""
+
+    info: ModuleInfo
+    lora: LoraGrad
+    spectrum: Spectrum
+
+    @property
+    def gram(self):
+        return self.spectrum.gram
 
     @property
     def evals(self) -> torch.Tensor:
         """Eigenvalues of the activation Gram, descending (in,)."""
-        return self._decompose()[0]
+        return self.spectrum.eig()[0]
 
     @property
     def evecs(self) -> torch.Tensor:
         """Matching eigenvectors as columns (in x in)."""
-        return self._decompose()[1]
+        return self.spectrum.eig()[1]
 
 
-def make_sketch(info: ModuleInfo, lora: LoraGrad, gram: torch.Tensor) -> Sketch:
-    return Sketch(info, lora, gram)
+def make_sketch(info: ModuleInfo, lora: LoraGrad, gram) -> Sketch:
+    return Sketch(info, lora, Spectrum(gram))
+
+
+def sketches(infos, lora: dict, grams: dict) -> dict[str, Sketch]:
+    """One :class:`Sketch` per module; modules whose Grams are one tensor (a shared input) share one
+    :class:`Spectrum`, so its eigendecomposition is computed and held once."""
+    spectra: dict = {}
+    out = {}
+    for i in infos:
+        g = grams[i.name]
+        spec = spectra.setdefault(id(g), (g, Spectrum(g)))[1]
+        out[i.name] = Sketch(i, lora[i.name], spec)
+    return out
 
 
 def _prior_factors(sk: Sketch, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

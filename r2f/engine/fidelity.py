@@ -9,17 +9,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from r2f.engine.decoder import LearnedDecoder, Sketch, cosine, decode, make_sketch, train_decoder
-from r2f.engine.grads import (
-    activation_grams,
-    capture_activations,
-    full_gradients,
-    grams_of,
-    lora_gradients,
-    target_modules,
-    top_bases,
-    view_batches,
-)
+from r2f.engine.decoder import LearnedDecoder, Sketch, cosine, decode, sketches, train_decoder
+from r2f.engine.grads import full_gradients, lora_gradients, target_modules, view_batches
+from r2f.engine.grams import activation_grams, capture_activations, grams_of, top_bases
 from r2f.engine.paraphrase import make_views
 
 
@@ -35,14 +27,15 @@ class PromptPairs:
     pairs: list  # [(Sketch, true full gradient)]
 
 
-def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None,
-                  weighting: tuple[float, float] | None = None) -> list[PromptPairs]:
-    """For each item: N views -> exact full gradients and the LoRA sketch of every target module.
+def iter_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None,
+               weighting: tuple[float, float] | None = None):
+    """For each item, one at a time: N views -> exact full gradients and the LoRA sketch of every
+    target module (a :class:`PromptPairs`). A caller that scores and drops each prompt holds one
+    prompt's gradients and Grams, not every prompt's.
 
     ``weighting`` is the token weighting of the activation Gram (``None`` = uniform)."""
     a_init = a_init or cfg.lora.init
     infos = target_modules(model, cfg.lora.target_modules)
-    out = []
     for item in items:
         batches = item_batches(tokenizer, cfg, item)
         full = full_gradients(model, infos, batches, cfg.unlearn.objective)
@@ -54,31 +47,52 @@ def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progr
             grams = {}
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
                                 grams_out=grams)
-        out.append(PromptPairs(item.id, [(make_sketch(i, lg[i.name], grams[i.name]), full[i.name]) for i in infos]))
+        sk = sketches(infos, lg, grams)
+        yield PromptPairs(item.id, [(sk[i.name], full[i.name]) for i in infos])
+        del full, grams, lg, sk  # before the next item's gradients: hold one prompt at a time
         if progress:
             progress()
-    return out
+
+
+def collect_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress=None,
+                  weighting: tuple[float, float] | None = None) -> list[PromptPairs]:
+    """Every item's :func:`iter_pairs` at once (the decoder's training set)."""
+    return list(iter_pairs(model, tokenizer, cfg, items, a_init, progress, weighting))
 
 
 def flatten(prompts: list[PromptPairs]) -> list[tuple[Sketch, object]]:
     return [p for pp in prompts for p in pp.pairs]
 
 
-def fidelity(decoder, prompts: list[PromptPairs]) -> dict:
-    """Cosine between decoded and true gradients: per prompt over all modules concatenated (the
-    model-level direction), plus the mean per-module cosine."""
+def fidelity_of(decoders: dict, prompts) -> dict:
+    """:func:`fidelity` of several decoders (``{label: decoder}``) over ``prompts``, which may be a
+    generator (:func:`iter_pairs`): each prompt is scored by every decoder, then dropped."""
     import numpy
     import torch
 
-    per_prompt, per_module = [], []
+    per_prompt: dict = {k: [] for k in decoders}
+    per_module: dict = {k: [] for k in decoders}
     for pp in prompts:
-        dec = [decode(decoder, sk) for sk, _ in pp.pairs]
         true = [g for _, g in pp.pairs]
-        per_prompt.append(cosine(torch.cat([d.flatten() for d in dec]), torch.cat([t.flatten() for t in true])))
-        per_module += [cosine(d, t) for d, t in zip(dec, true)]
-    p10 = float(numpy.percentile(per_prompt, 10))
-    return {"cosine_mean": statistics.fmean(per_prompt), "cosine_p10": p10,
-            "module_cosine_mean": statistics.fmean(per_module), "n_prompts": len(per_prompt)}
+        true_flat = torch.cat([t.flatten() for t in true])
+        for label, decoder in decoders.items():
+            dec = [decode(decoder, sk) for sk, _ in pp.pairs]
+            per_prompt[label].append(cosine(torch.cat([d.flatten() for d in dec]), true_flat))
+            per_module[label] += [cosine(d, t) for d, t in zip(dec, true)]
+            del dec
+        del pp, true, true_flat
+    out = {}
+    for label in decoders:
+        pp_cos = per_prompt[label]
+        out[label] = {"cosine_mean": statistics.fmean(pp_cos), "cosine_p10": float(numpy.percentile(pp_cos, 10)),
+                      "module_cosine_mean": statistics.fmean(per_module[label]), "n_prompts": len(pp_cos)}
+    return out
+
+
+def fidelity(decoder, prompts) -> dict:
+    """Cosine between decoded and true gradients: per prompt over all modules concatenated (the
+    model-level direction), plus the mean per-module cosine."""
+    return fidelity_of({"d": decoder}, prompts)["d"]
 
 
 def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tuple[float, float] | None, dict]:
@@ -87,7 +101,7 @@ def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tu
     Returns (best weighting or None if uniform wins, {label: mean cosine}).
 
     One prompt at a time: its exact gradients and one captured forward pass serve every weighting
-    of the grid (:func:`r2f.engine.grads.grams_of`), so neither a forward pass per weighting nor every
+    of the grid (:func:`r2f.engine.grams.grams_of`), so neither a forward pass per weighting nor every
     prompt's full gradients at once."""
     import torch
 
@@ -149,11 +163,13 @@ def fit_decoder(cfg, model, tokenizer, items, log=lambda _m: None, progress=None
                     loss_curve=curve[:: max(1, len(curve) // 50)])
         val_items = items[n_prompts:n_prompts + 8]
     weighting = tuple(meta["weighting"]) if meta["weighting"] else None
-    val = collect_pairs(model, tokenizer, cfg, val_items, weighting=weighting)
-    analytic = fidelity("analytic", val)
+    val = iter_pairs(model, tokenizer, cfg, val_items, weighting=weighting)  # scored one prompt at a time
     # with the activation basis the (untrained) spectral prior decodes exactly to the projection
     # (docs/method.md section 5): skip its per-module eigendecompositions
-    learned = analytic if cfg.lora.init == "activation" else fidelity(dec, val)
+    scored = fidelity_of({"analytic": "analytic"} if cfg.lora.init == "activation"
+                         else {"analytic": "analytic", "learned": dec}, val)
+    analytic = scored["analytic"]
+    learned = scored.get("learned", analytic)
     meta.update(val_learned=learned, val_analytic=analytic, train_s=round(time.perf_counter() - t0, 1))
     dec.meta = meta
     if cfg.lora.init == "activation":

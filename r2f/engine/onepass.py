@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from r2f.engine.grads import GramFactor, ModuleInfo, _sign, grads_only_for, token_weights, top_basis
+from r2f.engine.grads import ModuleInfo, _sign, grads_only_for
+from r2f.engine.grams import GramFactor, token_weights, top_basis
 from r2f.engine.models.encoding import collate, encode_qa
 from r2f.engine.models.head import answer_forward
 from r2f.engine.models.nll import token_nll

@@ -25,7 +25,8 @@ transform. Factor memory: (in^2 + out^2) floats per module (``transform_memory_m
 
 from __future__ import annotations
 
-from r2f.engine.grads import BACKWARD_TOKENS, activation_grams, micro_batches
+from r2f.engine.grads import BACKWARD_TOKENS, micro_batches
+from r2f.engine.grams import activation_grams
 
 
 def _damped(evals, evecs, damping: float, power: float = -1.0):

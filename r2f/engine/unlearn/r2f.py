@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from r2f.engine.decoder import check_family, decode_factors, gram_weighting, make_sketch
-from r2f.engine.grads import activation_grams, lora_gradients, qa_batches, target_modules, top_bases, view_batches
+from r2f.engine.decoder import check_family, decode_factors, gram_weighting, sketches
+from r2f.engine.grads import lora_gradients, qa_batches, target_modules, view_batches
+from r2f.engine.grams import activation_grams, top_bases
 from r2f.engine.onepass import group_batches, one_pass_lora_gradients, shard_batches
 from r2f.engine.parallel import distributed, map_on_snapshot, split_even
 from r2f.engine.unlearn.apply import LowRank, calibrate_and_apply
@@ -75,9 +76,9 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
         rb = qa_batches(tok, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
         grams = {}
         lg = lora_gradients(model, infos, rb, cfg.lora.rank, cfg.lora.alpha, "descent", grams_out=grams)
+        sk = sketches(infos, lg, grams)
         for info in infos:
-            direction[info.name].add(cfg.unlearn.retain_weight, *decode_factors(
-                decoder, make_sketch(info, lg[info.name], grams[info.name])))
+            direction[info.name].add(cfg.unlearn.retain_weight, *decode_factors(decoder, sk[info.name]))
     return direction
 
 
@@ -119,7 +120,8 @@ def group_factors(model, tok, cfg, infos, views, decoder, weighting, refusals, o
         grams = {}
         lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
                             objective, grams_out=grams, seed=cfg.unlearn.seed)
-    return {i.name: decode_factors(decoder, make_sketch(i, lg[i.name], grams[i.name])) for i in infos}
+    sk = sketches(infos, lg, grams)  # q/k/v (gate/up) share one Gram: decomposed once when the decoder needs it
+    return {i.name: decode_factors(decoder, sk[i.name]) for i in infos}
 
 
 def sharded_groups(ctx: UnlearnContext, groups, decoder, weighting) -> list[dict]:
@@ -147,7 +149,7 @@ def sharded_one_pass(ctx: UnlearnContext, batches, seq_groups, weighting, token_
     bases, concatenated in order, are the single-process result (tested).
 
     Shards are cut at batch boundaries, not at item boundaries: the fitted token weighting gives
-    prompt tokens ``alpha`` times the *batch's* mean answer weight (``grads.token_weights``), so an
+    prompt tokens ``alpha`` times the *batch's* mean answer weight (``grams.token_weights``), so an
     item's basis depends on the batch it is in; re-batching the items of a shard changed the decoded
     direction by 4 % (measured on the default request). The cost: shards are as even as the batch
     count allows (5 batches on 2 workers: 3 and 2)."""
