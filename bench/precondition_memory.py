@@ -6,8 +6,9 @@ the way it ran before, every case in its own process so each peak RSS is its own
     python bench/precondition_memory.py --params params-smollm2-tofu.yaml
 
 Cases: ``gram`` streamed inside the hooks (now) vs every token's inputs captured first (before);
-``fisher`` on micro-batches of ``BACKWARD_TOKENS`` tokens (now) vs one backward per 40-sequence batch
-(before). Writes bench/results/precondition_memory[_<world>].json and .md.
+``fisher`` on row slices cut to ``unlearn.activation_budget_mb`` of saved activations (now,
+r2f.engine.budget) vs one backward per 40-sequence batch (before).
+Writes bench/results/precondition_memory[_<world>].json and .md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CASES = [("gram", "now"), ("gram", "before"), ("fisher", "now"), ("fisher", "bef
 
 def child(args) -> None:
     from r2f.engine.data import load_tofu
-    from r2f.engine.grads import BACKWARD_TOKENS, qa_batches, target_modules
+    from r2f.engine.grads import qa_batches, target_modules
     from r2f.engine.grams import activation_grams, capture_activations, grams_of
     from r2f.engine.models.io import load_model
     from r2f.engine.unlearn.precondition import output_grad_covariances
@@ -45,7 +46,8 @@ def child(args) -> None:
         else:
             grams_of(capture_activations(model, infos, batches, with_stats=False))
     else:
-        output_grad_covariances(model, infos, batches, max_tokens=BACKWARD_TOKENS if args.way == "now" else 10**9)
+        output_grad_covariances(model, infos, batches,
+                                budget_mb=cfg.unlearn.activation_budget_mb if args.way == "now" else None)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     row = {"case": args.case, "way": args.way, "items": len(items), "tokens": tokens,
            "batches": len(batches), "wall_s": round(time.perf_counter() - t0, 1), "model_rss_mb": round(base),
@@ -54,8 +56,6 @@ def child(args) -> None:
 
 
 def _write(args, cfg, rows: list[dict]) -> None:
-    from r2f.engine.grads import BACKWARD_TOKENS
-
     for r in rows:
         before = next((b for b in rows if b.get("case") == r.get("case") and b.get("way") == "before"), {})
         if r.get("peak_rss_mb") and before.get("peak_rss_mb"):
@@ -66,9 +66,10 @@ def _write(args, cfg, rows: list[dict]) -> None:
              f"lora.target_modules {list(cfg.lora.target_modules)}.",
              "gram before: every token's module inputs captured (float32), then X^T X per group; now: X^T X summed "
              "inside the forward hooks, one product per group of modules sharing an input.",
-             f"fisher before: one input-gradient backward per 40-sequence batch; now: micro-batches of at most "
-             f"{BACKWARD_TOKENS} padded tokens (the labels are sampled per pass, so S_r is the same statistic, not "
-             "the same numbers).",
+             "fisher before: one input-gradient backward per 40-sequence batch; now: row slices whose saved "
+             f"activations fit unlearn.activation_budget_mb ({cfg.unlearn.activation_budget_mb} MB, bytes per token "
+             "measured on the first pass; r2f.engine.budget), so the labels are sampled per pass: S_r is the same "
+             "statistic, not the same numbers.",
              "peak_rss_mb: the process's peak (model loaded, model_rss_mb, included); each case in its own process. "
              "A memory bench: its runs' wall_s (in the JSON rows) are not idle-core timings."]
     write(f"precondition_memory{'_' + world if world else ''}", args, rows,

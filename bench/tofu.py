@@ -60,10 +60,10 @@ def one(args, method: str, seed: int) -> None:
             # (same model, configuration and seed; its GUR against the target's is already added)
             summary = summarize(reference_eval(cfg, "retain", args.split))
         else:
-            summary = evaluate_model(cfg, path, args.split, out=Path(tmp) / "eval")["summary"]
+            ev = evaluate_model(cfg, path, args.split)
+            summary = ev["summary"]
             # where the evaluation's time went (the phases of r2f.engine.evaluation): kept in the run
-            meta = json.loads((Path(tmp) / "eval" / "TOFU_EVAL.json").read_text())["_meta"]["extra"]
-            row.update(eval_s=meta.get("eval_s"), eval_phase_s=meta.get("phase_s"))
+            row.update(eval_s=ev["timing"]["eval_s"], eval_phase_s=ev["timing"]["phase_s"])
     row.update({k: summary.get(k) for k in METRICS})
     print("RESULT " + json.dumps(row, default=str))
 

@@ -282,3 +282,34 @@ def test_streamed_dense_grams_equal_the_captured_ones(tofu):
     by = {(i.layer, i.kind): streamed[i.name] for i in infos}
     assert by[(0, "q_proj")] is by[(0, "v_proj")] and by[(0, "gate_proj")] is by[(0, "up_proj")]
     assert by[(0, "q_proj")] is not by[(0, "o_proj")] and by[(0, "q_proj")] is not by[(1, "q_proj")]
+
+
+def test_backward_passes_cut_to_the_budget_give_the_whole_batch_gradient(tofu):
+    """budgeted_passes: the first pass (2 rows) measures the saved bytes per token, every later
+    slice fits the budget; full and LoRA gradients equal the whole-batch ones (a sum over sequences)."""
+    from r2f.engine.budget import budgeted_passes
+
+    model, tok = tiny_random(tofu)
+    infos = target_modules(model, KINDS)
+    b = batches_for(tofu, tok)
+    whole = full_gradients(model, infos, b, budget_mb=None)
+    seen, memory = [], {}
+
+    def run(mb):
+        seen.append(mb["input_ids"].shape)
+        token_nll(model, mb).sum().backward()
+
+    budgeted_passes(model, b, run, budget_mb=1e-3, memory=memory)
+    model.zero_grad(set_to_none=True)
+    assert memory["activation_kb_per_token"] > 0 and memory["max_tokens"] >= 1
+    assert seen[0][0] == 2 and len(seen) > 2  # the measured probe, then slices cut to the cap
+    assert all(s[0] == 1 or s[0] * s[1] <= memory["max_tokens"] for s in seen[1:])
+    assert sum(s[0] for s in seen) == sum(x["input_ids"].shape[0] for x in b)
+    sliced = full_gradients(model, infos, b, budget_mb=1e-3)
+    for i in infos:
+        assert torch.allclose(sliced[i.name], whole[i.name], rtol=1e-4, atol=1e-6 * float(whole[i.name].abs().max()))
+    lw = lora_gradients(model, infos, b, 8, 16, budget_mb=None)
+    ls = lora_gradients(model, infos, b, 8, 16, budget_mb=1e-3)
+    for i in infos:
+        assert torch.allclose(ls[i.name].grad_B, lw[i.name].grad_B, rtol=1e-4,
+                              atol=1e-6 * float(lw[i.name].grad_B.abs().max()))

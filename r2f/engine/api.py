@@ -223,7 +223,8 @@ def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str
                    out: str | Path | None = None, log: Log = _noop, progress=None,
                    forget_ids: list[str] | None = None, mapper=None) -> dict:
     """TOFU + paper metrics of a model (default: the embedded target) on a forget split; writes
-    ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary.
+    ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` to ``out`` and returns the summary, with where the
+    evaluation's time went (``timing``: ``eval_s`` and the per-phase ``phase_s`` of ``_meta``).
     ``forget_ids``: the forget metrics on these rows of the split only (a deletion request's).
     ``mapper``: where the evaluation shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
     split = split or cfg.data.forget_split
@@ -245,4 +246,6 @@ def evaluate_model(cfg: Config, model_path: str | Path | None = None, split: str
     if out:
         write_json(Path(out) / "TOFU_EVAL.json", full)
         write_json(Path(out) / "TOFU_SUMMARY.json", summary)
-    return {"model": str(model_path), "split": split, "summary": summary, "out": str(out) if out else None}
+    extra = (full.get("_meta") or {}).get("extra") or {}
+    return {"model": str(model_path), "split": split, "summary": summary, "out": str(out) if out else None,
+            "timing": {"eval_s": extra.get("eval_s"), "phase_s": extra.get("phase_s")}}

@@ -38,15 +38,17 @@ def iter_pairs(model, tokenizer, cfg, items, a_init: str | None = None, progress
     infos = target_modules(model, cfg.lora.target_modules)
     for item in items:
         batches = item_batches(tokenizer, cfg, item)
-        full = full_gradients(model, infos, batches, cfg.unlearn.objective)
+        budget = cfg.unlearn.activation_budget_mb
+        full = full_gradients(model, infos, batches, cfg.unlearn.objective, budget_mb=budget)
         if a_init == "activation":
             grams = activation_grams(model, infos, batches, weighting, factored=True)
             A = top_bases(grams, cfg.lora.rank)
-            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A)
+            lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, A_init=A,
+                                budget_mb=budget)
         else:
             grams = {}
             lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective,
-                                grams_out=grams)
+                                grams_out=grams, budget_mb=budget)
         sk = sketches(infos, lg, grams)
         yield PromptPairs(item.id, [(sk[i.name], full[i.name]) for i in infos])
         del full, grams, lg, sk  # before the next item's gradients: hold one prompt at a time
@@ -95,29 +97,42 @@ def fidelity(decoder, prompts) -> dict:
     return fidelity_of({"d": decoder}, prompts)["d"]
 
 
-def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None) -> tuple[tuple[float, float] | None, dict]:
+def fit_weighting(model, tokenizer, cfg, items, log=lambda _m: None,
+                  timings: dict | None = None) -> tuple[tuple[float, float] | None, dict]:
     """Grid-search the token weighting (alpha, gamma) of the activation Gram on proxy prompts:
     the pair whose top-r basis best captures the exact gradients (cosine of the projection).
     Returns (best weighting or None if uniform wins, {label: mean cosine}).
 
     One prompt at a time: its exact gradients and one captured forward pass serve every weighting
     of the grid (:func:`r2f.engine.grams.grams_of`), so neither a forward pass per weighting nor every
-    prompt's full gradients at once."""
+    prompt's full gradients at once. ``timings``, if given, receives the seconds of each phase summed
+    over the prompts (``full_gradients_s``, ``capture_s``, ``grid_bases_s``)."""
+    import time
+
     import torch
 
+    t = timings if timings is not None else {}
+    for k in ("full_gradients_s", "capture_s", "grid_bases_s"):
+        t.setdefault(k, 0.0)
     infos = target_modules(model, cfg.lora.target_modules)
     grid = {"uniform": None}
     grid.update({f"alpha={a},gamma={g}": (a, g) for a in cfg.decoder.weight_alphas for g in cfg.decoder.weight_gammas})
     cos: dict[str, list[float]] = {label: [] for label in grid}
     for item in items:
         batches = item_batches(tokenizer, cfg, item)
-        full = full_gradients(model, infos, batches, cfg.unlearn.objective)
+        t0 = time.perf_counter()
+        full = full_gradients(model, infos, batches, cfg.unlearn.objective, budget_mb=cfg.unlearn.activation_budget_mb)
         true = torch.cat([full[i.name].flatten() for i in infos])
+        t1 = time.perf_counter()
         cap = capture_activations(model, infos, batches, with_stats=len(grid) > 1)
+        t2 = time.perf_counter()
         for label, weighting in grid.items():
             bases = top_bases(grams_of(cap, weighting, factored=True), cfg.lora.rank)
             dec = torch.cat([(full[i.name] @ bases[i.name].T @ bases[i.name]).flatten() for i in infos])
             cos[label].append(cosine(dec, true))
+        t["full_gradients_s"] += t1 - t0
+        t["capture_s"] += t2 - t1
+        t["grid_bases_s"] += time.perf_counter() - t2
         del full, true, cap
     scores = {label: statistics.fmean(c) for label, c in cos.items()}
     best, best_s = None, scores["uniform"]

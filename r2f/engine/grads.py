@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from r2f.engine.budget import DEFAULT_BUDGET_MB, budgeted_passes
 from r2f.engine.grams import LAYER_RE, GramHooks
 from r2f.engine.models.encoding import collate, encode_qa
 from r2f.engine.models.nll import token_nll
@@ -77,46 +78,35 @@ def _sign(objective: str) -> float:
     return -1.0 if objective == "ascent" else 1.0
 
 
-# padded tokens (sequences x length) per backward pass: a pass keeps every layer's activations,
-# about 2.4 MB per token on SmolLM2-135M (one 40-sequence batch of 4,200 tokens peaked at 10.8 GB),
-# so batches are cut into row slices of at most this many tokens before a backward pass (about the
-# 1 GB of activations R2F's one-pass path keeps by default: unlearn.activation_budget_mb)
-BACKWARD_TOKENS = 512
-
-
-def micro_batches(batch: dict, max_tokens: int = BACKWARD_TOKENS):
-    """Contiguous row slices of a right-padded batch with at most ``max_tokens`` padded tokens each
-    (at least one row), trailing all-pad columns trimmed."""
-    n, t = batch["input_ids"].shape
-    step = max(1, max_tokens // max(1, t))
-    for s in range(0, n, step):
-        sub = {k: v[s:s + step] for k, v in batch.items()}
-        width = max(1, int(sub["attention_mask"].sum(1).max()))
-        yield {k: v[:, :width] for k, v in sub.items()}
-
-
 def _backward_over(model, batches, objective, retain_batches=None, retain_weight=0.0,
-                   hooks: GramHooks | None = None) -> float:
+                   hooks: GramHooks | None = None, budget_mb: float | None = DEFAULT_BUDGET_MB) -> float:
     """Backward of the mean unlearning loss over all sequences in ``batches``; returns the loss. The
-    loss is a sum over sequences, so each pass runs on a micro-batch (:func:`micro_batches`).
-    ``hooks``: also sum the activation Grams of the forget batches (not of the retain term)."""
+    loss is a sum over sequences, so the passes run on row slices whose saved activations fit
+    ``budget_mb`` (:func:`r2f.engine.budget.budgeted_passes`). ``hooks``: also sum the activation
+    Grams of the forget batches (not of the retain term)."""
     n = sum(b["input_ids"].shape[0] for b in batches)
-    total = 0.0
-    for b in (m for batch in batches for m in micro_batches(batch)):
+    total = [0.0]
+
+    def forget(b):
         if hooks is not None:
             hooks.start(b)
         loss = _sign(objective) * token_nll(model, b).sum() / n
         loss.backward()
-        total += loss.item()
+        total[0] += loss.item()
+
+    budgeted_passes(model, batches, forget, budget_mb)
     if hooks is not None:
         hooks.stop()
     if retain_weight and retain_batches:
         m = sum(b["input_ids"].shape[0] for b in retain_batches)
-        for b in (mb for batch in retain_batches for mb in micro_batches(batch)):
+
+        def retain(b):
             loss = retain_weight * token_nll(model, b).sum() / m
             loss.backward()
-            total += loss.item()
-    return total
+            total[0] += loss.item()
+
+        budgeted_passes(model, retain_batches, retain, budget_mb)
+    return total[0]
 
 
 @dataclass
@@ -130,7 +120,7 @@ class LoraGrad:
 def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha: float,
                    objective: str = "ascent", A_init: dict | None = None,
                    retain_batches=None, retain_weight: float = 0.0, seed: int = 0,
-                   grams_out: dict | None = None) -> dict[str, LoraGrad]:
+                   grams_out: dict | None = None, budget_mb: float | None = DEFAULT_BUDGET_MB) -> dict[str, LoraGrad]:
     """Mean LoRA gradients over all view sequences via peft (B = 0, so grad_A = 0).
 
     ``A_init`` maps module names to an ``r x in`` A; otherwise peft's default init (seeded).
@@ -158,7 +148,7 @@ def lora_gradients(model, infos: Sequence[ModuleInfo], batches, rank: int, alpha
         peft_model.zero_grad(set_to_none=True)
         hooks = GramHooks({i.name: mods[i.name].base_layer for i in infos}) if grams_out is not None else None
         try:
-            _backward_over(peft_model, batches, objective, retain_batches, retain_weight, hooks)
+            _backward_over(peft_model, batches, objective, retain_batches, retain_weight, hooks, budget_mb)
         finally:
             if hooks is not None:
                 hooks.remove()
@@ -197,11 +187,13 @@ def grads_only_for(model, keep=()):
 
 
 def full_gradients(model, infos: Sequence[ModuleInfo], batches, objective: str = "ascent",
-                   retain_batches=None, retain_weight: float = 0.0) -> dict[str, torch.Tensor]:
-    """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in)."""
+                   retain_batches=None, retain_weight: float = 0.0,
+                   budget_mb: float | None = DEFAULT_BUDGET_MB) -> dict[str, torch.Tensor]:
+    """Exact gradient of the mean unlearning loss w.r.t. each module's full weight (out x in); the
+    passes cut to ``budget_mb`` of saved activations (:func:`r2f.engine.budget.budgeted_passes`)."""
     mods = dict(model.named_modules())
     with grads_only_for(model, [mods[i.name].weight for i in infos]):
-        _backward_over(model, batches, objective, retain_batches, retain_weight)
+        _backward_over(model, batches, objective, retain_batches, retain_weight, budget_mb=budget_mb)
         out = {}
         for i in infos:  # hand over the .grad tensors themselves: no second gradient-sized copy
             w = mods[i.name].weight

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from r2f.engine.budget import token_cap
 from r2f.engine.grads import ModuleInfo, _sign, grads_only_for
 from r2f.engine.grams import GramFactor, token_weights, top_basis
 from r2f.engine.models.encoding import collate, encode_qa
@@ -253,7 +254,7 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
                 raise ValueError("a group's sequences straddle two batches: build them with group_batches")
             k = b["input_ids"].shape[0]
             if per_token is not None:
-                fits = max(1, int(activation_budget_mb * 2**20 // (per_token * b["input_ids"].shape[1])))
+                fits = max(1, token_cap(activation_budget_mb, per_token) // b["input_ids"].shape[1])
                 micro_batch = min(micro_batch or k, fits)
             if memory is not None:
                 memory["micro_batch"] = min(memory.get("micro_batch", k), micro_batch or k)
@@ -299,20 +300,12 @@ def one_pass_lora_gradients(model, infos: Sequence[ModuleInfo], batches, seq_gro
 def _activation_bytes_per_token(model, batch: dict, state: dict) -> float:
     """Bytes a forward keeps for its backward, per (padded) token of ``batch``: the storages autograd
     saves (weights excluded) and the module inputs the keep mode holds, on the model as it is set up
-    (input gradients only). One forward, no backward."""
-    import torch
+    (input gradients only). One forward, no backward (:func:`r2f.engine.budget.saved_storages`)."""
+    from r2f.engine.budget import saved_storages
 
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
     state["mode"], state["x"] = "keep", {}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_storages(model, seen):
         loss = objective_loss(answer_forward(model, batch), "ascent")
     for x in state["x"].values():
         seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()

@@ -18,7 +18,8 @@ class FullGrad:
         t0 = time.perf_counter()
         direction = full_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules),
                                    ctx.grad_batches(cfg.unlearn.micro_batch), cfg.unlearn.objective,
-                                   ctx.retain_batches(), cfg.unlearn.retain_weight)
+                                   ctx.retain_batches(), cfg.unlearn.retain_weight,
+                                   budget_mb=cfg.unlearn.activation_budget_mb)
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)
         info["direction_s"] = t_grad

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from r2f.config import LoraMulConfig
+from r2f.engine.budget import budgeted_passes
 from r2f.engine.grads import _sign, target_modules
 from r2f.engine.models.nll import token_nll
 from r2f.engine.unlearn.apply import calibrate_and_apply
@@ -28,10 +29,12 @@ def lora_train_delta(ctx: UnlearnContext, batches, mc: LoraMulConfig) -> dict:
         opt = torch.optim.Adam(params, lr=mc.lr)
         n = sum(b["input_ids"].shape[0] for b in batches)
         tick = ctx.tick("lora_mul steps", mc.steps)
+        def step(b):
+            (_sign(cfg.unlearn.objective) * token_nll(pm, b).sum() / n).backward()
+
         for _ in range(mc.steps):
             opt.zero_grad()
-            for b in batches:
-                (_sign(cfg.unlearn.objective) * token_nll(pm, b).sum() / n).backward()
+            budgeted_passes(pm, batches, step, cfg.unlearn.activation_budget_mb)  # full batch, cut to the budget
             opt.step()
             tick()
         mods = dict(pm.base_model.model.named_modules())

@@ -19,7 +19,8 @@ class LoraSingle:
         t0 = time.perf_counter()
         lg = lora_gradients(ctx.model, target_modules(ctx.model, cfg.lora.target_modules), ctx.grad_batches(),
                             cfg.lora.rank, cfg.lora.alpha, cfg.unlearn.objective, retain_batches=ctx.retain_batches(),
-                            retain_weight=cfg.unlearn.retain_weight, seed=cfg.unlearn.seed)
+                            retain_weight=cfg.unlearn.retain_weight, seed=cfg.unlearn.seed,
+                            budget_mb=cfg.unlearn.activation_budget_mb)
         direction = {n: g.scaling * g.grad_B @ g.A for n, g in lg.items()}
         t_grad = time.perf_counter() - t0
         eta, info = calibrate_and_apply(ctx, direction)

@@ -25,7 +25,7 @@ transform. Factor memory: (in^2 + out^2) floats per module (``transform_memory_m
 
 from __future__ import annotations
 
-from r2f.engine.grads import BACKWARD_TOKENS, micro_batches
+from r2f.engine.budget import DEFAULT_BUDGET_MB, budgeted_passes
 from r2f.engine.grams import activation_grams
 
 
@@ -45,12 +45,13 @@ def _damped_inverse(a, damping: float):
     return _damped(evals.clamp(min=0), evecs, damping)
 
 
-def output_grad_covariances(model, infos, batches, seed: int = 0, max_tokens: int = BACKWARD_TOKENS) -> dict:
+def output_grad_covariances(model, infos, batches, seed: int = 0,
+                            budget_mb: float | None = DEFAULT_BUDGET_MB) -> dict:
     """Per module, ``S = mean_t g_t g_t^T`` over non-pad tokens, ``g_t`` the gradient of the loss at
     the module's output; the loss is the answer tokens' NLL under labels *sampled* from the model's
     next-token distribution (true Fisher). One forward and one input-gradient-only backward per
-    micro-batch of at most ``max_tokens`` tokens (:data:`r2f.engine.grads.BACKWARD_TOKENS`): no weight gradient is formed
-    (the weights keep ``requires_grad=False`` for the pass)."""
+    row slice whose saved activations fit ``budget_mb`` (:func:`r2f.engine.budget.budgeted_passes`):
+    no weight gradient is formed (the weights keep ``requires_grad=False`` for the pass)."""
     import torch
 
     from r2f.engine.models.head import answer_forward
@@ -70,24 +71,27 @@ def output_grad_covariances(model, infos, batches, seed: int = 0, max_tokens: in
     handles = [mods[i.name].register_full_backward_hook(lambda m, gi, go, n=i.name: grab(m, gi, go, n))
                for i in infos]
     gen = torch.Generator().manual_seed(seed)
-    tokens = 0
+    tokens = [0]
+
+    def run(b):
+        state["mask"] = b["attention_mask"].reshape(-1).bool()
+        tokens[0] += int(state["mask"].sum())
+        st = answer_forward(model, b)  # logits in chunks (models.head)
+        st.token_nll(st.sample_labels(gen)).sum().backward()
+
     try:
-        for b in (m for batch in batches for m in micro_batches(batch, max_tokens)):
-            state["mask"] = b["attention_mask"].reshape(-1).bool()
-            tokens += int(state["mask"].sum())
-            st = answer_forward(model, b)  # logits in chunks (models.head)
-            st.token_nll(st.sample_labels(gen)).sum().backward()
+        budgeted_passes(model, batches, run, budget_mb)
     finally:
         emb.remove()
         for h in handles:
             h.remove()
         for p, req in params:
             p.requires_grad_(req)
-    return {n: s / max(1, tokens) for n, s in acc.items()}
+    return {n: s / max(1, tokens[0]) for n, s in acc.items()}
 
 
 def retain_transforms(model, infos, batches, kind: str, damping: float, energy: float,
-                      whiten_out: dict | None = None) -> dict:
+                      whiten_out: dict | None = None, budget_mb: float | None = DEFAULT_BUDGET_MB) -> dict:
     """Per module, the ``in x in`` matrix P the direction is right-multiplied by (``D P``), from the
     retain inputs of ``batches`` (one forward pass, no gradient); ``kfac``: a pair ``(L, P)``, the
     direction becomes ``L D P`` (plus one backward pass for the output factors). ``whiten_out``: also
@@ -121,7 +125,7 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
             whiten_out[info.name] = cache[(key, "w")]
         out[info.name] = cache[key]
     if kind == "kfac":
-        s_r = output_grad_covariances(model, infos, batches)
+        s_r = output_grad_covariances(model, infos, batches, budget_mb=budget_mb)
         out = {n: (_damped_inverse(s_r[n], damping), p) for n, p in out.items()}
     return out
 

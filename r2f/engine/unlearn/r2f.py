@@ -75,7 +75,8 @@ def r2f_direction(ctx: UnlearnContext, decoder=None, token_beta: float | None = 
     if cfg.unlearn.retain_weight > 0:
         rb = qa_batches(tok, ctx.retain, cfg.models.max_len, key_only=cfg.unlearn.key_only)
         grams = {}
-        lg = lora_gradients(model, infos, rb, cfg.lora.rank, cfg.lora.alpha, "descent", grams_out=grams)
+        lg = lora_gradients(model, infos, rb, cfg.lora.rank, cfg.lora.alpha, "descent", grams_out=grams,
+                            budget_mb=cfg.unlearn.activation_budget_mb)
         sk = sketches(infos, lg, grams)
         for info in infos:
             direction[info.name].add(cfg.unlearn.retain_weight, *decode_factors(decoder, sk[info.name]))
@@ -115,11 +116,11 @@ def group_factors(model, tok, cfg, infos, views, decoder, weighting, refusals, o
     if cfg.lora.init == "activation":
         grams = activation_grams(model, infos, batches, weighting, factored=True)
         lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha, objective,
-                            A_init=top_bases(grams, cfg.lora.rank))
+                            A_init=top_bases(grams, cfg.lora.rank), budget_mb=cfg.unlearn.activation_budget_mb)
     else:
         grams = {}
         lg = lora_gradients(model, infos, batches, cfg.lora.rank, cfg.lora.alpha,
-                            objective, grams_out=grams, seed=cfg.unlearn.seed)
+                            objective, grams_out=grams, seed=cfg.unlearn.seed, budget_mb=cfg.unlearn.activation_budget_mb)
     sk = sketches(infos, lg, grams)  # q/k/v (gate/up) share one Gram: decomposed once when the decoder needs it
     return {i.name: decode_factors(decoder, sk[i.name]) for i in infos}
 
