@@ -14,6 +14,17 @@ Per variant: ``dev_fq`` = forget quality of the dev request (KS test of its forg
 against the retain-forget10 model's on the same rows, which never saw them); the answer NLL of the
 dev request and of the dev neighbours before and after (``neighbour_rise``: relative NLL rise).
 The goal shape: ``dev_fq`` >= 0.05 with a small ``neighbour_rise``.
+In the pretrained world (``--params params-smollm2-tofu.yaml``, ``selective_dev_smollm2``) the target
+knows only forget05's authors (190-199, evaluation sets) and retain authors 0-29 (0-19 are
+retain_perturbed), so the dev request is retain authors 28-29 and the dev neighbours 26-27, both taken
+out of the calibration items (which become authors 20-25). No model excludes 28-29, so there is no
+dev forget quality; its stand-in is what fails the gate there, privleak: ``dev_auc`` is the Min-k%
+(k=0.4) AUC of the dev request against QA of authors 40-49, which no model of the world saw (0.5 =
+indistinguishable), and ``dev_privleak`` = (0.5 - (1 - dev_auc)) / 0.5 x -100 (privleak with a
+retain-model AUC of 0.5); ``unseen_nll`` is the target's answer NLL on those authors, the level a
+model that never learned the request sits at. r2f_pc's own forget level reads authors 30-34
+(``unlearn.r2f_pc.level_items``), not 40-49.
+
 Rows already in the JSON from the same code are kept (resume).
 """
 
@@ -23,9 +34,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import ENGINE, load_cfg, parser, run_rows, setup, write
+from common import ENGINE, load_cfg, parser, run_rows, setup, world_of, write
 
 DEV_FORGET, DEV_NEIGHBOURS = range(180, 182), range(182, 190)
+# the pretrained world (target: forget05 + retain authors 0-29): dev request, neighbours, calibration
+# authors, and the never-seen authors the dev MIA compares the request with
+PT_FORGET, PT_NEIGHBOURS, PT_CALIB, PT_UNSEEN = range(28, 30), range(26, 28), range(20, 26), range(40, 50)
 _IN, _PC = {"unlearn.r2f_pc.preconditioner": "input"}, "unlearn.r2f_pc."
 VARIANTS = {  # name: (method, overrides); every r2f_pc variant but "r2f_pc" (the default) names its settings
     "r2f": ("r2f", {}),
@@ -58,6 +72,13 @@ VARIANTS = {  # name: (method, overrides); every r2f_pc variant but "r2f_pc" (th
     "r2f_pc_key_p10": ("r2f_pc", {"unlearn.loss_tokens": "key", _PC + "retain_prob_drop": 0.10}),
     "r2f_pc_contrast": ("r2f_pc", {_PC + "basis": "contrast"}),
     "r2f_pc_contrast_p10": ("r2f_pc", {_PC + "basis": "contrast", _PC + "retain_prob_drop": 0.10}),
+    "r2f_pc_lvl_p10": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.10}),
+    "r2f_pc_lvl_p20": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20}),
+    "r2f_pc_lvl_p20_5step": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20,
+                                        _PC + "steps": 5}),
+    "r2f_pc_in_lvl_p20": ("r2f_pc", {**_IN, _PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20}),
+    "r2f_pc_wga_lvl_p20": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20,
+                                      _PC + "token_beta": 1.0}),
     "npo": ("npo", {}),
     "fullgrad": ("fullgrad", {}),
 }
@@ -75,13 +96,15 @@ def main() -> None:
         name, seed = args.one.rsplit(":", 1)
         print("RESULT " + json.dumps(_one(args, name, int(seed))), flush=True)
         return
-    stem = "selective_dev_quick" if args.quick else "selective_dev"
+    world = world_of(args.params)
+    base = "selective_dev" + (f"_{world}" if world else "")
+    stem = base + ("_quick" if args.quick else "")
     names = [v for v in args.variants.split(",") if v]
     for name in names:
         if name not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {name!r}; expected {', '.join(VARIANTS)}")
     jobs = [({"variant": n, "seed": s}, ["--one", f"{n}:{s}"]) for n in names for s in range(args.seeds)]
-    run_rows(__file__, args, stem, jobs, lambda rows: _write(args, rows))
+    run_rows(__file__, args, stem, jobs, lambda rows: _write(args, rows, base))
 
 def _one(args, name: str, seed: int) -> dict:
     from r2f.engine.api import reference_eval, unlearn_model
@@ -95,6 +118,8 @@ def _one(args, name: str, seed: int) -> dict:
     method, over = VARIANTS[name]
     cfg = load_cfg(args, {**over, "unlearn.seed": seed})
     tofu = load_tofu(cfg.data.tofu_dir)
+    if cfg.models.pretrained is not None:
+        return _one_pretrained(cfg, tofu, method)
     forget_ids = {q.id for q in tofu.authors(DEV_FORGET)}
     forget = [q for q in tofu.split("forget10") if q.id in forget_ids]  # with paraphrased/perturbed answers
     neighbours = tofu.authors(DEV_NEIGHBOURS)
@@ -120,17 +145,72 @@ def _one(args, name: str, seed: int) -> dict:
             "peak_rss_mb": rep["peak_rss_mb"]}
 
 
-def _write(args, rows) -> None:
-    cols = ["variant", "seed", "dev_fq", "forget_nll_before", "forget_nll", "neighbour_nll_before", "neighbour_nll",
-            "neighbour_rise", "eta", "steps", "wall_s"]
-    notes = [f"Dev request: TOFU authors {DEV_FORGET.start}-{DEV_FORGET.stop - 1}; dev neighbours: "
-             f"{DEV_NEIGHBOURS.start}-{DEV_NEIGHBOURS.stop - 1} (forget10 only; disjoint from forget01/05, "
-             "retain_perturbed, calibration and general knowledge).",
-             "dev_fq: KS p-value of the dev request's forget truth ratios vs the retain-forget10 model's on the "
-             "same rows; goal shape: dev_fq >= 0.05 with a small neighbour_rise (relative answer-NLL rise).",
-             "Every variant sizes its steps by the same retain budget (unlearn.eta.retain_budget) on the "
-             "calibration authors; r2f_pc builds its covariance on other calibration items."]
-    write("selective_dev", args, rows, cols, notes, {"variants": {k: list(v) for k, v in VARIANTS.items()}}, deps=DEPS)
+def _one_pretrained(cfg, tofu, method: str) -> dict:
+    """The pretrained world's dev row: the request is retain authors 28-29 (module docstring)."""
+    from r2f.engine.api import unlearn_model
+    from r2f.engine.metrics.mia import auc, min_k_scores
+    from r2f.engine.models.io import load_model
+    from r2f.engine.scoring import score
+    from r2f.engine.zoo import ensure_models
+
+    forget, neighbours = tofu.authors(PT_FORGET), tofu.authors(PT_NEIGHBOURS)
+    calib, unseen = tofu.authors(PT_CALIB), tofu.authors(PT_UNSEEN)
+    ml = cfg.models.max_len
+
+    def measure(model, tok) -> dict:
+        sc = {k: score(model, tok, [(q.question, q.answer) for q in v], ml)
+              for k, v in (("forget", forget), ("neighbours", neighbours), ("unseen", unseen))}
+        mink = {k: min_k_scores([s.logprobs[:-1] for s in v]) for k, v in sc.items()}
+        a = auc(mink["forget"], mink["unseen"])
+        out = {f"{k}_nll": sum(s.nll for s in v) / len(v) for k, v in sc.items()}
+        out.update(auc=a, privleak=((1 - a) - 0.5) / 0.5 * 100)
+        return out
+
+    target, tok = load_model(ensure_models(cfg, splits=(cfg.data.forget_split,)).path("target"))
+    before = measure(target, tok)
+    del target
+    with tempfile.TemporaryDirectory(dir=Path(cfg.state_dir)) as tmp:
+        rep = unlearn_model(cfg, method, out=Path(tmp) / "m", forget_items=forget, calib_items=calib)
+        model, tok = load_model(Path(tmp) / "m")
+    after = measure(model, tok)
+    info = rep["info"]
+    return {"method": method, "dev_auc": round(after["auc"], 4), "dev_privleak": round(after["privleak"], 2),
+            "dev_privleak_before": round(before["privleak"], 2),
+            "forget_nll_before": round(before["forget_nll"], 4), "forget_nll": round(after["forget_nll"], 4),
+            "unseen_nll": round(before["unseen_nll"], 4),
+            "neighbour_nll_before": round(before["neighbours_nll"], 4),
+            "neighbour_nll": round(after["neighbours_nll"], 4),
+            "neighbour_rise": round(after["neighbours_nll"] / before["neighbours_nll"] - 1, 4),
+            "level": info.get("forget_level"), "level_reached": info.get("level_reached"),
+            "eta": rep["eta"], "steps": info.get("steps"), "wall_s": rep["wall_s"],
+            "peak_rss_mb": rep["peak_rss_mb"]}
+
+
+def _write(args, rows, name: str) -> None:
+    if "dev_auc" in (rows[0] if rows else {}):
+        cols = ["variant", "seed", "dev_auc", "dev_privleak", "forget_nll_before", "forget_nll", "unseen_nll",
+                "neighbour_nll_before", "neighbour_nll", "neighbour_rise", "level_reached", "eta", "steps", "wall_s",
+                "peak_rss_mb"]
+        notes = [f"Pretrained world: dev request = TOFU authors {PT_FORGET.start}-{PT_FORGET.stop - 1} (known to the "
+                 f"target, in no evaluation set); dev neighbours {PT_NEIGHBOURS.start}-{PT_NEIGHBOURS.stop - 1}; "
+                 f"calibration and covariance items: authors {PT_CALIB.start}-{PT_CALIB.stop - 1} only.",
+                 f"dev_auc: Min-k% (k=0.4) AUC of the dev request vs QA of authors {PT_UNSEEN.start}-"
+                 f"{PT_UNSEEN.stop - 1}, which no model of this world saw (1 = request recognised, 0.5 = "
+                 "indistinguishable); dev_privleak: privleak against an AUC of 0.5 (the gate allows |privleak| <= 50); "
+                 "unseen_nll: the target's answer NLL on those authors.",
+                 "neighbour_rise: relative answer-NLL rise on the dev neighbours (the utility proxy; retain_perturbed, "
+                 "real authors and world facts are evaluation sets and stay out)."]
+    else:
+        cols = ["variant", "seed", "dev_fq", "forget_nll_before", "forget_nll", "neighbour_nll_before", "neighbour_nll",
+                "neighbour_rise", "eta", "steps", "wall_s"]
+        notes = [f"Dev request: TOFU authors {DEV_FORGET.start}-{DEV_FORGET.stop - 1}; dev neighbours: "
+                 f"{DEV_NEIGHBOURS.start}-{DEV_NEIGHBOURS.stop - 1} (forget10 only; disjoint from forget01/05, "
+                 "retain_perturbed, calibration and general knowledge).",
+                 "dev_fq: KS p-value of the dev request's forget truth ratios vs the retain-forget10 model's on the "
+                 "same rows; goal shape: dev_fq >= 0.05 with a small neighbour_rise (relative answer-NLL rise).",
+                 "Every variant sizes its steps by the same retain budget (unlearn.eta.retain_budget) on the "
+                 "calibration authors; r2f_pc builds its covariance on other calibration items."]
+    write(name, args, rows, cols, notes, {"variants": {k: list(v) for k, v in VARIANTS.items()}}, deps=DEPS)
 
 
 if __name__ == "__main__":

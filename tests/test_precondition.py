@@ -281,3 +281,52 @@ def test_fisher_micro_batches_cover_the_batch_within_the_token_budget(setup):
     whole = output_grad_covariances(model, [info], batches[:1], seed=5, budget_mb=None)[info.name]
     assert torch.allclose(small, small.T) and float(small.trace()) > 0
     assert abs(float(small.trace()) / float(whole.trace()) - 1) < 0.5
+
+
+def test_forget_target_takes_the_smallest_eta_that_reaches_it(tiny_cfg, tiny_models, tofu):
+    """calibrate_and_apply(forget_target=...): of the etas within budget, the smallest whose held-out
+    forget NLL reaches the target (every smaller one tried falls short); an unreachable target
+    takes the largest within budget and says so."""
+    from test_unlearn import _ctx
+
+    from r2f.engine.unlearn.apply import calibrate_and_apply
+    from r2f.engine.unlearn.r2f import r2f_direction
+
+    eta_cfg = tiny_cfg.unlearn.eta.model_copy(update={"retain_budget": 10.0})  # the budget is not the limit here
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta_cfg})})
+    results = {}
+    for name, rise in (("near", 0.05), ("far", 1e6)):
+        ctx = _ctx(cfg, tiny_models, tofu)
+        eta, info = calibrate_and_apply(ctx, r2f_direction(ctx), forget_target=lambda f, r=rise: f + r)
+        results[name] = eta, info
+    eta, info = results["near"]
+    assert info["reached"] and info["forget_nll"] >= info["forget_target"] - 1e-6
+    tried = [t for t in info["trials"] if "forget_nll" in t]
+    assert all(t["forget_nll"] < info["forget_target"] for t in tried if t["eta"] < eta)
+    assert all(t["forget_nll"] >= info["forget_target"] for t in tried if t["eta"] >= eta)
+    budget_max = max(t["eta"] for t in info["trials"] if t.get("within_budget"))
+    eta_far, info_far = results["far"]
+    assert not info_far["reached"] and eta_far == budget_max >= eta
+
+
+def test_r2f_pc_forget_level_stops_at_the_unseen_level(tiny_cfg, tiny_models, tofu):
+    """forget_level: unseen reads the model's NLL on never-seen QA as the level, records whether the
+    steps reached it, and refuses a context without such QA before any work."""
+    from test_unlearn import _ctx
+
+    from r2f.engine.unlearn.base import UnlearnError, get_method
+
+    pc = tiny_cfg.unlearn.r2f_pc.model_copy(update={"steps": 2, "retain_prob_drop": 0.5, "covariance_items": 16,
+                                                    "forget_level": "unseen", "level_scale": 0.5})
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})})
+    ctx = _ctx(cfg, tiny_models, tofu)
+    with pytest.raises(UnlearnError, match="forget_level"):
+        get_method("r2f_pc").run(ctx)
+    ctx.unseen = tofu.authors(range(100, 102))
+    res = get_method("r2f_pc").run(ctx)
+    info = res.info
+    assert info["level_items"] == 40 and info["forget_level"] > info["forget_nll_before"]
+    goal = info["forget_nll_before"] + 0.5 * (info["forget_level"] - info["forget_nll_before"])
+    assert info["level_reached"] == (info["forget_nll_steps"][-1] >= goal)
+    # every step before the last fell short of the goal (a step that reaches it is the last one)
+    assert all(f < goal for f in info["forget_nll_steps"][:-1]) and len(info["forget_nll_steps"]) == info["steps"]

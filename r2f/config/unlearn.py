@@ -63,6 +63,15 @@ class R2FPreconditionedConfig(_Strict):
     # order those retain losses do not move (0: off). projection_mu: ridge, x the mean squared norm
     retain_projection: int = Field(0, ge=0, le=256)
     projection_mu: float = Field(1e-3, gt=0)
+    # where the steps stop forgetting (docs/method.md): null = spend the retain budget (the largest eta
+    # within it); "unseen" = the held-out forget views' NLL should reach the model's own answer NLL on
+    # ``level_items`` QA about subjects it never saw (TOFU authors outside the world and every evaluation
+    # set), the level a model that never learned the request sits at: each step takes the smallest eta
+    # reaching its share of the way there, the retain budget stays the cap, and the steps stop once the
+    # level is reached (overshooting is what forget quality and privleak penalise too)
+    forget_level: Literal["unseen"] | None = None
+    level_scale: float = Field(1.0, gt=0, le=2)  # the target: before + level_scale x (unseen - before)
+    level_items: int = Field(100, ge=8)
 
 
 class GradAscentConfig(_Strict):

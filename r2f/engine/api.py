@@ -82,13 +82,16 @@ def ensure_decoder(cfg: Config, log: Log = _noop, progress=None, force: bool = F
 def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | None = None,
             model_path: str | Path | None = None, out: str | Path | None = None,
             log: Log = _noop, progress=None, forget_items: list | None = None, mapper=None,
-            nll_report: bool = True) -> dict:
+            nll_report: bool = True, calib_items: list | None = None) -> dict:
     """Apply one unlearning method to the target (default: the embedded target) and report the
     mean answer-token NLL on forget, retain and holdout before and after (``nll_report`` False: not
     measured, None in the report; for callers that evaluate the model in full anyway, like the
     TOFU bench). ``forget_items``: the rows of a deletion request (default: the whole
     ``forget_split``, which must contain them).
-    ``mapper``: where R2F's gradient shards run (:mod:`r2f.engine.parallel`; None: in this process)."""
+    ``mapper``: where R2F's gradient shards run (:mod:`r2f.engine.parallel`; None: in this process).
+    ``calib_items``: the retain items for calibration and retain terms (default: the retain authors
+    outside retain_perturbed, :func:`calibration_items`); the development bench passes a subset so its
+    dev request and neighbours stay out of every fit."""
 
     method = method or cfg.unlearn.method
     forget_split = forget_split or cfg.data.forget_split
@@ -120,7 +123,7 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     if unused:
         log(f"{method}: settings with no effect in this configuration: {', '.join(unused)}")
     forget = list(forget_items) if forget_items else tofu.split(forget_split)
-    calib = [q for q in tofu.authors(range(20, cfg.data.retain_authors))] or tofu.split("retain_perturbed")
+    calib = list(calib_items) if calib_items is not None else calibration_items(cfg, tofu)
     # the report's before/after NLLs: the request, and the retain / holdout sets under the evaluation's
     # item cap (eval.max_items: a pretrained world scores 100 of each, not 400)
     cap = cfg.eval.max_items
@@ -128,7 +131,8 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
     ml = cfg.models.max_len
     before = _scored(model, tok, evalsets, ml, progress, "answer NLL before") if nll_report else None
     ctx = UnlearnContext(model, tok, cfg, forget, calib, tofu.idontknow(), decoder,
-                         models.path("retain", forget_split), log, progress, mapper)
+                         models.path("retain", forget_split), log, progress, mapper,
+                         unseen=unseen_items(cfg, tofu))
     log(f"{method}: unlearning {len(forget)} forget items")
     t0 = time.perf_counter()
     result = impl.run(ctx)
@@ -148,6 +152,28 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
         save_model(result.model, tok, out, {"unlearn": report})
         report["out"] = str(out)
     return report
+
+
+def calibration_items(cfg: Config, tofu) -> list:
+    """The retain items methods calibrate on: the world's retain authors outside retain_perturbed
+    (authors 20..retain_authors-1; retain_perturbed itself when there are none)."""
+    return tofu.authors(range(20, cfg.data.retain_authors)) or tofu.split("retain_perturbed")
+
+
+def unseen_authors(cfg: Config) -> range:
+    """TOFU authors no model of this world trained on and no evaluation set holds: after the retain
+    authors, before the world's forget authors (30..179 for a forget10 or a forget05 world with 30
+    retain authors; holdout and retain_perturbed are other authors)."""
+    from r2f.engine.data import N_AUTHORS
+
+    return range(cfg.data.retain_authors, N_AUTHORS - 20)  # forget10's 20 authors are never "unseen"
+
+
+def unseen_items(cfg: Config, tofu) -> list:
+    """The first ``unlearn.r2f_pc.level_items`` QA of :func:`unseen_authors`: the reference of
+    r2f_pc's forget level (answers the model never learned)."""
+    n = cfg.unlearn.r2f_pc.level_items
+    return tofu.authors(unseen_authors(cfg))[:n]
 
 
 def _check_target_modules(model, kinds, source, log: Log) -> None:

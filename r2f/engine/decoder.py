@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from r2f.atomic import atomic_dir
 from r2f.engine.grads import LoraGrad, ModuleInfo
+from r2f.engine.grams import per_distinct
 from r2f.errors import R2FError
 
 if TYPE_CHECKING:
@@ -98,13 +99,8 @@ def make_sketch(info: ModuleInfo, lora: LoraGrad, gram) -> Sketch:
 def sketches(infos, lora: dict, grams: dict) -> dict[str, Sketch]:
     """One :class:`Sketch` per module; modules whose Grams are one tensor (a shared input) share one
     :class:`Spectrum`, so its eigendecomposition is computed and held once."""
-    spectra: dict = {}
-    out = {}
-    for i in infos:
-        g = grams[i.name]
-        spec = spectra.setdefault(id(g), (g, Spectrum(g)))[1]
-        out[i.name] = Sketch(i, lora[i.name], spec)
-    return out
+    spectra = per_distinct({i.name: grams[i.name] for i in infos}, Spectrum)
+    return {i.name: Sketch(i, lora[i.name], spectra[i.name]) for i in infos}
 
 
 def _prior_factors(sk: Sketch, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -235,16 +235,21 @@ def activation_grams(model, infos: Sequence, batches,
     return {n: acc[group_of[n]] for n in names}
 
 
-def top_bases(grams: dict, r: int) -> dict:
-    """:func:`top_basis` of every Gram, computed once per distinct Gram (q/k/v share one)."""
+def per_distinct(grams: dict, fn) -> dict:
+    """``{name: fn(gram)}`` with ``fn`` called once per distinct Gram object: modules that read one
+    input (q/k/v, gate/up) hold the same Gram (:class:`GramHooks`), so its decomposition is shared."""
     cache: dict = {}
     out = {}
     for n, k in grams.items():
-        key = id(k)
-        if key not in cache:
-            cache[key] = top_basis(k, r)
-        out[n] = cache[key]
+        if id(k) not in cache:
+            cache[id(k)] = fn(k)
+        out[n] = cache[id(k)]
     return out
+
+
+def top_bases(grams: dict, r: int) -> dict:
+    """:func:`top_basis` of every Gram, computed once per distinct Gram (q/k/v share one)."""
+    return per_distinct(grams, lambda k: top_basis(k, r))
 
 
 def top_basis(gram: torch.Tensor | GramFactor, r: int) -> torch.Tensor:

@@ -205,9 +205,42 @@ def apply_update(mods: dict, direction: dict, c: float) -> None:
             mods[n].weight.copy_(_new_weight(mods[n].weight, d, c))
 
 
+def _smallest_reaching(model, trial: Trial, fb: list, grid: list, scale: float, target: float, info: dict) -> float:
+    """The smallest eta of ``grid`` (ascending, every one within budget) whose held-out forget NLL
+    reaches ``target`` (the forget NLL rises with eta), by bisection; ``grid[-1]`` when none does.
+    Records the trials and ``reached`` in ``info``."""
+    lo, hi = -1, len(grid) - 1  # invariant: grid[hi] reaches the target, or hi is the last (tested last)
+    info["forget_target"] = target
+    try:
+        trial.c = grid[hi] * scale
+        f = _nll(model, fb)
+        info["trials"].append({"eta": grid[hi], "forget_nll": f})
+        if not f >= target:
+            info["reached"] = False
+            return grid[hi]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            trial.c = grid[mid] * scale
+            f = _nll(model, fb)
+            info["trials"].append({"eta": grid[mid], "forget_nll": f})
+            lo, hi = (lo, mid) if f >= target else (mid, hi)
+    finally:
+        trial.remove()
+    info["reached"] = True
+    return grid[hi]
+
+
+def answer_nll(ctx: UnlearnContext, items) -> float:
+    """Mean answer NLL of QA ``items`` at the current weights, encoded as eta calibration encodes its
+    views (``unlearn.key_only``): comparable with the calibration's forget NLL."""
+    cfg, tok = ctx.cfg, ctx.tokenizer
+    enc = [encode_qa(tok, q.question, q.answer, cfg.models.max_len, cfg.unlearn.key_only) for q in items]
+    return _nll(ctx.model, [collate(enc[i:i + 64], tok.pad_token_id) for i in range(0, len(enc), 64)])
+
+
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
                         refuse_over_budget: bool = True, budget_share: tuple[int, int] = (1, 1),
-                        prob_drop: float | None = None) -> tuple[float, dict]:
+                        prob_drop: float | None = None, forget_target=None) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
     The grid's trials run through :class:`Trial` (hooks, or trial weights restored exactly
@@ -222,7 +255,11 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     retain answers' (geometric-mean, per-token) probability instead of ``retain_budget``'s relative
     NLL rise: the retain NLL may rise by ``-ln(1 - prob_drop)`` nats (a model that memorised its
     retain answers to NLL 0.03 has a relative budget of a few thousandths of a nat, while the gate's
-    utility rule measures probabilities)."""
+    utility rule measures probabilities).
+    ``forget_target(base_forget_nll) -> nll``: a held-out forget NLL to reach rather than exceed (a
+    function of the views' NLL before this step): of the etas within budget,
+    the smallest whose held-out views' NLL reaches it (a second bisection, on the forget views); the
+    largest within budget when none does (``info["reached"]`` says which)."""
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
@@ -282,6 +319,8 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
         trial.remove()
     chosen = grid[lo] if lo >= 0 else None
     info["within_budget"] = chosen is not None
+    if chosen is not None and forget_target is not None:
+        chosen = _smallest_reaching(model, Trial(mods, direction), fb, grid[:lo + 1], scale, forget_target(base_f), info)
     if chosen is None and not refuse_over_budget:
         return 0.0, info
     if chosen is None:

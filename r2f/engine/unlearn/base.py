@@ -47,6 +47,7 @@ class UnlearnContext:
     log: Callable[[str], None] = lambda _msg: None
     progress: Callable[[str, int], Callable[[], None]] | None = None
     mapper: Any = None  # r2f.engine.parallel.Mapper: where gradient shards run (None: in this process)
+    unseen: list[QA] = field(default_factory=list)  # QA about subjects the model never saw (r2f_pc's forget level)
 
     def tick(self, label: str, total: int) -> Callable[[], None]:
         return self.progress(label, total) if self.progress else (lambda: None)

@@ -191,26 +191,43 @@ class R2F:
 
 
 def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: float | None = None,
-                  token_beta: float | None = None, whiten: dict | None = None) -> tuple[list, dict]:
+                  token_beta: float | None = None, whiten: dict | None = None,
+                  level: float | None = None, level_scale: float = 1.0) -> tuple[list, dict]:
     """``steps`` re-decoded R2F steps (shared by r2f and r2f_pc): each decodes the LoRA gradients at
     the current weights, optionally reshapes the direction (``transform(direction) -> direction``),
     and is calibrated against the *original* retain NLL; step k of n may spend k/n of the budget
     (``prob_drop``: the budget as a probability drop, apply.calibrate_and_apply). Stops when a later
-    step finds no eta within its share. Returns (etas applied, the last step's info + timings)."""
-    etas, t_grad, base_r, info, memory = [], 0.0, None, {}, {}
+    step finds no eta within its share. ``level``: the held-out forget NLL to reach (r2f_pc's forget
+    level): step k of n takes the smallest eta reaching ``f0 + level_scale (level - f0) k / n`` (f0
+    the views' NLL before the first step), within its budget share, and the steps stop once the whole
+    target is reached. Returns (etas applied, the last step's info + timings)."""
+    etas, t_grad, base_r, base_f, info, memory, forget = [], 0.0, None, None, {}, {}, []
     for step in range(steps):
         t0 = time.perf_counter()
         direction = r2f_direction(ctx, token_beta=token_beta, whiten=whiten, memory=memory)
         if transform is not None:
             direction = transform(direction)
         t_grad += time.perf_counter() - t0
+        target = None
+        if level is not None:  # f0: the views' NLL before the first step (its calibration measures it)
+            def target(cur, k=step + 1, f0=base_f):
+                f0 = cur if f0 is None else f0
+                return f0 + level_scale * (level - f0) * k / steps
         eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
-                                        budget_share=(step + 1, steps), prob_drop=prob_drop)
+                                        budget_share=(step + 1, steps), prob_drop=prob_drop, forget_target=target)
         base_r = info.get("base_retain_nll", base_r)
+        base_f = info.get("base_forget_nll") if base_f is None else base_f
         if eta == 0.0:
             break  # the retain budget is spent: nothing applied in this step
         etas.append(eta)
-    info.update(direction_s=t_grad, decoder=decoder_used(ctx.cfg, ctx.decoder), steps=len(etas), etas=etas)
+        forget.append(info.get("forget_nll"))
+        if level is not None and info["forget_nll"] >= base_f + level_scale * (level - base_f):
+            break  # the forget level is reached: further steps would overshoot it
+    info.update(direction_s=t_grad, decoder=decoder_used(ctx.cfg, ctx.decoder), steps=len(etas), etas=etas,
+                forget_nll_steps=forget)
+    if level is not None:
+        info.update(forget_level=level, forget_nll_before=base_f,
+                    level_reached=bool(forget) and forget[-1] >= base_f + level_scale * (level - base_f))
     if memory:  # the one-pass path: the sequences per forward + backward (and, under
         # unlearn.activation_budget_mb, what one forward keeps per token)
         info.update(micro_batch_used=memory.get("micro_batch"),

@@ -4,13 +4,16 @@ optimizer state), preconditions it by the retain inputs' covariance per module
 (:mod:`r2f.engine.unlearn.precondition`) and applies it with a calibrated step; ``steps`` steps share
 the retain budget (step k of n may spend k/n of it in total, as multi-step R2F). With
 ``retain_projection`` the preconditioned update is also projected off the decoded retain gradients
-(GRU, :func:`r2f.engine.unlearn.precondition.project_out`)."""
+(GRU, :func:`r2f.engine.unlearn.precondition.project_out`). With ``forget_level: unseen`` each step
+takes the smallest eta that brings the held-out forget views toward the model's own NLL on QA about
+subjects it never saw, and the steps stop there (the retain budget stays the cap)."""
 
 from __future__ import annotations
 
 import time
 
 from r2f.engine.grads import qa_batches, target_modules
+from r2f.engine.unlearn.apply import answer_nll
 from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
 from r2f.engine.unlearn.precondition import precondition, project_out, retain_transforms, transform_memory_mb
 from r2f.engine.unlearn.r2f import decoded_steps, retain_directions
@@ -44,7 +47,18 @@ class R2FPreconditioned:
         def transform(d: dict) -> dict:
             return project_out(precondition(d, transforms), retain_r, pc.projection_mu)
 
-        etas, info = decoded_steps(ctx, pc.steps, transform, pc.retain_prob_drop, pc.token_beta, whiten)
+        level, t_level = None, 0.0
+        if pc.forget_level == "unseen":
+            if len(ctx.unseen) < 8:
+                raise UnlearnError("unlearn.r2f_pc.forget_level 'unseen' needs QA about subjects the model never "
+                                   f"saw (the request's context has {len(ctx.unseen)}); set forget_level: null")
+            t0 = time.perf_counter()
+            level = answer_nll(ctx, ctx.unseen)  # the answer NLL of facts this model never learned
+            t_level = time.perf_counter() - t0
+        etas, info = decoded_steps(ctx, pc.steps, transform, pc.retain_prob_drop, pc.token_beta, whiten,
+                                   level=level, level_scale=pc.level_scale)
+        if level is not None:
+            info.update(level_items=len(ctx.unseen), level_s=t_level)
         info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner, basis=pc.basis,
                     preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items),
                     retain_projection=len(retain_r), projection_s=t_proj)

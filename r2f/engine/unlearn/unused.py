@@ -50,4 +50,6 @@ def unused_settings(cfg, method: str) -> list[str]:
             out.append("unlearn.r2f_pc.damping")
         if not pc.retain_projection:
             out.append("unlearn.r2f_pc.projection_mu")
+        if pc.forget_level is None:
+            out += ["unlearn.r2f_pc.level_scale", "unlearn.r2f_pc.level_items"]
     return list(dict.fromkeys(out))
