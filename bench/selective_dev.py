@@ -182,7 +182,9 @@ def _one_pretrained(cfg, tofu, method: str) -> dict:
             "neighbour_nll": round(after["neighbours_nll"], 4),
             "neighbour_rise": round(after["neighbours_nll"] / before["neighbours_nll"] - 1, 4),
             "level": info.get("forget_level"), "level_reached": info.get("level_reached"),
-            "eta": rep["eta"], "steps": info.get("steps"), "wall_s": rep["wall_s"],
+            "eta": rep["eta"], "etas": info.get("etas"), "forget_nll_steps": info.get("forget_nll_steps"),
+            "grid_extended": info.get("grid_extended"), "steps": info.get("steps"), "wall_s": rep["wall_s"],
+            "direction_s": info.get("direction_s"), "preconditioner_s": info.get("preconditioner_s"),
             "peak_rss_mb": rep["peak_rss_mb"]}
 
 

@@ -330,3 +330,21 @@ def test_r2f_pc_forget_level_stops_at_the_unseen_level(tiny_cfg, tiny_models, to
     assert info["level_reached"] == (info["forget_nll_steps"][-1] >= goal)
     # every step before the last fell short of the goal (a step that reaches it is the last one)
     assert all(f < goal for f in info["forget_nll_steps"][:-1]) and len(info["forget_nll_steps"]) == info["steps"]
+
+
+def test_eta_grid_top_doubles_while_within_budget(tiny_cfg, tiny_models, tofu):
+    """extend=k: a grid whose top is still within budget doubles (at most k times) before the
+    bisection, so a preconditioned step is not capped by a grid sized for plain steps."""
+    from test_unlearn import _ctx
+
+    from r2f.engine.unlearn.apply import calibrate_and_apply
+    from r2f.engine.unlearn.r2f import r2f_direction
+
+    eta_cfg = tiny_cfg.unlearn.eta.model_copy(update={"grid": [1e-6, 2e-6], "retain_budget": 10.0})
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta_cfg})})
+    plain, _ = calibrate_and_apply(_ctx(cfg, tiny_models, tofu), r2f_direction(_ctx(cfg, tiny_models, tofu)))
+    ctx = _ctx(cfg, tiny_models, tofu)
+    eta, info = calibrate_and_apply(ctx, r2f_direction(ctx), extend=6)
+    assert plain == 2e-6
+    assert info["grid_extended"] == 6 and eta == 2e-6 * 2 ** 6  # a tiny step: every doubling stays within budget
+    assert all(t["within_budget"] for t in info["trials"])

@@ -240,7 +240,7 @@ def answer_nll(ctx: UnlearnContext, items) -> float:
 
 def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float | None = None,
                         refuse_over_budget: bool = True, budget_share: tuple[int, int] = (1, 1),
-                        prob_drop: float | None = None, forget_target=None) -> tuple[float, dict]:
+                        prob_drop: float | None = None, forget_target=None, extend: int = 0) -> tuple[float, dict]:
     """Choose eta (or use the configured one), apply the update, return (eta, calibration info).
 
     The grid's trials run through :class:`Trial` (hooks, or trial weights restored exactly
@@ -259,7 +259,9 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     ``forget_target(base_forget_nll) -> nll``: a held-out forget NLL to reach rather than exceed (a
     function of the views' NLL before this step): of the etas within budget,
     the smallest whose held-out views' NLL reaches it (a second bisection, on the forget views); the
-    largest within budget when none does (``info["reached"]`` says which)."""
+    largest within budget when none does (``info["reached"]`` says which). ``extend``: when the grid's
+    largest eta is still within budget, double it up to this many times (preconditioned steps need
+    etas 100-3,000x a plain step's, docs/method.md §9); ``info["grid_extended"]`` counts the doublings."""
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
@@ -301,20 +303,31 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     grid = sorted(ec.grid)
     tick = ctx.tick("eta calibration trials", math.ceil(math.log2(len(grid) + 1)))
     trial = Trial(mods, direction)
+    limit = base_r - math.log1p(-budget) if prob_drop is not None else base_r * (1 + budget)
+
+    def within(eta: float) -> bool:
+        trial.c = eta * scale
+        r = _nll(model, rb)
+        ok = math.isfinite(r) and r <= limit
+        info["trials"].append({"eta": eta, "retain_nll": r, "within_budget": ok})
+        tick()
+        return ok
+
     # Bisection over the sorted grid for the largest eta within budget (the retain NLL rises with
     # eta): ceil(log2(n + 1)) trials instead of up to n for an ascending scan (4 instead of 10
     # for the 12-value grid on SmolLM2). Every trial above the chosen eta failed.
     lo, hi = -1, len(grid)
     try:
+        if extend:  # the grid's top first: while within budget, the grid (sized for plain steps) is what
+            # binds, so it doubles, up to ``extend`` times, and the bisection runs below the first failure
+            lo, hi = (len(grid) - 1, len(grid)) if within(grid[-1]) else (-1, len(grid) - 1)
+            while hi == len(grid) and len(grid) < len(ec.grid) + extend:
+                grid.append(grid[-1] * 2)
+                lo, hi = (lo + 1, hi + 1) if within(grid[-1]) else (lo, hi)
+            info["grid_extended"] = len(grid) - len(ec.grid)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            trial.c = grid[mid] * scale
-            r = _nll(model, rb)
-            limit = base_r - math.log1p(-budget) if prob_drop is not None else base_r * (1 + budget)
-            ok = math.isfinite(r) and r <= limit
-            info["trials"].append({"eta": grid[mid], "retain_nll": r, "within_budget": ok})
-            tick()
-            lo, hi = (mid, hi) if ok else (lo, mid)
+            lo, hi = (mid, hi) if within(grid[mid]) else (lo, mid)
     finally:
         trial.remove()
     chosen = grid[lo] if lo >= 0 else None

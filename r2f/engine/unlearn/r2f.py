@@ -192,7 +192,7 @@ class R2F:
 
 def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: float | None = None,
                   token_beta: float | None = None, whiten: dict | None = None,
-                  level: float | None = None, level_scale: float = 1.0) -> tuple[list, dict]:
+                  level: float | None = None, level_scale: float = 1.0, extend: int = 0) -> tuple[list, dict]:
     """``steps`` re-decoded R2F steps (shared by r2f and r2f_pc): each decodes the LoRA gradients at
     the current weights, optionally reshapes the direction (``transform(direction) -> direction``),
     and is calibrated against the *original* retain NLL; step k of n may spend k/n of the budget
@@ -200,7 +200,8 @@ def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: fl
     step finds no eta within its share. ``level``: the held-out forget NLL to reach (r2f_pc's forget
     level): step k of n takes the smallest eta reaching ``f0 + level_scale (level - f0) k / n`` (f0
     the views' NLL before the first step), within its budget share, and the steps stop once the whole
-    target is reached. Returns (etas applied, the last step's info + timings)."""
+    target is reached. ``extend``: doublings of the eta grid's top allowed (apply.calibrate_and_apply).
+    Returns (etas applied, the last step's info + timings)."""
     etas, t_grad, base_r, base_f, info, memory, forget = [], 0.0, None, None, {}, {}, []
     for step in range(steps):
         t0 = time.perf_counter()
@@ -214,7 +215,8 @@ def decoded_steps(ctx: UnlearnContext, steps: int, transform=None, prob_drop: fl
                 f0 = cur if f0 is None else f0
                 return f0 + level_scale * (level - f0) * k / steps
         eta, info = calibrate_and_apply(ctx, direction, base_retain=base_r, refuse_over_budget=step == 0,
-                                        budget_share=(step + 1, steps), prob_drop=prob_drop, forget_target=target)
+                                        budget_share=(step + 1, steps), prob_drop=prob_drop, forget_target=target,
+                                        extend=extend)
         base_r = info.get("base_retain_nll", base_r)
         base_f = info.get("base_forget_nll") if base_f is None else base_f
         if eta == 0.0:

@@ -18,6 +18,11 @@ from r2f.engine.unlearn.base import UnlearnContext, UnlearnError, UnlearnResult
 from r2f.engine.unlearn.precondition import precondition, project_out, retain_transforms, transform_memory_mb
 from r2f.engine.unlearn.r2f import decoded_steps, retain_directions
 
+# a preconditioned direction needs etas 100-3,000x a plain step's (issue #20's prototype); the shared
+# grid is sized for plain steps (SmolLM2's tops at 1e-3, where r2f_pc stopped far inside its budget on
+# the dev request), so its top may double this many times while still within the retain budget
+GRID_DOUBLINGS = 10
+
 
 class R2FPreconditioned:
     name = "r2f_pc"
@@ -56,7 +61,7 @@ class R2FPreconditioned:
             level = answer_nll(ctx, ctx.unseen)  # the answer NLL of facts this model never learned
             t_level = time.perf_counter() - t0
         etas, info = decoded_steps(ctx, pc.steps, transform, pc.retain_prob_drop, pc.token_beta, whiten,
-                                   level=level, level_scale=pc.level_scale)
+                                   level=level, level_scale=pc.level_scale, extend=GRID_DOUBLINGS)
         if level is not None:
             info.update(level_items=len(ctx.unseen), level_s=t_level)
         info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner, basis=pc.basis,
