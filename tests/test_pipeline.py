@@ -108,8 +108,8 @@ def _changed(dump: dict, key: str, value):
         cands = [value[:-1], value + value[-1:]] if value else [["/tmp"]]
     elif isinstance(value, dict):
         cands = [{"endpointurl": "x"}]
-    else:  # None: a number, a flag, a string or a section of defaults (models.pretrained)
-        cands = [1, 0.5, True, "x", {}]
+    else:  # None: a number, a flag, a string, a section of defaults (models.pretrained) or a literal
+        cands = [1, 0.5, True, "x", {}, *_literals(key)]
     for c in cands:
         if c == value:
             continue
