@@ -74,20 +74,29 @@ def load_cfg(args, extra: dict | None = None):
 
 def run_child(script: str | Path, args, extra: list[str]) -> dict:
     """Run ``script`` with ``extra`` (e.g. ``--one r2f``) in its own process, so its wall time and
-    peak RSS are its own; returns its ``RESULT {json}`` line, or ``{"error": last stderr line}``."""
+    peak RSS are its own; returns its ``RESULT {json}`` line, or ``{"error": last stderr line}``.
+    The child's stderr (progress, logs) streams to ``.r2f/bench-logs/<script>-<extra>.log`` while it
+    runs, so a row that takes unusually long can be looked at (``tail -f``) instead of guessed at."""
+    import re
+
     cmd = [sys.executable, str(script), *extra, "--params", args.params, "--out", args.out]
     cmd += ["--quick"] if args.quick else []
     for s in args.sets:
         cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    logs = ROOT / ".r2f" / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / (re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join([Path(script).stem, *extra])).strip("_")[:120] + ".log")
+    with log.open("w") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, check=False)
+    stderr = log.read_text(errors="replace")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
-        print(proc.stderr[-3000:])
+        print(stderr[-3000:])
         if proc.returncode < 0:  # killed by a signal, with no message of its own
             sig = -proc.returncode
             why = " (SIGKILL: e.g. the kernel's out-of-memory killer)" if sig == 9 else ""
             return {"error": f"killed by signal {sig}{why}"}
-        return {"error": (proc.stderr.strip().splitlines() or [f"failed with exit status {proc.returncode}"])[-1]}
+        return {"error": (stderr.strip().splitlines() or [f"failed with exit status {proc.returncode}"])[-1]}
     return json.loads(line[-1][7:])
 
 
