@@ -144,6 +144,7 @@ def main() -> None:
     world = world_of(args.params)
     stem = f"tofu_{world + '_' if world else ''}{args.split}"
     journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
+    journal.parent.mkdir(parents=True, exist_ok=True)  # a fresh --out folder (the journal is its first file)
     key = _run_key(cfg, args.split)
     done = _journal(journal, key)
     seeded = set(args.seeded.split(",")) if args.seeded else set(methods)
