@@ -22,6 +22,7 @@ CASES = [("gram", "now"), ("gram", "before"), ("fisher", "now"), ("fisher", "bef
 
 
 def child(args) -> None:
+    from r2f.engine.api import calibration_items
     from r2f.engine.data import load_tofu
     from r2f.engine.grads import qa_batches, target_modules
     from r2f.engine.grams import activation_grams, capture_activations, grams_of
@@ -34,7 +35,7 @@ def child(args) -> None:
     first = cfg.unlearn.eta.calibration_items
     # the covariance items r2f_pc uses: the calibration retain authors (api.unlearn_model's ctx.retain)
     # after eta's calibration items
-    calib = load_tofu(cfg.data.tofu_dir).authors(range(20, cfg.data.retain_authors))
+    calib = calibration_items(cfg, load_tofu(cfg.data.tofu_dir))
     items = calib[first:first + cfg.unlearn.r2f_pc.covariance_items]
     infos = target_modules(model, cfg.lora.target_modules)
     batches = qa_batches(tok, items, cfg.models.max_len)

@@ -166,6 +166,7 @@ def fidelity(args, cfg, model, tok, split, decoders: dict, proxy: Path) -> dict:
 def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None, steps: int = 1) -> None:
     import torch
 
+    from r2f.engine.api import unseen_items
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.knowledge import KnowledgeSplit, evaluate
@@ -197,8 +198,9 @@ def one(args, method: str, proxy_key: str, meta_file: str, budget: float | None,
         if method == "r2f":
             decoder = LearnedDecoder.load(meta["decoders"][proxy_key]) if proxy_key in meta["decoders"] else "analytic"
         # what is unlearned and calibrated on: the target's own answers (r2f.engine.knowledge)
+        # r2f_pc's forget level: TOFU's fictitious authors are facts this model never saw
         ctx = UnlearnContext(model, tok, cfg, split.as_said(split.forget), split.as_said(split.calibration),
-                             tofu.idontknow(), decoder)
+                             tofu.idontknow(), decoder, unseen=unseen_items(cfg, tofu))
         t0 = time.perf_counter()
         res = get_method(method).run(ctx)
         row.update(wall_s=round(time.perf_counter() - t0, 2), eta=res.eta)

@@ -72,7 +72,7 @@ def run(args) -> tuple[list[dict], dict]:
     import torch
 
     from flows.distributed import DaskMapper, dask_cluster
-    from r2f.engine.api import ensure_decoder, reference_eval
+    from r2f.engine.api import calibration_items, ensure_decoder, reference_eval
     from r2f.engine.data import load_tofu
     from r2f.engine.decoder import LearnedDecoder
     from r2f.engine.evaluation import evaluate, to_json
@@ -95,7 +95,7 @@ def run(args) -> tuple[list[dict], dict]:
     retain_eval = reference_eval(cfg, "retain", split, log)
     target_path = models.path("target")
     model, tok = load_model(target_path)
-    calib = tofu.authors(range(20, cfg.data.retain_authors))
+    calib = calibration_items(cfg, tofu)
     grad_views, _ = views_split(forget, cfg.paraphrase)
     batches, seqs = group_batches(tok, [[v] for v in grad_views], cfg.models.max_len, cfg.unlearn.objective,
                                   tofu.idontknow(), chunk=cfg.unlearn.micro_batch)

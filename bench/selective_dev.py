@@ -20,8 +20,8 @@ retain_perturbed), so the dev request is retain authors 28-29 and the dev neighb
 out of the calibration items (which become authors 20-25). No model excludes 28-29, so there is no
 dev forget quality; its stand-in is what fails the gate there, privleak: ``dev_auc`` is the Min-k%
 (k=0.4) AUC of the dev request against QA of authors 40-49, which no model of the world saw (0.5 =
-indistinguishable), and ``dev_privleak`` = (0.5 - (1 - dev_auc)) / 0.5 x -100 (privleak with a
-retain-model AUC of 0.5); ``unseen_nll`` is the target's answer NLL on those authors, the level a
+indistinguishable), and ``dev_privleak`` is privleak (metrics.mia.privleak) against a retain-model
+AUC of 0.5; ``unseen_nll`` is the target's answer NLL on those authors, the level a
 model that never learned the request sits at. r2f_pc's own forget level reads authors 30-34
 (``unlearn.r2f_pc.level_items``), not 40-49.
 
@@ -79,9 +79,20 @@ VARIANTS = {  # name: (method, overrides); every r2f_pc variant but "r2f_pc" (th
     "r2f_pc_in_lvl_p20": ("r2f_pc", {**_IN, _PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20}),
     "r2f_pc_wga_lvl_p20": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20,
                                       _PC + "token_beta": 1.0}),
+    # cost levers of the level variant (the issue's goal: <= 0.5x NPO's wall time)
+    "r2f_pc_lvl_p20_2step": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20,
+                                        _PC + "steps": 2}),
+    "r2f_pc_lvl_p20_2view": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20,
+                                        "paraphrase.views": 2}),
+    "r2f_pc_lvl_p20_cal32": ("r2f_pc", {_PC + "forget_level": "unseen", _PC + "retain_prob_drop": 0.20,
+                                        "unlearn.eta.calibration_items": 32}),
+    "r2f_pc_cheap": ("r2f_pc", {_PC + "steps": 2, "paraphrase.views": 2, "unlearn.eta.calibration_items": 32}),
     "npo": ("npo", {}),
     "fullgrad": ("fullgrad", {}),
 }
+for _name, (_method, _over) in VARIANTS.items():  # the variants named before the forget level was the
+    if _method == "r2f_pc" and _name != "r2f_pc" and "_lvl" not in _name and _name != "r2f_pc_cheap":
+        _over.setdefault(_PC + "forget_level", None)  # default spend the budget, as they did when measured
 DEPS = (*ENGINE, "bench/selective_dev.py")
 
 
@@ -148,7 +159,7 @@ def _one(args, name: str, seed: int) -> dict:
 def _one_pretrained(cfg, tofu, method: str) -> dict:
     """The pretrained world's dev row: the request is retain authors 28-29 (module docstring)."""
     from r2f.engine.api import unlearn_model
-    from r2f.engine.metrics.mia import auc, min_k_scores
+    from r2f.engine.metrics.mia import auc, min_k_scores, privleak
     from r2f.engine.models.io import load_model
     from r2f.engine.scoring import score
     from r2f.engine.zoo import ensure_models
@@ -163,7 +174,7 @@ def _one_pretrained(cfg, tofu, method: str) -> dict:
         mink = {k: min_k_scores([s.logprobs[:-1] for s in v]) for k, v in sc.items()}
         a = auc(mink["forget"], mink["unseen"])
         out = {f"{k}_nll": sum(s.nll for s in v) / len(v) for k, v in sc.items()}
-        out.update(auc=a, privleak=((1 - a) - 0.5) / 0.5 * 100)
+        out.update(auc=a, privleak=privleak(a, 0.5).value)  # a never-seen request's AUC is 0.5
         return out
 
     target, tok = load_model(ensure_models(cfg, splits=(cfg.data.forget_split,)).path("target"))

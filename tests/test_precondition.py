@@ -106,7 +106,8 @@ def test_r2f_pc_keeps_a_probability_budget_for_all_steps(tiny_cfg, tiny_models, 
     from r2f.engine.models.nll import mean_nll
     from r2f.engine.unlearn.base import get_method
 
-    pc = tiny_cfg.unlearn.r2f_pc.model_copy(update={"steps": 2, "retain_prob_drop": 0.05, "covariance_items": 16})
+    pc = tiny_cfg.unlearn.r2f_pc.model_copy(update={"steps": 2, "retain_prob_drop": 0.05, "covariance_items": 16,
+                                                    "forget_level": None})  # spend the budget: its bound is the test
     cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})})
     ctx = _ctx(cfg, tiny_models, tofu)
     retain = ctx.retain[:cfg.unlearn.eta.calibration_items]
@@ -304,9 +305,35 @@ def test_forget_target_takes_the_smallest_eta_that_reaches_it(tiny_cfg, tiny_mod
     tried = [t for t in info["trials"] if "forget_nll" in t]
     assert all(t["forget_nll"] < info["forget_target"] for t in tried if t["eta"] < eta)
     assert all(t["forget_nll"] >= info["forget_target"] for t in tried if t["eta"] >= eta)
-    budget_max = max(t["eta"] for t in info["trials"] if t.get("within_budget"))
     eta_far, info_far = results["far"]
+    budget_max = max(t["eta"] for t in info_far["trials"] if t.get("within_budget"))
     assert not info_far["reached"] and eta_far == budget_max >= eta
+
+
+def test_forget_first_search_checks_the_budget_once_and_falls_back_below(tiny_cfg, tiny_models, tofu):
+    """The forget target is searched first: when its smallest reaching eta is within budget, one
+    retain trial decides; when it is over budget, the step takes the largest eta within budget
+    below it (short of the target, ``reached`` False), as a budget-first search would."""
+    from test_unlearn import _ctx
+
+    from r2f.engine.unlearn.apply import calibrate_and_apply
+    from r2f.engine.unlearn.r2f import r2f_direction
+
+    def run(budget: float, rise: float):
+        eta_cfg = tiny_cfg.unlearn.eta.model_copy(update={"retain_budget": budget})
+        cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta_cfg})})
+        ctx = _ctx(cfg, tiny_models, tofu)
+        return calibrate_and_apply(ctx, r2f_direction(ctx), forget_target=lambda f: f + rise)
+
+    eta, info = run(10.0, 0.05)
+    retain = [t for t in info["trials"] if "retain_nll" in t]
+    assert info["reached"] and len(retain) == 1 and retain[0]["eta"] == eta and retain[0]["within_budget"]
+    # a target far past what the budget allows: the largest eta within budget, every larger tried one over it
+    eta, info = run(0.02, 1e6)
+    retain = [t for t in info["trials"] if "retain_nll" in t]
+    assert not info["reached"] and info["within_budget"]
+    assert all(t["within_budget"] for t in retain if t["eta"] <= eta)
+    assert all(not t["within_budget"] for t in retain if t["eta"] > eta) and any(t["eta"] > eta for t in retain)
 
 
 def test_r2f_pc_forget_level_stops_at_the_unseen_level(tiny_cfg, tiny_models, tofu):
@@ -320,9 +347,10 @@ def test_r2f_pc_forget_level_stops_at_the_unseen_level(tiny_cfg, tiny_models, to
                                                     "forget_level": "unseen", "level_scale": 0.5})
     cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})})
     ctx = _ctx(cfg, tiny_models, tofu)
+    unseen, ctx.unseen = ctx.unseen, []
     with pytest.raises(UnlearnError, match="forget_level"):
         get_method("r2f_pc").run(ctx)
-    ctx.unseen = tofu.authors(range(100, 102))
+    ctx.unseen = unseen
     res = get_method("r2f_pc").run(ctx)
     info = res.info
     assert info["level_items"] == 40 and info["forget_level"] > info["forget_nll_before"]

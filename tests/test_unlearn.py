@@ -11,7 +11,7 @@ from r2f.engine.unlearn.apply import calibrate_and_apply
 def _ctx(cfg, models, tofu, decoder="analytic"):
     model, tok = load_model(models.path("target"))
     return UnlearnContext(model, tok, cfg, tofu.split(cfg.data.forget_split), tofu.authors(range(20, 22)),
-                          tofu.idontknow(), decoder, models.path("retain"))
+                          tofu.idontknow(), decoder, models.path("retain"), unseen=tofu.authors(range(100, 102)))
 
 
 def test_unknown_method():

@@ -40,9 +40,9 @@ class R2FPreconditionedConfig(_Strict):
     steps: int = Field(3, ge=1, le=50)
     # the retain budget of all steps together as the largest drop of the calibration retain answers'
     # probability (None: unlearn.eta.retain_budget, a relative NLL rise); r2f.engine.unlearn.apply
-    # 0.05: the calibration answers may lose at most 5 % of their probability, all steps together (the
-    # gate's utility rule allows 5 %); chosen on bench/results/selective_dev (dev authors, no evaluation set)
-    retain_prob_drop: float | None = Field(0.05, gt=0, lt=1)
+    # 0.20 with forget_level "unseen": a cap, not the sizing rule (the steps stop at the level first
+    # where they can); chosen on bench/results/selective_dev_smollm2 (dev authors, no evaluation set)
+    retain_prob_drop: float | None = Field(0.20, gt=0, lt=1)
     # kfac: both Kronecker factors of the retain Fisher (S_r, A_r), the most selective on the dev
     # request at equal budget; input: A_r only (forward only); nullspace: AlphaEdit's projection
     preconditioner: Literal["input", "nullspace", "kfac"] = "kfac"
@@ -69,7 +69,7 @@ class R2FPreconditionedConfig(_Strict):
     # set), the level a model that never learned the request sits at: each step takes the smallest eta
     # reaching its share of the way there, the retain budget stays the cap, and the steps stop once the
     # level is reached (overshooting is what forget quality and privleak penalise too)
-    forget_level: Literal["unseen"] | None = None
+    forget_level: Literal["unseen"] | None = "unseen"
     level_scale: float = Field(1.0, gt=0, le=2)  # the target: before + level_scale x (unseen - before)
     level_items: int = Field(100, ge=8)
 

@@ -164,9 +164,9 @@ def unseen_authors(cfg: Config) -> range:
     """TOFU authors no model of this world trained on and no evaluation set holds: after the retain
     authors, before the world's forget authors (30..179 for a forget10 or a forget05 world with 30
     retain authors; holdout and retain_perturbed are other authors)."""
-    from r2f.engine.data import N_AUTHORS
+    from r2f.engine.data import Tofu
 
-    return range(cfg.data.retain_authors, N_AUTHORS - 20)  # forget10's 20 authors are never "unseen"
+    return range(cfg.data.retain_authors, Tofu.forget_authors("forget10").start)  # never "unseen"
 
 
 def unseen_items(cfg: Config, tofu) -> list:

@@ -48,14 +48,6 @@ class Spectrum:
     def __init__(self, gram):
         self._gram, self._eig = gram, None
 
-    @property
-    def gram(self):
-        """The Gram (dense or :class:`~r2f.engine.grams.GramFactor`), rebuilt from the eigenpairs once dropped."""
-        if self._gram is None:
-            evals, evecs = self._eig
-            return (evecs * evals) @ evecs.T
-        return self._gram
-
     def eig(self) -> tuple:
         if self._eig is None:
             import torch
@@ -76,10 +68,6 @@ class Sketch:
     info: ModuleInfo
     lora: LoraGrad
     spectrum: Spectrum
-
-    @property
-    def gram(self):
-        return self.spectrum.gram
 
     @property
     def evals(self) -> torch.Tensor:

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
+def input_key(x: torch.Tensor) -> tuple:
+    """What identifies one input tensor across the modules that read it (q/k/v, gate/up): its data
+    address and shape, valid while the tensor is alive (callers hold it for as long as they group)."""
+    return x.data_ptr(), tuple(x.shape)
+
+
 class GramHooks:
     """Forward hooks summing K = sum_t x_t x_t^T over the non-pad input tokens of each module, one
     product per group of modules reading the same input tensor (q/k/v and gate/up share one K). A
@@ -44,7 +50,7 @@ class GramHooks:
             x = inputs[0]
             if self._layer != layer:
                 self._layer, self._seen = layer, {}
-            first = self._seen.setdefault((x.data_ptr(), tuple(x.shape)), (name, x))[0]
+            first = self._seen.setdefault(input_key(x), (name, x))[0]
             self.leader[name] = first
             if first == name:
                 xm = x.detach().float().reshape(-1, x.shape[-1])[self.mask]
@@ -150,7 +156,7 @@ def capture_activations(model, infos: Sequence, batches, with_stats: bool = True
                 # q/k/v (and gate/up) read the same input tensor: one Gram per group of modules
                 groups: dict = {}
                 for n, x in xs.items():
-                    groups.setdefault((x.data_ptr(), tuple(x.shape)), []).append(n)
+                    groups.setdefault(input_key(x), []).append(n)
                 rows = {}
                 for names in groups.values():
                     key = tuple(names)

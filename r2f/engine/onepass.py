@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from r2f.engine.budget import token_cap
 from r2f.engine.grads import ModuleInfo, _sign, grads_only_for
-from r2f.engine.grams import GramFactor, token_weights, top_basis
+from r2f.engine.grams import GramFactor, input_key, token_weights, top_basis
 from r2f.engine.models.encoding import collate, encode_qa
 from r2f.engine.models.head import answer_forward
 from r2f.engine.models.nll import token_nll
@@ -149,7 +149,7 @@ def _run_bases(xs: dict, runs, w, rank: int, whiten: dict | None = None) -> dict
     shared: dict = {}
     out = {}
     for name, x in xs.items():
-        key = (x.data_ptr(), tuple(x.shape))
+        key = input_key(x)
         if key not in shared:
             per_run = []
             wm = whiten[name] if whiten is not None else None

@@ -7,7 +7,9 @@ eta is relative: the update's Frobenius norm over all adapted modules is ``eta``
 Calibration: the largest eta in the grid whose NLL on calibration retain items stays within
 ``(1 + retain_budget)`` of the original is found by bisection (the retain NLL rises with eta). The
 forget NLL on *held-out views* (paraphrases not used for the gradient) is measured before the step
-and once at the chosen eta, not at every trial (the trials decide on the retain NLL alone).
+and once at the chosen eta. With a forget target (R2F-PC's forget level) the bisection runs on the
+held-out views instead (the smallest eta that reaches the target), and the retain budget is checked
+once there, bisected only when that eta is over it.
 """
 
 from __future__ import annotations
@@ -205,29 +207,25 @@ def apply_update(mods: dict, direction: dict, c: float) -> None:
             mods[n].weight.copy_(_new_weight(mods[n].weight, d, c))
 
 
-def _smallest_reaching(model, trial: Trial, fb: list, grid: list, scale: float, target: float, info: dict) -> float:
-    """The smallest eta of ``grid`` (ascending, every one within budget) whose held-out forget NLL
-    reaches ``target`` (the forget NLL rises with eta), by bisection; ``grid[-1]`` when none does.
-    Records the trials and ``reached`` in ``info``."""
-    lo, hi = -1, len(grid) - 1  # invariant: grid[hi] reaches the target, or hi is the last (tested last)
-    info["forget_target"] = target
-    try:
-        trial.c = grid[hi] * scale
-        f = _nll(model, fb)
-        info["trials"].append({"eta": grid[hi], "forget_nll": f})
-        if not f >= target:
-            info["reached"] = False
-            return grid[hi]
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            trial.c = grid[mid] * scale
-            f = _nll(model, fb)
-            info["trials"].append({"eta": grid[mid], "forget_nll": f})
-            lo, hi = (lo, mid) if f >= target else (mid, hi)
-    finally:
-        trial.remove()
-    info["reached"] = True
-    return grid[hi]
+def _bisect(pred, lo: int, hi: int) -> int:
+    """The smallest index in ``(lo, hi]`` where ``pred`` holds, for a ``pred`` that is False up to
+    some index and True from there on, by bisection: ``pred(lo)`` is known False (or ``lo`` is -1)
+    and ``pred(hi)`` True (or ``hi`` is one past the end, never evaluated)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if pred(mid) else (mid, hi)
+    return hi
+
+
+def _grow(grid: list, pred, extend: int) -> tuple[int, int]:
+    """Test the grid's top; while ``pred`` fails there, append twice the top (at most ``extend``
+    times). Returns the ``(lo, hi)`` bounds :func:`_bisect` starts from."""
+    n0 = len(grid)
+    while not pred(len(grid) - 1):
+        if len(grid) >= n0 + extend:
+            return len(grid) - 1, len(grid)
+        grid.append(grid[-1] * 2)
+    return (len(grid) - 2 if len(grid) > n0 else -1), len(grid) - 1
 
 
 def answer_nll(ctx: UnlearnContext, items) -> float:
@@ -257,11 +255,12 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     retain answers to NLL 0.03 has a relative budget of a few thousandths of a nat, while the gate's
     utility rule measures probabilities).
     ``forget_target(base_forget_nll) -> nll``: a held-out forget NLL to reach rather than exceed (a
-    function of the views' NLL before this step): of the etas within budget,
-    the smallest whose held-out views' NLL reaches it (a second bisection, on the forget views); the
-    largest within budget when none does (``info["reached"]`` says which). ``extend``: when the grid's
-    largest eta is still within budget, double it up to this many times (preconditioned steps need
-    etas 100-3,000x a plain step's, docs/method.md §9); ``info["grid_extended"]`` counts the doublings."""
+    function of the views' NLL before this step): of the etas within budget, the smallest whose
+    held-out views' NLL reaches it, the largest within budget when none does (``info["reached"]``
+    says which); found forget first (a bisection on the views, then one budget check). ``extend``:
+    while the grid's largest eta is not what binds (within budget; with a forget target: short of
+    it), double it, up to this many times (preconditioned steps need etas 100-3,000x a plain step's,
+    docs/method.md §9); ``info["grid_extended"]`` counts the doublings."""
     check_finite(direction)
     cfg, model, tok = ctx.cfg, ctx.model, ctx.tokenizer
     mods = dict(model.named_modules())
@@ -305,35 +304,46 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
     trial = Trial(mods, direction)
     limit = base_r - math.log1p(-budget) if prob_drop is not None else base_r * (1 + budget)
 
-    def within(eta: float) -> bool:
-        trial.c = eta * scale
+    def fails(i: int) -> bool:  # over the retain budget at grid[i] (the retain NLL rises with eta)
+        trial.c = grid[i] * scale
         r = _nll(model, rb)
         ok = math.isfinite(r) and r <= limit
-        info["trials"].append({"eta": eta, "retain_nll": r, "within_budget": ok})
+        info["trials"].append({"eta": grid[i], "retain_nll": r, "within_budget": ok})
         tick()
-        return ok
+        return not ok
 
-    # Bisection over the sorted grid for the largest eta within budget (the retain NLL rises with
-    # eta): ceil(log2(n + 1)) trials instead of up to n for an ascending scan (4 instead of 10
-    # for the 12-value grid on SmolLM2). Every trial above the chosen eta failed.
-    lo, hi = -1, len(grid)
+    def reaches(i: int) -> bool:  # the held-out views reach the forget target at grid[i] (NaN: past it)
+        trial.c = grid[i] * scale
+        f = _nll(model, fb)
+        info["trials"].append({"eta": grid[i], "forget_nll": f})
+        tick()
+        return not f < info["forget_target"]
+
+    # Bisection over the sorted grid: ceil(log2(n + 1)) trials instead of up to n for a scan (4 instead
+    # of 10 for the 12-value grid on SmolLM2). ``extend`` first tests the top and doubles it while that
+    # is not yet what binds (within budget; with a forget target: short of it).
     try:
-        if extend:  # the grid's top first: while within budget, the grid (sized for plain steps) is what
-            # binds, so it doubles, up to ``extend`` times, and the bisection runs below the first failure
-            lo, hi = (len(grid) - 1, len(grid)) if within(grid[-1]) else (-1, len(grid) - 1)
-            while hi == len(grid) and len(grid) < len(ec.grid) + extend:
-                grid.append(grid[-1] * 2)
-                lo, hi = (lo + 1, hi + 1) if within(grid[-1]) else (lo, hi)
+        if forget_target is None:  # the largest eta within budget (every trial above it failed)
+            lo, hi = _grow(grid, fails, extend) if extend else (-1, len(grid))
+            i = _bisect(fails, lo, hi) - 1
+        else:
+            # forget first: the smallest eta whose held-out views reach the target (the forget NLL rises
+            # with eta), then one budget check there; only when it fails, the largest eta within budget
+            # below it (which falls short of the target). Same choice as bisecting the budget first, with
+            # one retain trial instead of a second bisection in the usual case.
+            info["forget_target"] = forget_target(base_f)
+            lo, hi = _grow(grid, reaches, extend) if extend else (-1, len(grid))
+            i = _bisect(reaches, lo, hi)
+            info["reached"] = i < len(grid)
+            i = min(i, len(grid) - 1)
+            if fails(i):
+                i, info["reached"] = _bisect(fails, -1, i) - 1, False
+        if extend:
             info["grid_extended"] = len(grid) - len(ec.grid)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if within(grid[mid]) else (lo, mid)
     finally:
         trial.remove()
-    chosen = grid[lo] if lo >= 0 else None
+    chosen = grid[i] if i >= 0 else None
     info["within_budget"] = chosen is not None
-    if chosen is not None and forget_target is not None:
-        chosen = _smallest_reaching(model, Trial(mods, direction), fb, grid[:lo + 1], scale, forget_target(base_f), info)
     if chosen is None and not refuse_over_budget:
         return 0.0, info
     if chosen is None:
@@ -342,7 +352,7 @@ def calibrate_and_apply(ctx: UnlearnContext, direction: dict, base_retain: float
             "no eta in unlearn.eta.grid keeps the calibration retain "
             + (f"answers' probability within a {budget:.0%} drop" if prob_drop is not None else f"NLL within {budget:.0%}")
             + f" of {base_r:.4g}: the smallest, eta={grid[0]:.3g}, gives "
-            f"{smallest['retain_nll']:.4g}. Refused, model left unchanged; raise "
+            f"{smallest.get('retain_nll', float('nan')):.4g}. Refused, model left unchanged; raise "
             "unlearn.eta.retain_budget or add smaller values to unlearn.eta.grid")
     set_eta(chosen)
     info["forget_nll"] = _nll(model, fb)  # the held-out views' NLL after the step

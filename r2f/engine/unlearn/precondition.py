@@ -26,7 +26,7 @@ transform. Factor memory: (in^2 + out^2) floats per module (``transform_memory_m
 from __future__ import annotations
 
 from r2f.engine.budget import DEFAULT_BUDGET_MB, budgeted_passes
-from r2f.engine.grams import activation_grams
+from r2f.engine.grams import activation_grams, per_distinct
 
 
 def _damped(evals, evecs, damping: float, power: float = -1.0):
@@ -101,29 +101,27 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
     batches = list(batches)  # read twice with kfac
     grams = activation_grams(model, infos, batches)
     tokens = max(1, sum(int(b["attention_mask"].sum()) for b in batches))
-    out, cache = {}, {}
-    for info in infos:
-        g = grams[info.name]
-        key = id(g)
-        if key not in cache:
-            a = g.double() / tokens
-            evals, evecs = torch.linalg.eigh(a)
-            evals = evals.clamp(min=0)
-            if kind in ("input", "kfac"):
-                p = _damped(evals, evecs, damping)  # lam (A_r + lam I)^-1
-            elif kind == "nullspace":
-                order = evals.flip(0)
-                k = int(torch.searchsorted(order.cumsum(0) / order.sum(), torch.tensor(energy, dtype=order.dtype)))
-                u = evecs[:, evecs.shape[1] - (k + 1):]
-                p = torch.eye(a.shape[0], dtype=a.dtype) - u @ u.T
-            else:
-                raise ValueError(f"unknown preconditioner '{kind}'")
-            cache[key] = p.float()
-            if whiten_out is not None:
-                cache[(key, "w")] = _damped(evals, evecs, damping, -0.5)
-        if whiten_out is not None:
-            whiten_out[info.name] = cache[(key, "w")]
-        out[info.name] = cache[key]
+
+    def transform(g) -> tuple:  # (P, the whitening W or None) of one distinct Gram
+        a = g.double() / tokens
+        evals, evecs = torch.linalg.eigh(a)
+        evals = evals.clamp(min=0)
+        if kind in ("input", "kfac"):
+            p = _damped(evals, evecs, damping)  # lam (A_r + lam I)^-1
+        elif kind == "nullspace":
+            order = evals.flip(0)
+            k = int(torch.searchsorted(order.cumsum(0) / order.sum(), torch.tensor(energy, dtype=order.dtype)))
+            u = evecs[:, evecs.shape[1] - (k + 1):]
+            p = torch.eye(a.shape[0], dtype=a.dtype) - u @ u.T
+        else:
+            raise ValueError(f"unknown preconditioner '{kind}'")
+        return p.float(), (_damped(evals, evecs, damping, -0.5) if whiten_out is not None else None)
+
+    # q/k/v (gate/up) hold one Gram: one eigendecomposition per distinct input
+    pairs = per_distinct({i.name: grams[i.name] for i in infos}, transform)
+    out = {n: p for n, (p, _w) in pairs.items()}
+    if whiten_out is not None:
+        whiten_out.update({n: w for n, (_p, w) in pairs.items()})
     if kind == "kfac":
         s_r = output_grad_covariances(model, infos, batches, budget_mb=budget_mb)
         out = {n: (_damped_inverse(s_r[n], damping), p) for n, p in out.items()}

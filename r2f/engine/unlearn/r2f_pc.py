@@ -53,7 +53,7 @@ class R2FPreconditioned:
             return project_out(precondition(d, transforms), retain_r, pc.projection_mu)
 
         level, t_level = None, 0.0
-        if pc.forget_level == "unseen":
+        if pc.forget_level == "unseen" and cfg.unlearn.eta.value is None:  # a fixed eta has nothing to stop
             if len(ctx.unseen) < 8:
                 raise UnlearnError("unlearn.r2f_pc.forget_level 'unseen' needs QA about subjects the model never "
                                    f"saw (the request's context has {len(ctx.unseen)}); set forget_level: null")
