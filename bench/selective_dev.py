@@ -196,7 +196,8 @@ def _one_pretrained(cfg, tofu, method: str) -> dict:
             "eta": rep["eta"], "etas": info.get("etas"), "forget_nll_steps": info.get("forget_nll_steps"),
             "grid_extended": info.get("grid_extended"), "steps": info.get("steps"), "wall_s": rep["wall_s"],
             "direction_s": info.get("direction_s"), "preconditioner_s": info.get("preconditioner_s"),
-            "peak_rss_mb": rep["peak_rss_mb"]}
+            "level_s": info.get("level_s"), "peak_rss_mb": rep["peak_rss_mb"], "peak_scope": rep.get("peak_scope"),
+            "process_peak_rss_mb": rep.get("process_peak_rss_mb")}
 
 
 def _write(args, rows, name: str) -> None:
@@ -212,7 +213,9 @@ def _write(args, rows, name: str) -> None:
                  "indistinguishable); dev_privleak: privleak against an AUC of 0.5 (the gate allows |privleak| <= 50); "
                  "unseen_nll: the target's answer NLL on those authors.",
                  "neighbour_rise: relative answer-NLL rise on the dev neighbours (the utility proxy; retain_perturbed, "
-                 "real authors and world facts are evaluation sets and stay out)."]
+                 "real authors and world facts are evaluation sets and stay out).",
+                 "wall_s and peak_rss_mb: the unlearning run alone (the peak counted from its start, the loaded model "
+                 "included; the bench's own scoring before and after is not: process_peak_rss_mb has it)."]
     else:
         cols = ["variant", "seed", "dev_fq", "forget_nll_before", "forget_nll", "neighbour_nll_before", "neighbour_nll",
                 "neighbour_rise", "eta", "steps", "wall_s"]

@@ -51,9 +51,11 @@ def one(args, method: str, seed: int) -> None:
         if method != "target":
             # the before/after answer NLLs of the report are skipped: the evaluation below measures more
             rep = unlearn_model(cfg, method, out=Path(tmp) / "model", nll_report=False)
-            row.update(eta=rep["eta"], wall_s=rep["wall_s"], forget_calib_nll=rep["info"].get("forget_nll"))
+            row.update(eta=rep["eta"], wall_s=rep["wall_s"], forget_calib_nll=rep["info"].get("forget_nll"),
+                       peak_rss_mb=rep["peak_rss_mb"])  # the method's own (model loaded included)
             path = Path(tmp) / "model"
-        row["peak_rss_mb"] = peak_rss_mb()  # unlearning (and model loading) only: measured before eval
+        else:
+            row["peak_rss_mb"] = peak_rss_mb()  # loading only
         row["load_end"] = round(os.getloadavg()[0], 2)
         if method == "retrain":
             # retrain loads the cached retain model: its evaluation is the retain reference evaluation
@@ -190,7 +192,8 @@ def main() -> None:
         "row's evaluation (its phases in runs[].eval_phase_s; retrain and target rows reuse the cached references).",
     ]
     notes.append("model_utility is a harmonic mean: on a small model one near-zero component (real-author ROUGE) "
-                 "can zero it; GUR is the steadier utility signal. peak_rss_mb includes the shared setup.")
+                 "can zero it; GUR is the steadier utility signal. peak_rss_mb: the method's own, from the start of "
+                 "its run (the model loaded included, the set-up and the evaluation not).")
     if cfg.models.pretrained is not None:
         notes.append(f"world: {Path(args.params).name} (target {cfg.models.pretrained.name} fine-tuned on TOFU, "
                      "docs/worlds.md).")

@@ -23,6 +23,8 @@ def test_train_decode_unlearn(tiny_cfg, tiny_models, tmp_path):
     rep = unlearn_model(tiny_cfg, "r2f", out=tmp_path / "unlearned")
     assert rep["nll_after"]["forget"] > rep["nll_before"]["forget"]
     assert rep["eta"] in tiny_cfg.unlearn.eta.grid
+    # the method's own peak (counted from its start on Linux), never above the process's
+    assert rep["peak_scope"] == "method" and 0 < rep["peak_rss_mb"] <= rep["process_peak_rss_mb"]
     meta = json.loads((tmp_path / "unlearned" / "r2f_model.json").read_text())
     assert meta["unlearn"]["method"] == "r2f"
     # the report names the decode really applied, not the configured kind, and the settings with no effect

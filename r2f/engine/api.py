@@ -17,7 +17,7 @@ from r2f.engine.evaluation import EvalError, add_gur, evaluate, summarize, to_js
 from r2f.engine.fidelity import fit_decoder
 from r2f.engine.grads import target_modules
 from r2f.engine.models.io import ModelError, load_model, save_model
-from r2f.engine.models.memory import peak_rss_mb
+from r2f.engine.models.memory import peak_rss_mb, reset_peak_rss
 from r2f.engine.models.nll import mean_nll
 from r2f.engine.unlearn import UnlearnContext, get_method, method_config
 from r2f.engine.unlearn.unused import unused_settings
@@ -134,14 +134,20 @@ def unlearn_model(cfg: Config, method: str | None = None, forget_split: str | No
                          models.path("retain", forget_split), log, progress, mapper,
                          unseen=unseen_items(cfg, tofu))
     log(f"{method}: unlearning {len(forget)} forget items")
+    # the method's own peak: VmHWM restarts here (model and libraries loaded, included), so the before
+    # scoring and the set-up do not count; the process's peak so far is kept beside it
+    setup_peak = peak_rss_mb()
+    fresh_peak = reset_peak_rss()
     t0 = time.perf_counter()
     result = impl.run(ctx)
     wall = time.perf_counter() - t0
+    method_peak = peak_rss_mb()
     log(f"{method}: done in {wall:.1f} s (eta {result.eta})")
     after = _scored(result.model, tok, evalsets, ml, progress, "answer NLL after") if nll_report else None
     report = {
         "method": method, "forget_split": forget_split, "model": str(model_path), "eta": result.eta,
-        "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(),
+        "wall_s": round(wall, 2), "peak_rss_mb": method_peak, "peak_scope": "method" if fresh_peak else "process",
+        "process_peak_rss_mb": max(setup_peak, method_peak),
         "nll_before": before, "nll_after": after,
         "nll_items": {k: len(v) for k, v in evalsets.items()} if nll_report else None,
         "info": {k: v for k, v in result.info.items() if k != "trials"}, "eta_trials": result.info.get("trials", []),
