@@ -29,6 +29,7 @@ TINY = {
     "decoder.steps": 15,
     "decoder.hidden": 16,
     "unlearn.eta.calibration_items": 8,
+    "unlearn.r2f_pc.calibration_items": 8,
     "unlearn.gradascent.epochs": 1,
     "unlearn.graddiff.epochs": 1,
     "unlearn.npo.epochs": 1,

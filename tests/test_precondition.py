@@ -110,7 +110,7 @@ def test_r2f_pc_keeps_a_probability_budget_for_all_steps(tiny_cfg, tiny_models, 
                                                     "forget_level": None})  # spend the budget: its bound is the test
     cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})})
     ctx = _ctx(cfg, tiny_models, tofu)
-    retain = ctx.retain[:cfg.unlearn.eta.calibration_items]
+    retain = ctx.retain[:get_method("r2f_pc").own(cfg).unlearn.eta.calibration_items]  # what its steps are sized on
     r_before = mean_nll(ctx.model, ctx.tokenizer, retain, cfg.models.max_len)
     f_before = mean_nll(ctx.model, ctx.tokenizer, ctx.forget, cfg.models.max_len)
     res = get_method("r2f_pc").run(ctx)
@@ -155,7 +155,7 @@ def test_kfac_output_factor_is_the_sampled_fisher_and_stays_factored(setup):
     g = outs[0].grad.reshape(-1, outs[0].shape[-1])[b["attention_mask"].reshape(-1).bool()].double()
     ref = g.T @ g / int(b["attention_mask"].sum())
     assert float(ref.trace()) > 0
-    assert torch.allclose(s, ref, rtol=1e-4, atol=1e-10 * float(ref.abs().max()))
+    assert torch.allclose(s.double(), ref, rtol=1e-4, atol=1e-10 * float(ref.abs().max()))
     # two-sided: L (U V) P, kept as factors
     tr = retain_transforms(model, infos, batches, "kfac", 1e-3, 0.99)
     left, right = tr[info.name]
@@ -243,7 +243,7 @@ def test_retain_projection_moves_the_projected_retain_items_less(tiny_cfg, tiny_
         cfg = _with_eta(tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"r2f_pc": pc})}),
                         value=3e-3)
         ctx = _ctx(cfg, tiny_models, tofu)
-        first = cfg.unlearn.eta.calibration_items
+        first = get_method("r2f_pc").own(cfg).unlearn.eta.calibration_items
         cov = ctx.retain[first:first + 16]
         ml = cfg.models.max_len
         c0, f0 = mean_nll(ctx.model, ctx.tokenizer, cov, ml), mean_nll(ctx.model, ctx.tokenizer, ctx.forget, ml)
@@ -354,6 +354,8 @@ def test_r2f_pc_forget_level_stops_at_the_unseen_level(tiny_cfg, tiny_models, to
     res = get_method("r2f_pc").run(ctx)
     info = res.info
     assert info["level_items"] == 40 and info["forget_level"] > info["forget_nll_before"]
+    # its own views per step and calibration items, not the shared ones
+    assert info["views"] == pc.views != cfg.paraphrase.views and info["calibration_items"] == pc.calibration_items
     goal = info["forget_nll_before"] + 0.5 * (info["forget_level"] - info["forget_nll_before"])
     assert info["level_reached"] == (info["forget_nll_steps"][-1] >= goal)
     # every step before the last fell short of the goal (a step that reaches it is the last one)

@@ -37,7 +37,16 @@ class R2FPreconditionedConfig(_Strict):
     """``unlearn.r2f_pc``: R2F's decoded direction preconditioned by the retain inputs' covariance
     (r2f.engine.unlearn.precondition), in ``steps`` re-linearised steps sharing the retain budget."""
 
-    steps: int = Field(3, ge=1, le=50)
+    # 2 steps of 2 paraphrase views each, sized on 32 calibration items: the cost levers chosen on
+    # bench/results/selective_dev_smollm2 (r2f_pc_cheap: 0.44x the wall time of 3 steps x 5 views x 64
+    # items, the request still at the never-seen level, dev privleak +1 against -19, neighbours +2 %)
+    steps: int = Field(2, ge=1, le=50)
+    # paraphrase views per re-decoded step (None: paraphrase.views, the paper's 5); the decoder (its token
+    # weighting fit) stays the one of paraphrase.views
+    views: int | None = Field(2, ge=1, le=20)
+    # retain items each step's eta is sized on (None: unlearn.eta.calibration_items); the covariance items
+    # come after them
+    calibration_items: int | None = Field(32, ge=8)
     # the retain budget of all steps together as the largest drop of the calibration retain answers'
     # probability (None: unlearn.eta.retain_budget, a relative NLL rise); r2f.engine.unlearn.apply
     # 0.20 with forget_level "unseen": a cap, not the sizing rule (the steps stop at the level first

@@ -60,9 +60,13 @@ def output_grad_covariances(model, infos, batches, seed: int = 0,
     acc: dict = {}
     state = {"mask": None}
 
-    def grab(_m, _gin, gout, n):
+    def grab(_m, _gin, gout, n):  # float32 sums: half the memory of float64 (out x out per module, 700 MB
+        # on SmolLM2), ample for a damped preconditioner (the eigendecomposition runs in float64)
         g = gout[0].detach().float().reshape(-1, gout[0].shape[-1])[state["mask"]]
-        acc[n] = acc.get(n, 0) + g.T.double() @ g.double()
+        if n in acc:
+            acc[n].addmm_(g.T, g)
+        else:
+            acc[n] = g.T @ g
 
     params = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in params:
@@ -87,7 +91,9 @@ def output_grad_covariances(model, infos, batches, seed: int = 0,
             h.remove()
         for p, req in params:
             p.requires_grad_(req)
-    return {n: s / max(1, tokens[0]) for n, s in acc.items()}
+    for s in acc.values():
+        s /= max(1, tokens[0])
+    return acc
 
 
 def retain_transforms(model, infos, batches, kind: str, damping: float, energy: float,
@@ -119,12 +125,15 @@ def retain_transforms(model, infos, batches, kind: str, damping: float, energy: 
 
     # q/k/v (gate/up) hold one Gram: one eigendecomposition per distinct input
     pairs = per_distinct({i.name: grams[i.name] for i in infos}, transform)
+    del grams  # the activation Grams (float32, in x in per distinct input) are not needed past here
     out = {n: p for n, (p, _w) in pairs.items()}
     if whiten_out is not None:
         whiten_out.update({n: w for n, (_p, w) in pairs.items()})
+    del pairs
     if kind == "kfac":
         s_r = output_grad_covariances(model, infos, batches, budget_mb=budget_mb)
-        out = {n: (_damped_inverse(s_r[n], damping), p) for n, p in out.items()}
+        for n in list(out):  # each output factor is replaced by its damped inverse as it is made: the
+            out[n] = (_damped_inverse(s_r.pop(n).double(), damping), out[n])  # sums and inverses never all coexist
     return out
 
 

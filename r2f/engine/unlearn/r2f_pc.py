@@ -11,6 +11,7 @@ subjects it never saw, and the steps stop there (the retain budget stays the cap
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from r2f.engine.grads import qa_batches, target_modules
 from r2f.engine.unlearn.apply import answer_nll
@@ -29,8 +30,22 @@ class R2FPreconditioned:
     adapted_modules = True  # a calibrated step on lora.target_modules (api checks the model has them)
     uses_decoder = True  # api.unlearn_model loads cfg.decoder for it
 
+    @staticmethod
+    def own(cfg):
+        """``cfg`` with r2f_pc's own paraphrase views and eta calibration items (when set) in place of
+        the shared ones; the decoder is not re-chosen (its token weighting is a per-token rule)."""
+        pc, up = cfg.unlearn.r2f_pc, {}
+        if pc.views is not None and pc.views != cfg.paraphrase.views:
+            up["paraphrase"] = cfg.paraphrase.model_copy(update={"views": pc.views})
+        if pc.calibration_items is not None and pc.calibration_items != cfg.unlearn.eta.calibration_items:
+            eta = cfg.unlearn.eta.model_copy(update={"calibration_items": pc.calibration_items})
+            up["unlearn"] = cfg.unlearn.model_copy(update={"eta": eta})
+        return cfg.model_copy(update=up) if up else cfg
+
     def run(self, ctx: UnlearnContext) -> UnlearnResult:
-        cfg = ctx.cfg
+        cfg = self.own(ctx.cfg)
+        if cfg is not ctx.cfg:  # a fresh context: its views are made with r2f_pc's count
+            ctx = replace(ctx, cfg=cfg)
         pc = cfg.unlearn.r2f_pc
         first = cfg.unlearn.eta.calibration_items  # eta is sized on ctx.retain[:first]
         cov_items = ctx.retain[first:first + pc.covariance_items]
@@ -64,7 +79,8 @@ class R2FPreconditioned:
                                    level=level, level_scale=pc.level_scale, extend=GRID_DOUBLINGS)
         if level is not None:
             info.update(level_items=len(ctx.unseen), level_s=t_level)
-        info.update(preconditioner_s=t_pre, preconditioner=pc.preconditioner, basis=pc.basis,
+        info.update(views=cfg.paraphrase.views, calibration_items=cfg.unlearn.eta.calibration_items,
+                    preconditioner_s=t_pre, preconditioner=pc.preconditioner, basis=pc.basis,
                     preconditioner_mb=round(transform_memory_mb(transforms), 2), covariance_items=len(cov_items),
                     retain_projection=len(retain_r), projection_s=t_proj)
         return UnlearnResult(self.name, ctx.model, sum(etas), info)

@@ -50,6 +50,8 @@ def unused_settings(cfg, method: str) -> list[str]:
             out.append("unlearn.r2f_pc.damping")
         if not pc.retain_projection:
             out.append("unlearn.r2f_pc.projection_mu")
+        if pc.calibration_items is not None:  # r2f_pc sizes its steps on its own count
+            out.append("unlearn.eta.calibration_items")
         if cfg.unlearn.eta.value is not None:  # a fixed step: no calibration, so no level to stop at
             out += ["unlearn.r2f_pc.forget_level", "unlearn.r2f_pc.retain_prob_drop"]
         if pc.forget_level is None or cfg.unlearn.eta.value is not None:
