@@ -103,7 +103,7 @@ def _changed(dump: dict, key: str, value):
     elif isinstance(value, (int, float)):
         cands = [value + 1, value * 2, value / 2, value + 0.01, value - 1]
     elif isinstance(value, str):
-        cands = [value + "x", *_literals(key), "pkg.mod:Store"]  # the last: a "module:Class" setting
+        cands = [value + "x", *_literals(key), "pkg.mod:Store", None]  # a "module:Class" setting; an optional literal
     elif isinstance(value, list):
         cands = [value[:-1], value + value[-1:]] if value else [["/tmp"]]
     elif isinstance(value, dict):
