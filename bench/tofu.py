@@ -142,7 +142,8 @@ def main() -> None:
     ensure_decoder(cfg, print)
     for role in ("retain", "target"):
         reference_eval(cfg, role, args.split, print)  # cached references, shared by the children
-    methods = ["target", *args.methods.split(",")]
+    # the untouched target is always the first row; naming it in --methods too must not run it twice
+    methods = list(dict.fromkeys(["target", *(m for m in args.methods.split(",") if m)]))
     world = world_of(args.params)
     stem = f"tofu_{world + '_' if world else ''}{args.split}"
     journal = Path(args.out) / f"{stem}{'_quick' if args.quick else ''}.runs.jsonl"
