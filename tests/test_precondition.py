@@ -378,3 +378,68 @@ def test_eta_grid_top_doubles_while_within_budget(tiny_cfg, tiny_models, tofu):
     assert plain == 2e-6
     assert info["grid_extended"] == 6 and eta == 2e-6 * 2 ** 6  # a tiny step: every doubling stays within budget
     assert all(t["within_budget"] for t in info["trials"])
+
+
+def test_cholesky_damped_inverse_equals_the_eigendecomposition():
+    """The Cholesky path (r2f_pc's input and output factors) gives lam (A + lam I)^-1 as the damped
+    eigendecomposition does, for a rank-deficient A (most of a factor's eigenvalues near 0); an all-zero
+    factor gives the identity, and bfloat16 storage stays within its precision."""
+    import torch
+
+    from r2f.engine.unlearn.precondition import _damped, _damped_inverse
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 96, generator=g, dtype=torch.float64) * torch.linspace(0.01, 3, 96, dtype=torch.float64)
+    a = x.T @ x / 40  # rank 40 of 96
+    evals, evecs = torch.linalg.eigh(a)
+    ref = _damped(evals.clamp(min=0), evecs, 1e-3)
+    got = _damped_inverse(a.clone(), 1e-3)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
+    half = _damped_inverse(a.clone(), 1e-3, torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    assert float((half.float() - ref).norm() / ref.norm()) < 1e-2
+    assert torch.equal(_damped_inverse(torch.zeros(5, 5, dtype=torch.float64), 1e-3), torch.eye(5))
+
+
+def test_kfac_factors_seeded_by_the_request_and_stored_in_bfloat16(setup):
+    """The Fisher's sampled labels follow the seed passed (unlearn.seed), and factor_dtype bfloat16
+    stores every factor in half the memory, equal to the float32 ones to bfloat16's precision."""
+    import torch
+
+    from r2f.engine.unlearn.precondition import retain_transforms, transform_memory_mb
+
+    model, infos, batches = setup
+    some = infos[:4]
+    a = retain_transforms(model, some, batches, "kfac", 1e-3, 0.99, seed=0)
+    b = retain_transforms(model, some, batches, "kfac", 1e-3, 0.99, seed=1)
+    h = retain_transforms(model, some, batches, "kfac", 1e-3, 0.99, seed=0, dtype="bfloat16")
+    assert any(not torch.equal(a[i.name][0], b[i.name][0]) for i in some)  # other labels, other S_r
+    assert all(torch.equal(a[i.name][1], b[i.name][1]) for i in some)  # A_r has no sampling
+    assert transform_memory_mb(h) == transform_memory_mb(a) / 2
+    for i in some:
+        for full, half in zip(a[i.name], h[i.name]):
+            assert half.dtype == torch.bfloat16
+            assert float((half.float() - full).norm() / full.norm()) < 1e-2
+
+
+def test_reused_forget_nll_is_the_one_measured_after_the_step(tiny_cfg, tiny_models, tofu):
+    """With trial weights written into every module (a dense direction), the forget NLL reported
+    after the step is taken from the trial at the chosen eta: bit for bit what the updated model gives."""
+    from test_unlearn import _ctx
+
+    from r2f.engine.models.encoding import collate, encode_qa
+    from r2f.engine.unlearn.apply import _nll, calibrate_and_apply
+    from r2f.engine.unlearn.r2f import r2f_direction
+
+    eta_cfg = tiny_cfg.unlearn.eta.model_copy(update={"retain_budget": 10.0})
+    cfg = tiny_cfg.model_copy(update={"unlearn": tiny_cfg.unlearn.model_copy(update={"eta": eta_cfg})})
+    ctx = _ctx(cfg, tiny_models, tofu)
+    dense = {n: d.dense().clone() for n, d in r2f_direction(ctx).items()}  # no hook: every weight written
+    eta, info = calibrate_and_apply(ctx, dense, forget_target=lambda f: f + 0.05)
+    assert eta > 0 and any(t["eta"] == eta and "forget_nll" in t for t in info["trials"])
+    tok, k = ctx.tokenizer, cfg.unlearn.eta.calibration_items
+    enc = [encode_qa(tok, q, v.answer, cfg.models.max_len, cfg.unlearn.key_only) for v in ctx.views[1][:k]
+           for q in v.questions]
+    fresh = _nll(ctx.model, [collate(enc[i:i + 64], tok.pad_token_id) for i in range(0, len(enc), 64)])
+    assert info["forget_nll_from_trial"] and info["forget_nll"] == fresh

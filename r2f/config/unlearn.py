@@ -60,6 +60,9 @@ class R2FPreconditionedConfig(_Strict):
     # retain items for A_r: the ones after eta's calibration items, so the step is sized on items
     # the preconditioner never saw
     covariance_items: int = Field(128, ge=8)
+    # how the preconditioner's factors are kept between steps: bfloat16 halves their memory (1.1 GB of
+    # float32 on SmolLM2); they are made in float64 and applied in the direction's float32
+    factor_dtype: Literal["float32", "bfloat16"] = "float32"
     # None: plain ascent on the answer NLL; beta: each answer token's NLL weighted by p^beta (WGA), so
     # re-linearised steps stop pushing tokens already forgotten (r2f.engine.onepass.objective_loss)
     token_beta: float | None = Field(None, gt=0)

@@ -57,7 +57,8 @@ class R2FPreconditioned:
         whiten = {} if pc.basis == "contrast" else None
         transforms = retain_transforms(ctx.model, infos, qa_batches(ctx.tokenizer, cov_items, cfg.models.max_len),
                                        pc.preconditioner, pc.damping, pc.energy, whiten_out=whiten,
-                                       budget_mb=cfg.unlearn.activation_budget_mb)
+                                       budget_mb=cfg.unlearn.activation_budget_mb, seed=cfg.unlearn.seed,
+                                       dtype=pc.factor_dtype)
         t_pre = time.perf_counter() - t0
         t0 = time.perf_counter()
         # the retain gradients the update is projected against (GRU), once, at the original weights
