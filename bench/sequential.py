@@ -15,7 +15,8 @@ Columns: ``request`` (in order), ``state``, ``version``, ``model_utility``, ``fo
 has not risen by more than 10 % over its value right after that request and its USR has not
 dropped by more than 0.05 (no "unforgetting"), and its forget quality still meets the *default*
 gate's ``min_forget_quality`` (params.yaml, never the relaxed bench gate).
-Writes bench/results/sequential[_quick].json / .md / .png.
+Writes bench/results/sequential[_<world>][_quick].json / .md / .png; ``--params params-smollm2-tofu.yaml``
+runs it on the pretrained world (its own world split, forget05, which holds every pair).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PIPELINE, overrides_of, parser, peak_rss_mb, setup, write
+from common import PIPELINE, overrides_of, parser, peak_rss_mb, setup, world_of, write
 
 PAIRS = ((198, 199), (196, 197), (194, 195), (192, 193), (190, 191))
 EVAL_SPLIT = "forget05"
@@ -68,9 +69,18 @@ def main() -> None:
 
     from r2f.config import load_config as _load
 
-    hold_fq = _load(args.params, overrides_of(args)).gate.min_forget_quality
+    base = _load(args.params, overrides_of(args))
+    hold_fq = base.gate.min_forget_quality
     gate = {} if args.default_gate else BENCH_GATE
-    overrides = overrides_of(args, {"data.world_split": "forget10", **gate})
+    # the toy world is trained for forget10 here (its authors 180-199 hold every pair); a pretrained
+    # world keeps the split it was fine-tuned on (params-smollm2-tofu.yaml: forget05, authors 190-199),
+    # so its cached target is the one the bench starts from
+    world = {} if base.models.pretrained is not None else {"data.world_split": "forget10"}
+    if world == {} and base.data.world_split not in ("forget05", "forget10"):
+        raise SystemExit(f"{args.params}: data.world_split {base.data.world_split} does not hold the request "
+                         f"authors {PAIRS[0][0]}-{PAIRS[-1][1]}; use forget05 or forget10")
+    overrides = overrides_of(args, {**world, **gate})
+    stem = "sequential" + (f"_{world_of(args.params)}" if world_of(args.params) else "")
     pairs = PAIRS[:args.requests]
     with temp_project(overrides) as proj:
         from flows.unlearning import tick_flow
@@ -134,7 +144,7 @@ def main() -> None:
     ]
     cols = ["request", "state", "version", "model_utility", "forget_quality", "forget_Q_A_Prob", "usr",
             "earlier_still_forgotten"]
-    out = write("sequential", args, rows, cols, notes,
+    out = write(stem, args, rows, cols, notes,
                 {"tick_s": round(tick_s, 1), "overrides": overrides, "history": history,
                  "peak_rss_mb": peak_rss_mb()},
                 deps=[*PIPELINE, "bench/pipeline.py", "tests/reliability_lib.py"], cfg=cfg)
